@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+#
+# gpe-ebpf container image.
+#
+#   docker build -t gpe-ebpf:latest .
+#
+# The generated BPF objects (*_bpfel.o and their Go bindings) are committed, so
+# the build needs neither clang nor kernel headers: a plain static Go build.
+
+# ---- build stage: Debian 12 based Go toolchain matching go.mod (Go 1.26) ----
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+
+# Module downloads are cached in their own layer: they change less often than the code.
+COPY go.mod go.sum ./
+RUN go mod download
+
+COPY . .
+ENV CGO_ENABLED=0
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /gpe-ebpf ./cmd/gpe-ebpf
+
+# ---- final stage ----
+# distroless/static (not :nonroot): gpe-ebpf loads BPF programs, attaches to
+# tracepoints in tracefs and reads /proc of other users' processes, which needs
+# uid 0 with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (the
+# DaemonSet grants exactly those and drops the rest). The :nonroot variant runs
+# as uid 65532, which cannot do that without file capabilities. distroless/static
+# rather than scratch because it brings CA certificates (Redis over TLS),
+# tzdata and an /etc/passwd, and still has no shell or package manager.
+FROM gcr.io/distroless/static-debian12:latest
+COPY --from=build /gpe-ebpf /usr/local/bin/gpe-ebpf
+USER 0:0
+EXPOSE 9090
+ENTRYPOINT ["/usr/local/bin/gpe-ebpf"]
