@@ -1,0 +1,717 @@
+//go:build ignore
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * gpe.bpf.c: the kernel side of gpe-ebpf.
+ *
+ * Hooks (tracepoints and BTF tracepoints only; no kprobes, no fentry/fexit):
+ *   tp_btf/sched_process_fork    a tracked master forks: the child is a worker
+ *   tp_btf/sched_process_exec    a tracked worker execs: USR2 upgrade, it becomes a master
+ *   tp_btf/sched_process_exit    a tracked process's last thread exits, with its wait status
+ *   tp_btf/signal_generate       a signal is queued for a tracked process (sender recorded)
+ *   tracepoint/oom/mark_victim   the OOM killer picked a tracked process
+ *   tracepoint/syscalls/sys_{enter,exit}_{accept,accept4,recvfrom,recvmsg,sendto,sendmsg,
+ *                                         sendfile64}, sys_enter_{close,shutdown}
+ *                                the HTTP request state machine of each worker connection
+ *
+ * Every syscall hook first looks the calling process up in `procs` and returns at once for any
+ * process that is not a tracked worker, so the rest of the host pays one hash lookup.
+ *
+ * Records (bpf/gpe.h): gpe_proc_event for process events, gpe_req_event / gpe_req_start for
+ * requests, all behind the same 16-byte header, in one ring buffer. Submits that fail are
+ * counted per CPU in `lost`.
+ *
+ * Minimum kernel: 5.8 (ring buffer, tp_btf, bpf_probe_read_user); tested on 6.18.
+ */
+#include "include/gpe_kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "gpe.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Process kinds and a process's master, keyed by tgid. Seeded from user space at attach. */
+struct proc_info {
+	__u32 master;
+	__u32 kind; /* enum gpe_proc_kind */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct proc_info);
+} procs SEC(".maps");
+
+enum conn_state {
+	CONN_IDLE = 0,       /* accepted, or between requests */
+	CONN_READING = 1,    /* request bytes read, no final status line written yet */
+	CONN_RESPONDING = 2, /* final status line written */
+	CONN_TLS = 3,        /* the first bytes were a TLS record: nothing is parsed */
+};
+
+struct conn_key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+struct conn {
+	__u64 start_ns;
+	__u64 last_write_ns;
+	__u64 bytes_in;
+	__u64 bytes_out;
+	__u32 seq;
+	__u16 status;
+	__u8 state;
+	__u8 pad;
+};
+
+/* Connections of tracked workers. LRU so that fds closed unseen (exit, dup2) age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+enum op {
+	OP_ACCEPT = 1,
+	OP_RECV = 2,
+	OP_SEND = 3,
+	OP_SENDFILE = 4,
+};
+
+/* Syscall arguments kept from enter to exit, per thread. */
+struct pending {
+	__u64 buf;
+	__u32 fd;
+	__u32 op;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* Ring-buffer records that could not be reserved, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Wake the reader only once this many bytes are waiting; a timer in user space reads the rest. */
+volatile const __u64 wakeup_bytes = 0;
+
+struct signal_struct {
+	struct {
+		int counter;
+	} live;
+} __attribute__((preserve_access_index));
+
+
+struct task_struct___sig {
+	struct signal_struct *signal;
+} __attribute__((preserve_access_index));
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline __u64 submit_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline struct proc_info *tracked(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&procs, &tgid);
+}
+
+static __always_inline void emit_proc(__u32 kind, __u32 tgid, __u32 other, __u32 master,
+				      __s32 code, __u32 proc_kind, __u64 start_ns)
+{
+	struct gpe_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->hdr.kind = kind;
+	e->hdr.tgid = tgid;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->other_tgid = other;
+	e->master = master;
+	e->code = code;
+	e->proc_kind = proc_kind;
+	e->start_ns = start_ns;
+	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* ---- process lifecycle ---- */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid;
+	__u32 ctgid = child->tgid;
+	if (ctgid == ptgid) /* a new thread, not a new process */
+		return 0;
+	struct proc_info *p = tracked(ptgid);
+	if (!p || p->kind != GPE_PROC_MASTER)
+		return 0;
+	struct proc_info w = {.master = ptgid, .kind = GPE_PROC_WORKER};
+	bpf_map_update_elem(&procs, &ctgid, &w, BPF_ANY);
+	emit_proc(GPE_EV_FORK, ctgid, ptgid, ptgid, 0, GPE_PROC_WORKER, child->start_boottime);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = p->tgid;
+	struct proc_info *info = tracked(tgid);
+	if (!info)
+		return 0;
+	__u32 old_master = info->master;
+	__u32 old_kind = info->kind;
+	if (old_kind == GPE_PROC_WORKER) {
+		/* A child of the master that execs is the new master of a USR2 upgrade: track its
+		 * forks from now on, before user space has even read this event. */
+		struct proc_info m = {.master = tgid, .kind = GPE_PROC_MASTER};
+		bpf_map_update_elem(&procs, &tgid, &m, BPF_ANY);
+	}
+	emit_proc(GPE_EV_EXEC, tgid, old_master, tgid, 0, old_kind, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	__u32 tgid = p->tgid;
+	struct proc_info *info = tracked(tgid);
+	if (!info)
+		return 0;
+	/* Only the last thread of the process: signal->live has already been decremented. */
+	struct task_struct___sig *ps = (void *)p;
+	if (BPF_CORE_READ(ps, signal, live.counter) != 0)
+		return 0;
+	__u32 master = info->master;
+	__u32 kind = info->kind;
+	bpf_map_delete_elem(&procs, &tgid);
+	emit_proc(GPE_EV_EXIT, tgid, 0, master, p->exit_code, kind, 0);
+	return 0;
+}
+
+SEC("tp_btf/signal_generate")
+int BPF_PROG(on_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+	     int result)
+{
+	if (result != 0) /* ignored, already pending, or not queued: nothing was delivered */
+		return 0;
+	__u32 tgid = task->tgid;
+	struct proc_info *p = tracked(tgid);
+	if (!p)
+		return 0;
+	__u32 sender = bpf_get_current_pid_tgid() >> 32;
+	emit_proc(GPE_EV_SIGNAL, tgid, sender, p->master, sig, p->kind, 0);
+	return 0;
+}
+
+struct mark_victim_ctx {
+	__u64 common;
+	int pid;
+	__u32 comm_loc;
+};
+
+SEC("tracepoint/oom/mark_victim")
+int on_oom(struct mark_victim_ctx *ctx)
+{
+	__u32 tgid = ctx->pid;
+	struct proc_info *p = tracked(tgid);
+	if (!p)
+		return 0;
+	emit_proc(GPE_EV_OOM, tgid, 0, p->master, 0, p->kind, 0);
+	return 0;
+}
+
+/* ---- requests ---- */
+
+/* Is this process a tracked worker? The first thing every syscall hook asks. */
+static __always_inline int is_worker(__u32 tgid)
+{
+	struct proc_info *p = tracked(tgid);
+	return p && p->kind == GPE_PROC_WORKER;
+}
+
+static __always_inline int remember(__u64 id, __u32 fd, __u64 buf, __u32 op)
+{
+	struct pending a = {.buf = buf, .fd = fd, .op = op};
+	return bpf_map_update_elem(&pending, &id, &a, BPF_ANY);
+}
+
+static __always_inline void emit_req(__u32 kind, struct conn_key *k, struct conn *c, __u8 reason,
+				     __u64 now)
+{
+	struct gpe_req_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->hdr.kind = kind;
+	e->hdr.tgid = k->tgid;
+	e->hdr.ts_ns = now;
+	e->fd = k->fd;
+	e->seq = c->seq;
+	e->start_ns = c->start_ns;
+	e->last_write_ns = c->last_write_ns;
+	e->bytes_in = c->bytes_in;
+	e->bytes_out = c->bytes_out;
+	e->status = c->status;
+	e->reason = reason;
+	e->tls = c->state == CONN_TLS;
+	e->line_len = 0;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* End the request in flight on c, if any, and leave the connection idle. */
+static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8 reason, __u64 now)
+{
+	if (c->state == CONN_READING || c->state == CONN_RESPONDING)
+		emit_req(GPE_EV_REQ_END, k, c, reason, now);
+	if (c->state != CONN_TLS)
+		c->state = CONN_IDLE;
+}
+
+struct cut_ctx {
+	char *line;
+	__u32 n;
+	__u32 phase; /* 0 method, 1 first byte of target, 2 path, 3 cut, 4 not a request */
+	__u32 kept;
+	__u32 pad;
+};
+
+/* One byte of cut_request_line, as a bpf_loop callback: verified once, not 256 times. */
+static long cut_step(__u64 i, void *data)
+{
+	struct cut_ctx *x = data;
+	if (i >= GPE_LINE_MAX)
+		return 1;
+	char *line = x->line;
+	char c = line[i];
+	__u32 phase = x->phase;
+	if (i >= x->n && phase < 3)
+		phase = phase == 2 ? 3 : 4;
+	if (phase == 0) {
+		if (c == ' ' && i > 0)
+			phase = 1;
+		else if (c < 'A' || c > 'Z' || i >= 16)
+			phase = 4;
+	} else if (phase == 1) {
+		if (c == '/' || c == '*' || c == 'h')
+			phase = 2;
+		else
+			phase = 4;
+	} else if (phase == 2) {
+		if (c == ' ' || c == '?' || c == '#' || c == '\r' || c == '\n' || c == 0)
+			phase = 3;
+	}
+	x->phase = phase;
+	if (phase == 4)
+		return 1;
+	if (phase == 3)
+		line[i] = 0;
+	else
+		x->kept = i + 1;
+	return 0;
+}
+
+/*
+ * Keep "METHOD SP path" of the copied bytes and zero everything after the path: the query
+ * string, the fragment, the protocol version and every header stay in the kernel. Returns the
+ * length kept if the bytes look like a request line, else 0 (and the copy is all zeros).
+ */
+static __always_inline __u32 cut_request_line(char *line, __u32 n)
+{
+	struct cut_ctx x = {.line = line, .n = n};
+	bpf_loop(GPE_LINE_MAX, cut_step, &x, 0);
+	if (x.phase == 4 || x.phase < 2) {
+		__builtin_memset(line, 0, GPE_LINE_MAX);
+		return 0;
+	}
+	return x.kept;
+}
+
+/* Start a new request on c with the bytes just read; emits REQ_START with the cut line. */
+static __always_inline void start_request(struct conn_key *k, struct conn *c, __u64 buf, __s64 n,
+					  __u64 now, int must_look_like_request)
+{
+	struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		/* Still account the request so RESP and END are emitted and counted. */
+		if (!must_look_like_request) {
+			c->seq++;
+			c->start_ns = now;
+			c->last_write_ns = 0;
+			c->bytes_in = n;
+			c->bytes_out = 0;
+			c->status = 0;
+			c->state = CONN_READING;
+		} else {
+			c->bytes_in += n;
+		}
+		return;
+	}
+	__u32 len = n > GPE_LINE_MAX ? GPE_LINE_MAX : (__u32)n;
+	len &= 0x1ff;
+	if (len > GPE_LINE_MAX)
+		len = GPE_LINE_MAX;
+	if (bpf_probe_read_user(e->line, len, (void *)buf) != 0)
+		len = 0;
+	__u8 first = len > 0 ? (__u8)e->line[0] : 0;
+	__u32 kept = cut_request_line(e->line, len);
+	if (c->state == CONN_IDLE && c->seq == 0 && first == 0x16) {
+		/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
+		bpf_ringbuf_discard(e, 0);
+		c->state = CONN_TLS;
+		return;
+	}
+	if (must_look_like_request && kept == 0) {
+		/* Continuation bytes of the current request (e.g. a body drained late). */
+		bpf_ringbuf_discard(e, 0);
+		c->bytes_in += n;
+		return;
+	}
+	if (c->state == CONN_RESPONDING)
+		end_request(k, c, GPE_END_NEXT, now);
+	c->seq++;
+	c->start_ns = now;
+	c->last_write_ns = 0;
+	c->bytes_in = n;
+	c->bytes_out = 0;
+	c->status = 0;
+	c->state = CONN_READING;
+
+	e->req.hdr.kind = GPE_EV_REQ_START;
+	e->req.hdr.tgid = k->tgid;
+	e->req.hdr.ts_ns = now;
+	e->req.fd = k->fd;
+	e->req.seq = c->seq;
+	e->req.start_ns = now;
+	e->req.last_write_ns = 0;
+	e->req.bytes_in = n;
+	e->req.bytes_out = 0;
+	e->req.status = 0;
+	e->req.reason = 0;
+	e->req.tls = 0;
+	e->req.line_len = kept;
+	e->req.pad = 0;
+	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* The status code of an HTTP/1.x status line at the start of buf, or 0. */
+static __always_inline __u16 status_code(__u64 buf, __s64 n)
+{
+	char s[13];
+	if (n < 12)
+		return 0;
+	if (bpf_probe_read_user(s, 12, (void *)buf) != 0)
+		return 0;
+	if (s[0] != 'H' || s[1] != 'T' || s[2] != 'T' || s[3] != 'P' || s[4] != '/' ||
+	    s[5] != '1' || s[6] != '.' || s[8] != ' ')
+		return 0;
+	if (s[9] < '1' || s[9] > '5' || s[10] < '0' || s[10] > '9' || s[11] < '0' || s[11] > '9')
+		return 0;
+	return (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+}
+
+static __always_inline int do_enter_accept(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_worker(id >> 32))
+		return 0;
+	remember(id, 0, 0, OP_ACCEPT);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int enter_accept(struct sys_enter_ctx *ctx)
+{
+	return do_enter_accept();
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int enter_accept4(struct sys_enter_ctx *ctx)
+{
+	return do_enter_accept();
+}
+
+static __always_inline struct pending *take_pending(__u64 id)
+{
+	return bpf_map_lookup_elem(&pending, &id);
+}
+
+static __always_inline int do_exit_accept(struct sys_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending *a = take_pending(id);
+	if (!a)
+		return 0;
+	bpf_map_delete_elem(&pending, &id);
+	if (ctx->ret < 0)
+		return 0;
+	struct conn_key k = {.tgid = id >> 32, .fd = (__u32)ctx->ret};
+	struct conn *old = bpf_map_lookup_elem(&conns, &k);
+	if (old)
+		end_request(&k, old, GPE_END_REUSED, bpf_ktime_get_ns());
+	struct conn c = {};
+	bpf_map_update_elem(&conns, &k, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int exit_accept(struct sys_exit_ctx *ctx)
+{
+	return do_exit_accept(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int exit_accept4(struct sys_exit_ctx *ctx)
+{
+	return do_exit_accept(ctx);
+}
+
+static __always_inline int enter_io(__u32 fd, __u64 buf, __u32 op)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_worker(id >> 32))
+		return 0;
+	if (op != OP_RECV) {
+		/* Writes matter only on connections we know. Reads on an unknown fd may be a
+		 * keep-alive connection accepted before attach; the exit side decides. */
+		struct conn_key k = {.tgid = id >> 32, .fd = fd};
+		if (!bpf_map_lookup_elem(&conns, &k))
+			return 0;
+	}
+	remember(id, fd, buf, op);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct sys_enter_ctx *ctx)
+{
+	return enter_io(ctx->args[0], ctx->args[1], OP_RECV);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct sys_enter_ctx *ctx)
+{
+	return enter_io(ctx->args[0], ctx->args[1], OP_SEND);
+}
+
+/* The first iovec's base of a user msghdr: where a status line or request line would be. */
+static __always_inline __u64 msghdr_base(__u64 msg)
+{
+	struct user_msghdr m;
+	struct iovec iov;
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)msg) != 0 || !m.msg_iov || !m.msg_iovlen)
+		return 0;
+	if (bpf_probe_read_user(&iov, sizeof(iov), m.msg_iov) != 0)
+		return 0;
+	return (__u64)iov.iov_base;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct sys_enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_worker(id >> 32))
+		return 0;
+	remember(id, ctx->args[0], msghdr_base(ctx->args[1]), OP_RECV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct sys_enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_worker(id >> 32))
+		return 0;
+	struct conn_key k = {.tgid = id >> 32, .fd = ctx->args[0]};
+	if (!bpf_map_lookup_elem(&conns, &k))
+		return 0;
+	remember(id, ctx->args[0], msghdr_base(ctx->args[1]), OP_SEND);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int enter_sendfile(struct sys_enter_ctx *ctx)
+{
+	return enter_io(ctx->args[0], 0, OP_SENDFILE);
+}
+
+static __always_inline int exit_io(struct sys_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending *a = take_pending(id);
+	if (!a)
+		return 0;
+	struct pending p = *a;
+	bpf_map_delete_elem(&pending, &id);
+	__s64 n = ctx->ret;
+	if (n == 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct conn_key k = {.tgid = id >> 32, .fd = p.fd};
+	struct conn *c = bpf_map_lookup_elem(&conns, &k);
+	if (n < 0) {
+		/* An event-loop worker (gevent, eventlet, tornado, asyncio) reads again as soon
+		 * as a response is written, and finds nothing yet: the response is complete. */
+		if (c && c->state == CONN_RESPONDING && p.op == OP_RECV && n == -11 /* EAGAIN */)
+			end_request(&k, c, GPE_END_WAIT, now);
+		return 0;
+	}
+
+	if (p.op == OP_RECV) {
+		if (!c) {
+			/* Adopt a connection accepted before attach, but only at a request line:
+			 * the worker's own client sockets (databases, HTTP APIs) never read one. */
+			struct conn fresh = {};
+			bpf_map_update_elem(&conns, &k, &fresh, BPF_NOEXIST);
+			c = bpf_map_lookup_elem(&conns, &k);
+			if (!c)
+				return 0;
+			start_request(&k, c, p.buf, n, now, 1);
+			if (c->state == CONN_IDLE)
+				bpf_map_delete_elem(&conns, &k);
+			return 0;
+		}
+		if (c->state == CONN_READING) {
+			c->bytes_in += n;
+		} else if (c->state == CONN_IDLE) {
+			start_request(&k, c, p.buf, n, now, 0);
+		} else if (c->state == CONN_RESPONDING) {
+			start_request(&k, c, p.buf, n, now, 1);
+		}
+		return 0;
+	}
+
+	if (!c || c->state == CONN_TLS || c->state == CONN_IDLE)
+		return 0;
+	if (p.op == OP_SEND) {
+		__u16 st = status_code(p.buf, n);
+		if (st >= 200) {
+			if (c->state == CONN_RESPONDING) {
+				/* A second final status line: the client pipelined requests and the worker
+				 * answers the next one, whose request line we did not see. */
+				emit_req(GPE_EV_REQ_END, &k, c, GPE_END_PIPELINE, now);
+				c->seq++;
+				c->start_ns = c->last_write_ns;
+				c->bytes_in = 0;
+				c->bytes_out = 0;
+				struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+				if (e) {
+					__builtin_memset(e, 0, sizeof(*e));
+					e->req.hdr.kind = GPE_EV_REQ_START;
+					e->req.hdr.tgid = k.tgid;
+					e->req.hdr.ts_ns = now;
+					e->req.fd = k.fd;
+					e->req.seq = c->seq;
+					e->req.start_ns = c->start_ns;
+					bpf_ringbuf_submit(e, submit_flags());
+				} else {
+					count_lost();
+				}
+			}
+			c->status = st;
+			c->state = CONN_RESPONDING;
+			c->bytes_out += n;
+			c->last_write_ns = now;
+			emit_req(GPE_EV_REQ_RESP, &k, c, 0, now);
+			return 0;
+		}
+	}
+	/* Body bytes (or a 1xx interim response, which does not end the request). */
+	c->bytes_out += n;
+	if (c->state == CONN_RESPONDING)
+		c->last_write_ns = now;
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(struct sys_exit_ctx *ctx)
+{
+	return exit_io(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(struct sys_exit_ctx *ctx)
+{
+	return exit_io(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(struct sys_exit_ctx *ctx)
+{
+	return exit_io(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int exit_sendmsg(struct sys_exit_ctx *ctx)
+{
+	return exit_io(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int exit_sendfile(struct sys_exit_ctx *ctx)
+{
+	return exit_io(ctx);
+}
+
+static __always_inline int conn_done(__u32 fd, __u8 reason)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_worker(id >> 32))
+		return 0;
+	struct conn_key k = {.tgid = id >> 32, .fd = fd};
+	struct conn *c = bpf_map_lookup_elem(&conns, &k);
+	if (!c)
+		return 0;
+	end_request(&k, c, reason, bpf_ktime_get_ns());
+	if (reason == GPE_END_CLOSE)
+		bpf_map_delete_elem(&conns, &k);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct sys_enter_ctx *ctx)
+{
+	return conn_done(ctx->args[0], GPE_END_CLOSE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_shutdown")
+int enter_shutdown(struct sys_enter_ctx *ctx)
+{
+	return conn_done(ctx->args[0], GPE_END_SHUTDOWN);
+}
+
+/* Referenced so their BTF is emitted and bpf2go writes the Go types. */
+const struct gpe_proc_event *unused_proc_event __attribute__((unused));
+const struct gpe_req_start *unused_req_start __attribute__((unused));

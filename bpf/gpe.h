@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * Records shared between gpe.bpf.c and internal/probes (bpf2go turns them into Go types).
+ * Every field is naturally aligned and padding is explicit (the file compiles with -Wpadded),
+ * so the Go structs bpf2go writes line up byte for byte. Each record starts with the same
+ * 16-byte header so the reader can switch on `kind` before decoding the rest.
+ */
+#ifndef GPE_H
+#define GPE_H
+
+#define GPE_LINE_MAX 256 /* bytes of the first request segment copied, once per request */
+
+enum gpe_event_kind {
+	GPE_EV_FORK = 1,      /* a tracked master forked a process (a worker) */
+	GPE_EV_EXIT = 2,      /* a tracked process exited (last thread) */
+	GPE_EV_EXEC = 3,      /* a tracked process called execve (USR2 upgrade: new master) */
+	GPE_EV_SIGNAL = 4,    /* a signal was generated for a tracked process */
+	GPE_EV_OOM = 5,       /* the OOM killer chose a tracked process */
+	GPE_EV_REQ_START = 6, /* first bytes of a request were read on a tracked connection */
+	GPE_EV_REQ_RESP = 7,  /* the final (non-1xx) status line was written */
+	GPE_EV_REQ_END = 8,   /* the request ended: next request, close, shutdown or fd reuse */
+};
+
+enum gpe_proc_kind {
+	GPE_PROC_MASTER = 1,
+	GPE_PROC_WORKER = 2,
+};
+
+/* Why a request ended (gpe_req_event.reason). */
+enum gpe_end_reason {
+	GPE_END_NEXT = 1,     /* the next request started on the same connection (keep-alive) */
+	GPE_END_CLOSE = 2,    /* close(2) of the connection */
+	GPE_END_SHUTDOWN = 3, /* shutdown(2) of the connection */
+	GPE_END_REUSED = 4,   /* accept returned the same fd: the old one was closed unseen */
+	GPE_END_PIPELINE = 5, /* a second status line on the connection: pipelined requests */
+	GPE_END_WAIT = 6,     /* the worker waits for the next request (a read found no data) */
+};
+
+struct gpe_hdr {
+	__u32 kind;
+	__u32 tgid;  /* the process the event is about */
+	__u64 ts_ns; /* bpf_ktime_get_ns() when the event happened */
+};
+
+/* GPE_EV_FORK, EXIT, EXEC, SIGNAL, OOM. */
+struct gpe_proc_event {
+	struct gpe_hdr hdr;
+	__u32 other_tgid; /* FORK: the parent; SIGNAL: the sender */
+	__u32 master;     /* the tracked master this process belongs to (itself for a master) */
+	__s32 code;       /* EXIT: wait status (exit code << 8, or the killing signal); SIGNAL: signo */
+	__u32 proc_kind;  /* enum gpe_proc_kind of the process, as the kernel side knew it */
+	__u64 start_ns;   /* FORK: the child's start time (boot clock) */
+};
+
+/* GPE_EV_REQ_START, REQ_RESP, REQ_END. */
+struct gpe_req_event {
+	struct gpe_hdr hdr;
+	__u32 fd;
+	__u32 seq;        /* request number on this connection, so START/RESP/END pair up */
+	__u64 start_ns;   /* first request byte read */
+	__u64 last_write_ns; /* last response byte written (END) */
+	__u64 bytes_in;   /* request bytes read (END) */
+	__u64 bytes_out;  /* response bytes written (END) */
+	__u16 status;     /* RESP and END: the final status, 0 if none was written */
+	__u8 reason;      /* END: enum gpe_end_reason */
+	__u8 tls;         /* END: the connection carried TLS, not plain HTTP */
+	__u16 line_len;   /* START: valid bytes in line */
+	__u16 pad;
+};
+
+/* GPE_EV_REQ_START carries the request line, cut after the path in the kernel. */
+struct gpe_req_start {
+	struct gpe_req_event req;
+	char line[GPE_LINE_MAX];
+};
+
+#endif /* GPE_H */

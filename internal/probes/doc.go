@@ -1,0 +1,6 @@
+// Package probes is the only package that talks to the kernel. It loads the BPF programs of
+// bpf/gpe.bpf.c (compiled by bpf2go, see gen.go), attaches them to tracepoints and BTF
+// tracepoints, seeds the map of tracked processes, and turns ring-buffer records into typed
+// Events, which are plain structs so that everything above this package is tested by feeding
+// them without root.
+package probes
