@@ -11,15 +11,15 @@ type Kind uint32
 
 // Event kinds.
 const (
-	KindFork      Kind = 1 // a tracked master forked a worker
-	KindExit      Kind = 2 // a tracked process exited
-	KindExec      Kind = 3 // a tracked process called execve (a USR2 upgrade's new master)
-	KindSignal    Kind = 4 // a signal was queued for a tracked process
-	KindOOM       Kind = 5 // the OOM killer chose a tracked process
-	KindReqStart  Kind = 6 // the first bytes of a request were read
-	KindReqResp   Kind = 7 // the final status line was written
-	KindReqEnd    Kind = 8 // the request ended
-	kindSentinel  Kind = 9
+	KindFork     Kind = 1 // a tracked master forked a worker
+	KindExit     Kind = 2 // a tracked process exited
+	KindExec     Kind = 3 // a tracked process called execve (a USR2 upgrade's new master)
+	KindSignal   Kind = 4 // a signal was queued for a tracked process
+	KindOOM      Kind = 5 // the OOM killer chose a tracked process
+	KindReqStart Kind = 6 // the first bytes of a request were read
+	KindReqResp  Kind = 7 // the final status line was written
+	KindReqEnd   Kind = 8 // the request ended
+	kindSentinel Kind = 9
 )
 
 // KindNames names each kind for gpe_ebpf_events_total{kind}.
