@@ -399,11 +399,11 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 				continue
 			}
 			type hist struct {
-				labels  map[string]string
-				count   float64
-				sum     float64
-				buckets map[float64]uint64
-				hasCount  bool
+				labels   map[string]string
+				count    float64
+				sum      float64
+				buckets  map[float64]uint64
+				hasCount bool
 			}
 			var order []*hist
 			byKey := map[string]*hist{}
