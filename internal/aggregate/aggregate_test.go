@@ -1,0 +1,860 @@
+package aggregate
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+)
+
+// The fake clocks: CLOCK_MONOTONIC nanoseconds map to epoch + ns, and Now is whatever the test
+// sets. Nothing here reads the real time.
+var epoch = time.Unix(1_700_000_000, 0)
+
+const (
+	ms  = uint64(time.Millisecond)
+	sec = uint64(time.Second)
+
+	masterPID = 100
+	adminPID  = 999 // a shell sending kill(1)
+)
+
+type fakeClock struct{ now time.Time }
+
+func wall(ns uint64) time.Time { return epoch.Add(time.Duration(ns)) }
+
+func newTestAggregator(t *testing.T, tweak func(*Config)) (*Aggregator, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{now: epoch}
+	cfg := DefaultConfig()
+	cfg.Now = func() time.Time { return clk.now }
+	cfg.MonoToWall = wall
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	a := New(cfg)
+	a.AddMaster(masterPID, epoch, "app:app")
+	return a, clk
+}
+
+// Event builders, one per record the kernel side emits (bpf/gpe.bpf.c).
+
+func evFork(ts uint64, child, parent uint32) probes.Event {
+	return probes.Event{Kind: probes.KindFork, TGID: child, TS: ts, Other: parent, Master: parent, ProcKind: probes.ProcWorker}
+}
+
+func evExit(ts uint64, pid uint32, status int32) probes.Event {
+	return probes.Event{Kind: probes.KindExit, TGID: pid, TS: ts, Code: status}
+}
+
+func evSignal(ts uint64, target, sender uint32, sig int32) probes.Event {
+	return probes.Event{Kind: probes.KindSignal, TGID: target, TS: ts, Other: sender, Code: sig}
+}
+
+func evExec(ts uint64, pid, oldMaster uint32) probes.Event {
+	return probes.Event{Kind: probes.KindExec, TGID: pid, TS: ts, Other: oldMaster, Master: pid, ProcKind: probes.ProcWorker}
+}
+
+func evOOM(ts uint64, pid uint32) probes.Event {
+	return probes.Event{Kind: probes.KindOOM, TGID: pid, TS: ts}
+}
+
+func evStart(ts uint64, pid, fd, seq uint32, line string, bytesIn uint64) probes.Event {
+	return probes.Event{Kind: probes.KindReqStart, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: ts, BytesIn: bytesIn, Line: []byte(line)}
+}
+
+func evResp(ts uint64, pid, fd, seq uint32, startNS uint64, status uint16, bytesIn, bytesOut uint64) probes.Event {
+	return probes.Event{Kind: probes.KindReqResp, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: startNS,
+		LastWriteNS: ts, BytesIn: bytesIn, BytesOut: bytesOut, Status: status}
+}
+
+func evEnd(ts uint64, pid, fd, seq uint32, startNS, lastWriteNS, bytesIn, bytesOut uint64, status uint16, reason probes.EndReason) probes.Event {
+	return probes.Event{Kind: probes.KindReqEnd, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: startNS,
+		LastWriteNS: lastWriteNS, BytesIn: bytesIn, BytesOut: bytesOut, Status: status, Reason: reason}
+}
+
+func feed(a *Aggregator, evs ...probes.Event) {
+	for i := range evs {
+		a.Handle(&evs[i])
+	}
+}
+
+func masterOf(t *testing.T, s Snapshot, pid uint32) MasterSnapshot {
+	t.Helper()
+	for _, m := range s.Masters {
+		if m.PID == pid {
+			return m
+		}
+	}
+	t.Fatalf("master %d not in snapshot", pid)
+	return MasterSnapshot{}
+}
+
+func workerOf(t *testing.T, s Snapshot, pid uint32) WorkerSnapshot {
+	t.Helper()
+	for _, m := range s.Masters {
+		for _, w := range m.Workers {
+			if w.PID == pid {
+				return w
+			}
+		}
+	}
+	t.Fatalf("worker %d not in snapshot", pid)
+	return WorkerSnapshot{}
+}
+
+func hasWorker(s Snapshot, pid uint32) bool {
+	for _, m := range s.Masters {
+		for _, w := range m.Workers {
+			if w.PID == pid {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func labeled(c []LabeledCount, method, endpoint, errorType string) uint64 {
+	for _, x := range c {
+		if x.Method == method && x.Endpoint == endpoint && x.ErrorType == errorType {
+			return x.Count
+		}
+	}
+	return 0
+}
+
+func total(c []LabeledCount) uint64 {
+	var n uint64
+	for _, x := range c {
+		n += x.Count
+	}
+	return n
+}
+
+func httpCount(m MasterSnapshot, method, endpoint string, status uint16) uint64 {
+	for _, h := range m.HTTP {
+		if h.Method == method && h.Endpoint == endpoint && h.Status == status {
+			return h.Count
+		}
+	}
+	return 0
+}
+
+func httpTotal(m MasterSnapshot) uint64 {
+	var n uint64
+	for _, h := range m.HTTP {
+		n += h.Count
+	}
+	return n
+}
+
+func routeHist(t *testing.T, m MasterSnapshot, method, endpoint string) Histogram {
+	t.Helper()
+	for _, r := range m.Routes {
+		if r.Method == method && r.Endpoint == endpoint {
+			return r.Duration
+		}
+	}
+	t.Fatalf("no route histogram for %s %s", method, endpoint)
+	return Histogram{}
+}
+
+// inBucket is the non-cumulative count of the bucket whose upper bound is le (+Inf for the
+// overflow).
+func inBucket(t *testing.T, h Histogram, le float64) uint64 {
+	t.Helper()
+	for i, b := range h.Bounds {
+		if b == le {
+			return h.Counts[i]
+		}
+	}
+	if le > h.Bounds[len(h.Bounds)-1] {
+		return h.Counts[len(h.Bounds)]
+	}
+	t.Fatalf("no bucket %g", le)
+	return 0
+}
+
+func wantEq[T comparable](t *testing.T, what string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s = %v, want %v", what, got, want)
+	}
+}
+
+func TestKeepAlive(t *testing.T) {
+	const w, fd = 101, 7
+	// Request 1: GET /users/42, 4 ms, 300 B in, 2000 B out. Request 2: POST /upload, 300 ms,
+	// 70000 B in, 100 B out. Both on one connection.
+	t1, t2 := 10*sec, 11*sec
+	s1 := evStart(t1, w, fd, 1, "GET /users/42", 300)
+	r1 := evResp(t1+3*ms, w, fd, 1, t1, 200, 300, 2000)
+	e1 := evEnd(t2, w, fd, 1, t1, t1+4*ms, 300, 2000, 200, probes.EndNext)
+	s2 := evStart(t2, w, fd, 2, "POST /upload", 70000)
+	r2 := evResp(t2+300*ms, w, fd, 2, t2, 201, 70000, 100)
+	e2 := evEnd(t2+400*ms, w, fd, 2, t2, t2+300*ms, 70000, 100, 201, probes.EndClose)
+
+	for _, tc := range []struct {
+		name string
+		evs  []probes.Event
+	}{
+		// The order the kernel submits the records in: END(seq 1, next), then START(seq 2).
+		{"end before next start", []probes.Event{s1, r1, e1, s2, r2, e2}},
+		// The order the ring buffer delivers them in: start_request reserves START(seq 2)
+		// before end_request reserves END(seq 1), and records are read in reservation order.
+		{"next start before end", []probes.Event{s1, r1, s2, e1, r2, e2}},
+		// As above, with the first RESP record lost: END(seq 1) still carries the status.
+		{"next start before end, first RESP lost", []probes.Event{s1, s2, e1, r2, e2}},
+		{"end before next start, first RESP lost", []probes.Event{s1, e1, s2, r2, e2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(1*sec, w, masterPID))
+			feed(a, tc.evs...)
+			s := a.Snapshot(20 * sec)
+			m := masterOf(t, s, masterPID)
+			ws := workerOf(t, s, w)
+
+			wantEq(t, "requests", ws.Requests, uint64(2))
+			wantEq(t, "http GET /users/{id} 200", httpCount(m, "GET", "/users/{id}", 200), uint64(1))
+			wantEq(t, "http POST /upload 201", httpCount(m, "POST", "/upload", 201), uint64(1))
+			wantEq(t, "http total", httpTotal(m), uint64(2))
+			wantEq(t, "failed", total(ws.Failed), uint64(0))
+			wantEq(t, "unpaired", s.Unpaired, uint64(0))
+			wantEq(t, "in flight", ws.InFlight, 0)
+
+			wantEq(t, "duration count", ws.Duration.Count, uint64(2))
+			wantEq(t, "duration le .005", inBucket(t, ws.Duration, .005), uint64(1))
+			wantEq(t, "duration le .5", inBucket(t, ws.Duration, .5), uint64(1))
+			wantEq(t, "route GET /users/{id} le .005", inBucket(t, routeHist(t, m, "GET", "/users/{id}"), .005), uint64(1))
+			wantEq(t, "route POST /upload le .5", inBucket(t, routeHist(t, m, "POST", "/upload"), .5), uint64(1))
+
+			wantEq(t, "request size le 1024", inBucket(t, ws.ReqSize, 1024), uint64(1))
+			wantEq(t, "request size le 262144", inBucket(t, ws.ReqSize, 262144), uint64(1))
+			wantEq(t, "response size le 1024", inBucket(t, ws.RespSize, 1024), uint64(1))
+			wantEq(t, "response size le 4096", inBucket(t, ws.RespSize, 4096), uint64(1))
+			wantEq(t, "response size sum", ws.RespSize.Sum, 2100.0)
+		})
+	}
+}
+
+func TestDurationBuckets(t *testing.T) {
+	// le is inclusive, as in Prometheus.
+	for _, tc := range []struct {
+		d  uint64
+		le float64
+	}{
+		{0, .001}, {1 * ms, .001}, {1*ms + 1, .0025}, {100 * ms, .1}, {700 * ms, 1},
+		{60 * sec, 60}, {61 * sec, 61},
+	} {
+		t.Run(fmt.Sprint(time.Duration(tc.d)), func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			start := 5 * sec
+			feed(a, evFork(sec, 101, masterPID),
+				evStart(start, 101, 3, 1, "GET /", 10),
+				evResp(start+tc.d, 101, 3, 1, start, 200, 10, 10),
+				evEnd(start+tc.d, 101, 3, 1, start, start+tc.d, 10, 10, 200, probes.EndClose))
+			ws := workerOf(t, a.Snapshot(100*sec), 101)
+			wantEq(t, "count in bucket", inBucket(t, ws.Duration, tc.le), uint64(1))
+			wantEq(t, "count", ws.Duration.Count, uint64(1))
+		})
+	}
+}
+
+func TestWorkerKilledMidRequest(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(1*sec, 101, masterPID), evFork(1*sec, 102, masterPID))
+	before := workerOf(t, a.Snapshot(0), 102)
+	wantEq(t, "id of worker 102", before.ID, fmt.Sprintf("worker_2_%d", epoch.Unix()+1))
+
+	feed(a,
+		evStart(10*sec, 102, 9, 1, "POST /orders/123/pay", 500),
+		evSignal(12*sec, 102, adminPID, 9), // kill -9
+		evExit(12*sec, 102, 9),             // wait status: killed by signal 9, no END
+		evSignal(12*sec, masterPID, 102, 17),
+		evFork(13*sec, 103, masterPID), // the replacement
+	)
+	s := a.Snapshot(20 * sec)
+	m := masterOf(t, s, masterPID)
+	dead := workerOf(t, s, 102)
+
+	wantEq(t, "state", dead.State, StateExited)
+	wantEq(t, "state since", dead.StateSince, wall(12*sec))
+	wantEq(t, "in flight", dead.InFlight, 0)
+	wantEq(t, "requests", dead.Requests, uint64(0))
+	wantEq(t, "failed", labeled(dead.Failed, "POST", "/orders/{id}/pay", ""), uint64(1))
+	wantEq(t, "error worker_exit", labeled(dead.Errors, "POST", "/orders/{id}/pay", ErrWorkerExit), uint64(1))
+	wantEq(t, "errors total", total(dead.Errors), uint64(1))
+	wantEq(t, "exits{signal}", m.Exits[ExitSignal], uint64(1))
+	wantEq(t, "exits total", len(m.Exits), 1)
+	wantEq(t, "restarts", m.Restarts, uint64(1))
+	wantEq(t, "signals{chld}", m.Signals["chld"], uint64(1))
+	wantEq(t, "live workers", m.LiveWorkers, 2)
+	wantEq(t, "http total", httpTotal(m), uint64(0))
+
+	repl := workerOf(t, s, 103)
+	wantEq(t, "replacement id", repl.ID, fmt.Sprintf("worker_3_%d", epoch.Unix()+13))
+	wantEq(t, "replacement state", repl.State, StateRunning)
+}
+
+func TestHUPReload(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(1*sec, 101, masterPID), evFork(1*sec, 102, masterPID))
+	feed(a,
+		evSignal(10*sec, masterPID, adminPID, 1), // kill -HUP master
+		evFork(11*sec, 103, masterPID),
+		evFork(11*sec, 104, masterPID),
+		evSignal(12*sec, 101, masterPID, 15),
+		evSignal(12*sec, 102, masterPID, 15),
+	)
+	s := a.Snapshot(0)
+	m := masterOf(t, s, masterPID)
+	wantEq(t, "restarts after the forks", m.Restarts, uint64(2))
+	wantEq(t, "signals{hup}", m.Signals["hup"], uint64(1))
+	for _, pid := range []uint32{101, 102} {
+		wantEq(t, fmt.Sprintf("state of %d", pid), workerOf(t, s, pid).State, StateQuitting)
+	}
+	wantEq(t, "id of 104", workerOf(t, s, 104).ID, fmt.Sprintf("worker_4_%d", epoch.Unix()+11))
+
+	feed(a,
+		evExit(13*sec, 101, 0),
+		evSignal(13*sec, masterPID, 101, 17),
+		evExit(13*sec, 102, 0),
+		evSignal(13*sec, masterPID, 102, 17),
+	)
+	s = a.Snapshot(0)
+	m = masterOf(t, s, masterPID)
+	wantEq(t, "exits{graceful}", m.Exits[ExitGraceful], uint64(2))
+	wantEq(t, "restarts after the exits", m.Restarts, uint64(2))
+	wantEq(t, "live workers", m.LiveWorkers, 2)
+
+	// Growing the pool is not a restart.
+	feed(a, evSignal(20*sec, masterPID, adminPID, 21), evFork(20*sec, 105, masterPID))
+	s = a.Snapshot(0)
+	m = masterOf(t, s, masterPID)
+	wantEq(t, "restarts after TTIN", m.Restarts, uint64(2))
+	wantEq(t, "signals{ttin}", m.Signals["ttin"], uint64(1))
+	wantEq(t, "live workers after TTIN", m.LiveWorkers, 3)
+	wantEq(t, "id of 105", workerOf(t, s, 105).ID, fmt.Sprintf("worker_5_%d", epoch.Unix()+20))
+
+	// Shrinking it again (TTOU: the master TERMs the oldest) is not owed a replacement either.
+	feed(a, evSignal(30*sec, masterPID, adminPID, 22), evSignal(30*sec, 103, masterPID, 15),
+		evExit(30*sec, 103, 0), evSignal(40*sec, masterPID, adminPID, 21), evFork(40*sec, 106, masterPID))
+	m = masterOf(t, a.Snapshot(0), masterPID)
+	wantEq(t, "restarts after TTOU then TTIN", m.Restarts, uint64(2))
+	wantEq(t, "exits{graceful} after TTOU", m.Exits[ExitGraceful], uint64(3))
+}
+
+func TestWorkerTimeout(t *testing.T) {
+	const w, fd = 101, 5
+	start := 10 * sec
+	for _, tc := range []struct {
+		name string
+		evs  []probes.Event
+	}{
+		{
+			// The sync worker's SIGABRT handler calls sys.exit(1); the socket is closed while
+			// unwinding, with no status line written.
+			name: "abort, close, exit 1",
+			evs: []probes.Event{
+				evSignal(40*sec, w, masterPID, 6),
+				evEnd(40*sec+ms, w, fd, 1, start, 0, 100, 0, 0, probes.EndClose),
+				evExit(40*sec+2*ms, w, 1<<8),
+			},
+		},
+		{
+			// The worker did not die of the abort: the next timeout sends SIGKILL.
+			name: "abort, then kill",
+			evs: []probes.Event{
+				evSignal(40*sec, w, masterPID, 6),
+				evSignal(70*sec, w, masterPID, 9),
+				evExit(70*sec, w, 9),
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(1*sec, w, masterPID), evStart(start, w, fd, 1, "GET /slow", 100))
+			feed(a, tc.evs[0])
+			s := a.Snapshot(0)
+			wantEq(t, "state after ABRT", workerOf(t, s, w).State, StateAborting)
+			wantEq(t, "state since after ABRT", workerOf(t, s, w).StateSince, wall(40*sec))
+
+			feed(a, tc.evs[1:]...)
+			feed(a, evSignal(75*sec, masterPID, w, 17), evFork(75*sec, 102, masterPID))
+			s = a.Snapshot(0)
+			m := masterOf(t, s, masterPID)
+			ws := workerOf(t, s, w)
+			wantEq(t, "state", ws.State, StateExited)
+			wantEq(t, "error worker_timeout", labeled(ws.Errors, "GET", "/slow", ErrWorkerTimeout), uint64(1))
+			wantEq(t, "errors total", total(ws.Errors), uint64(1))
+			wantEq(t, "failed", labeled(ws.Failed, "GET", "/slow", ""), uint64(1))
+			wantEq(t, "requests", ws.Requests, uint64(0))
+			wantEq(t, "in flight", ws.InFlight, 0)
+			wantEq(t, "exits{timeout}", m.Exits[ExitTimeout], uint64(1))
+			wantEq(t, "exit reasons", len(m.Exits), 1)
+			wantEq(t, "restarts", m.Restarts, uint64(1))
+			wantEq(t, "signals to the master", len(m.Signals), 1) // chld only: ABRT went to the worker
+		})
+	}
+}
+
+func TestExitReasons(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before []probes.Event
+		status int32
+		want   string
+	}{
+		{"exit 0", nil, 0, ExitGraceful},
+		{"exit 1", nil, 1 << 8, ExitError},
+		{"exit 3 (boot error)", nil, 3 << 8, ExitError},
+		{"killed by SIGKILL", nil, 9, ExitSignal},
+		{"killed by SIGSEGV with core", nil, 11 | 0x80, ExitSignal},
+		{"OOM killer", []probes.Event{evOOM(5*sec, 101)}, 9, ExitOOM},
+		{"aborted by the master", []probes.Event{evSignal(5*sec, 101, masterPID, 6)}, 1 << 8, ExitTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(sec, 101, masterPID))
+			feed(a, tc.before...)
+			feed(a, evExit(6*sec, 101, tc.status))
+			m := masterOf(t, a.Snapshot(0), masterPID)
+			wantEq(t, "exits{"+tc.want+"}", m.Exits[tc.want], uint64(1))
+			wantEq(t, "exit reasons", len(m.Exits), 1)
+		})
+	}
+}
+
+func TestUnknownConnectionsAndProcesses(t *testing.T) {
+	const w = 101
+	for _, tc := range []struct {
+		name         string
+		evs          []probes.Event
+		requests     uint64
+		http         uint64 // http_requests_total{OTHER, unknown, 200}
+		noResponse   uint64 // error_handling{OTHER, unknown, no_response}
+		durations    uint64
+		unpaired     uint64
+		masterEvents bool
+	}{
+		{
+			name: "RESP alone",
+			evs:  []probes.Event{evResp(5*sec, w, 9, 3, 4*sec, 200, 10, 10)},
+		},
+		{
+			name:     "END with a status",
+			evs:      []probes.Event{evEnd(5*sec, w, 9, 3, 4*sec, 5*sec, 10, 10, 200, probes.EndClose)},
+			requests: 1, http: 1, durations: 1, unpaired: 1,
+		},
+		{
+			name:     "RESP then END",
+			evs:      []probes.Event{evResp(5*sec, w, 9, 3, 4*sec, 200, 10, 10), evEnd(5*sec, w, 9, 3, 4*sec, 5*sec, 10, 10, 200, probes.EndClose)},
+			requests: 1, http: 1, durations: 1, unpaired: 1,
+		},
+		{
+			name:       "END without a status",
+			evs:        []probes.Event{evEnd(5*sec, w, 9, 3, 4*sec, 0, 10, 0, 0, probes.EndClose)},
+			noResponse: 1, unpaired: 1,
+		},
+		{
+			name: "END with a stale seq on a known connection",
+			evs: []probes.Event{
+				evStart(4*sec, w, 9, 2, "GET /a", 10),
+				evEnd(5*sec, w, 9, 1, 3*sec, 3*sec, 10, 10, 200, probes.EndReused),
+			},
+			requests: 1, http: 1, durations: 1, unpaired: 1,
+		},
+		{
+			name: "requests of an unknown pid",
+			evs: []probes.Event{
+				evStart(4*sec, 4242, 9, 1, "GET /a", 10),
+				evResp(5*sec, 4242, 9, 1, 4*sec, 200, 10, 10),
+				evEnd(5*sec, 4242, 9, 1, 4*sec, 5*sec, 10, 10, 200, probes.EndClose),
+			},
+		},
+		{
+			name: "process events of unknown pids",
+			evs: []probes.Event{
+				evFork(5*sec, 4243, 4242), // its parent is not an observed master
+				evSignal(5*sec, 4242, adminPID, 1),
+				evExit(5*sec, 4244, 0),
+				evExec(5*sec, 4245, 4242),
+				evOOM(5*sec, 4246),
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(sec, w, masterPID))
+			feed(a, tc.evs...)
+			s := a.Snapshot(10 * sec)
+			m := masterOf(t, s, masterPID)
+			ws := workerOf(t, s, w)
+			wantEq(t, "masters", len(s.Masters), 1)
+			wantEq(t, "workers", len(m.Workers), 1)
+			wantEq(t, "requests", ws.Requests, tc.requests)
+			wantEq(t, "http{OTHER,unknown,200}", httpCount(m, "OTHER", EndpointUnknown, 200), tc.http)
+			wantEq(t, "http total", httpTotal(m), tc.http)
+			wantEq(t, "no_response", labeled(ws.Errors, "OTHER", EndpointUnknown, ErrNoResponse), tc.noResponse)
+			wantEq(t, "errors total", total(ws.Errors), tc.noResponse)
+			wantEq(t, "durations", ws.Duration.Count, tc.durations)
+			wantEq(t, "unpaired", s.Unpaired, tc.unpaired)
+			wantEq(t, "restarts", m.Restarts, uint64(0))
+			wantEq(t, "signals", len(m.Signals), 0)
+		})
+	}
+}
+
+func TestStatusCountedOnce(t *testing.T) {
+	const w, fd = 101, 4
+	start := 5 * sec
+	for _, tc := range []struct {
+		name string
+		evs  []probes.Event
+	}{
+		{
+			// "100 Continue" then 200: the kernel emits RESP for the final status only.
+			name: "RESP then END with the same status",
+			evs: []probes.Event{
+				evResp(start+10*ms, w, fd, 1, start, 200, 5000, 200),
+				evEnd(start+20*ms, w, fd, 1, start, start+10*ms, 5000, 200, 200, probes.EndClose),
+			},
+		},
+		{
+			name: "END without RESP (RESP record lost)",
+			evs: []probes.Event{
+				evEnd(start+20*ms, w, fd, 1, start, start+10*ms, 5000, 200, 200, probes.EndClose),
+			},
+		},
+		{
+			name: "END(wait) of an event-loop worker",
+			evs: []probes.Event{
+				evResp(start+10*ms, w, fd, 1, start, 200, 5000, 200),
+				evEnd(start+20*ms, w, fd, 1, start, start+10*ms, 5000, 200, 200, probes.EndWait),
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, "PUT /files/report.pdf", 5000))
+			feed(a, tc.evs...)
+			s := a.Snapshot(10 * sec)
+			m := masterOf(t, s, masterPID)
+			ws := workerOf(t, s, w)
+			wantEq(t, "requests", ws.Requests, uint64(1))
+			wantEq(t, "http PUT /files/report.pdf 200", httpCount(m, "PUT", "/files/report.pdf", 200), uint64(1))
+			wantEq(t, "http total", httpTotal(m), uint64(1))
+			wantEq(t, "durations", ws.Duration.Count, uint64(1))
+			wantEq(t, "duration le .01", inBucket(t, ws.Duration, .01), uint64(1))
+			wantEq(t, "request size le 16384", inBucket(t, ws.ReqSize, 16384), uint64(1))
+			wantEq(t, "in flight", ws.InFlight, 0)
+			wantEq(t, "failed", total(ws.Failed), uint64(0))
+			wantEq(t, "unpaired", s.Unpaired, uint64(0))
+		})
+	}
+}
+
+func TestFailedRequests(t *testing.T) {
+	const w, fd = 101, 4
+	start := 5 * sec
+	for _, tc := range []struct {
+		name    string
+		before  []probes.Event // after START
+		status  uint16         // RESP status, 0 for none
+		counted bool           // in requests_total and http_requests_total
+		errType string         // "" when not failed
+	}{
+		{name: "200", status: 200, counted: true},
+		{name: "404", status: 404, counted: true},
+		{name: "500", status: 500, counted: true, errType: "http_500"},
+		{name: "503", status: 503, counted: true, errType: "http_503"},
+		{name: "no response", errType: ErrNoResponse},
+		{
+			name:    "no response from a quitting worker",
+			before:  []probes.Event{evSignal(start+ms, w, masterPID, 15)},
+			errType: ErrWorkerExit,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, "GET /api/v1/items", 100))
+			feed(a, tc.before...)
+			if tc.status != 0 {
+				feed(a, evResp(start+2*ms, w, fd, 1, start, tc.status, 100, 50))
+			}
+			feed(a, evEnd(start+3*ms, w, fd, 1, start, start+2*ms, 100, 50, tc.status, probes.EndClose))
+			s := a.Snapshot(10 * sec)
+			m := masterOf(t, s, masterPID)
+			ws := workerOf(t, s, w)
+
+			var n, failed uint64
+			if tc.counted {
+				n = 1
+			}
+			if tc.errType != "" {
+				failed = 1
+			}
+			wantEq(t, "requests", ws.Requests, n)
+			wantEq(t, "http", httpCount(m, "GET", "/api/v1/items", tc.status), n)
+			wantEq(t, "http total", httpTotal(m), n)
+			wantEq(t, "failed", labeled(ws.Failed, "GET", "/api/v1/items", ""), failed)
+			wantEq(t, "failed total", total(ws.Failed), failed)
+			wantEq(t, "error "+tc.errType, labeled(ws.Errors, "GET", "/api/v1/items", tc.errType), failed)
+			wantEq(t, "errors total", total(ws.Errors), failed)
+			wantEq(t, "in flight", ws.InFlight, 0)
+		})
+	}
+}
+
+func TestUSR2Upgrade(t *testing.T) {
+	const newMaster = 200
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(1*sec, 101, masterPID), evFork(1*sec, 102, masterPID))
+	// A crashed worker is owed a replacement when the upgrade's fork happens.
+	feed(a, evExit(5*sec, 102, 11))
+
+	feed(a,
+		evSignal(10*sec, masterPID, adminPID, 12), // kill -USR2
+		evFork(10*sec, newMaster, masterPID),
+		evExec(10*sec+ms, newMaster, masterPID),
+	)
+	s := a.Snapshot(0)
+	m := masterOf(t, s, masterPID)
+	wantEq(t, "signals{usr2}", m.Signals["usr2"], uint64(1))
+	wantEq(t, "restarts", m.Restarts, uint64(0))
+	wantEq(t, "new master a worker", hasWorker(s, newMaster), false)
+	wantEq(t, "masters", fmt.Sprint(a.Masters()), fmt.Sprint([]uint32{masterPID, newMaster}))
+	wantEq(t, "live workers of the old master", m.LiveWorkers, 1)
+	wantEq(t, "is live", a.IsLive(newMaster), true)
+
+	// The old master still replaces its crashed worker: age 3 (the new master's fork gave
+	// its age back) and a restart (its credit was given back too).
+	feed(a, evFork(11*sec, 103, masterPID))
+	s = a.Snapshot(0)
+	wantEq(t, "replacement id", workerOf(t, s, 103).ID, fmt.Sprintf("worker_3_%d", epoch.Unix()+11))
+	wantEq(t, "restarts after the replacement", masterOf(t, s, masterPID).Restarts, uint64(1))
+
+	// The new master's workers are its own, numbered from 1.
+	feed(a, evFork(12*sec, 201, newMaster), evFork(12*sec, 202, newMaster))
+	s = a.Snapshot(0)
+	nm := masterOf(t, s, newMaster)
+	wantEq(t, "new master's workers", len(nm.Workers), 2)
+	wantEq(t, "new master's restarts", nm.Restarts, uint64(0))
+	wantEq(t, "id of 201", workerOf(t, s, 201).ID, fmt.Sprintf("worker_1_%d", epoch.Unix()+12))
+
+	// WINCH, then QUIT the old master: its workers go, then it does.
+	feed(a,
+		evSignal(20*sec, masterPID, adminPID, 28),
+		evSignal(20*sec, 101, masterPID, 3),
+		evSignal(20*sec, 103, masterPID, 3),
+		evExit(21*sec, 101, 0),
+		evExit(21*sec, 103, 0),
+		evSignal(22*sec, masterPID, adminPID, 3),
+		evExit(23*sec, masterPID, 0),
+	)
+	s = a.Snapshot(0)
+	wantEq(t, "masters after the old one exits", fmt.Sprint(a.Masters()), fmt.Sprint([]uint32{newMaster}))
+	wantEq(t, "snapshot masters", len(s.Masters), 1)
+	for _, pid := range []uint32{101, 102, 103} {
+		wantEq(t, fmt.Sprintf("worker %d in snapshot", pid), hasWorker(s, pid), false)
+	}
+	wantEq(t, "new master's live workers", masterOf(t, s, newMaster).LiveWorkers, 2)
+	wantEq(t, "old master live", a.IsLive(masterPID), false)
+}
+
+func TestInFlightAndBusy(t *testing.T) {
+	// A gthread worker serving two connections at once:
+	//   fd 5: 10.0 s → 12.0 s
+	//   fd 6: 11.0 s → 13.0 s (status at 13.0, END at 13.5)
+	//   fd 5: 20.0 s → 21.0 s (keep-alive)
+	// Busy: 10 → 13 and 20 → 21 = 4 s.
+	const w = 101
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(sec, w, masterPID))
+	for _, step := range []struct {
+		ev       probes.Event
+		monoNow  uint64
+		inFlight int
+		busy     float64
+	}{
+		{evStart(10*sec, w, 5, 1, "GET /a", 10), 10*sec + 500*ms, 1, 0.5},
+		{evStart(11*sec, w, 6, 1, "GET /b", 10), 11*sec + 500*ms, 2, 1.5},
+		{evResp(12*sec, w, 5, 1, 10*sec, 200, 10, 10), 12*sec + 500*ms, 1, 2.5},
+		{evEnd(12*sec+100*ms, w, 5, 1, 10*sec, 12*sec, 10, 10, 200, probes.EndWait), 12*sec + 500*ms, 1, 2.5},
+		{evResp(13*sec, w, 6, 1, 11*sec, 200, 10, 10), 15 * sec, 0, 3},
+		{evEnd(13*sec+500*ms, w, 6, 1, 11*sec, 13*sec, 10, 10, 200, probes.EndClose), 15 * sec, 0, 3},
+		{evStart(20*sec, w, 5, 2, "GET /a", 10), 20*sec + 250*ms, 1, 3.25},
+		{evResp(21*sec, w, 5, 2, 20*sec, 200, 10, 10), 30 * sec, 0, 4},
+		{evEnd(22*sec, w, 5, 2, 20*sec, 21*sec, 10, 10, 200, probes.EndClose), 30 * sec, 0, 4},
+	} {
+		t.Run(fmt.Sprintf("%s fd %d seq %d", step.ev.Kind, step.ev.FD, step.ev.Seq), func(t *testing.T) {
+			feed(a, step.ev)
+			ws := workerOf(t, a.Snapshot(step.monoNow), w)
+			wantEq(t, "in flight", ws.InFlight, step.inFlight)
+			wantEq(t, "busy seconds", ws.BusySeconds, step.busy)
+		})
+	}
+	ws := workerOf(t, a.Snapshot(40*sec), w)
+	wantEq(t, "requests", ws.Requests, uint64(3))
+	wantEq(t, "duration le 2.5", inBucket(t, ws.Duration, 2.5), uint64(2))
+	wantEq(t, "duration le 1", inBucket(t, ws.Duration, 1), uint64(1))
+}
+
+func TestExpire(t *testing.T) {
+	a, clk := newTestAggregator(t, func(c *Config) { c.StaleAfter = 60 * time.Second })
+	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID))
+	clk.now = epoch.Add(100 * time.Second)
+	feed(a, evExit(100*sec, 101, 0))
+	for _, step := range []struct {
+		after time.Duration
+		kept  bool
+	}{
+		{0, true},
+		{59 * time.Second, true},
+		{60 * time.Second, false},
+		{61 * time.Second, false},
+	} {
+		t.Run(step.after.String(), func(t *testing.T) {
+			clk.now = epoch.Add(100*time.Second + step.after)
+			a.Expire()
+			s := a.Snapshot(0)
+			wantEq(t, "exited worker kept", hasWorker(s, 101), step.kept)
+			wantEq(t, "live worker kept", hasWorker(s, 102), true)
+			wantEq(t, "live workers", a.LiveWorkers()[0], uint32(102))
+		})
+	}
+}
+
+func TestPIDReuse(t *testing.T) {
+	// A worker's pid comes back before its series expired: the new worker is observed.
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(sec, 101, masterPID),
+		evStart(5*sec, 101, 5, 1, "GET /a", 10),
+		evExit(6*sec, 101, 9),
+		evFork(7*sec, 101, masterPID),
+		evStart(8*sec, 101, 5, 1, "GET /b", 10),
+		evResp(9*sec, 101, 5, 1, 8*sec, 200, 10, 10),
+	)
+	s := a.Snapshot(10 * sec)
+	ws := workerOf(t, s, 101)
+	wantEq(t, "id", ws.ID, fmt.Sprintf("worker_2_%d", epoch.Unix()+7))
+	wantEq(t, "state", ws.State, StateRunning)
+	wantEq(t, "requests", ws.Requests, uint64(1))
+	wantEq(t, "restarts", masterOf(t, s, masterPID).Restarts, uint64(1))
+	wantEq(t, "live", a.IsLive(101), true)
+}
+
+func TestSeedWorkers(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	base := epoch.Add(-time.Hour)
+	// Given out of order: numbered by start time.
+	a.SeedWorkers(masterPID,
+		[]uint32{303, 301, 302},
+		[]time.Time{base.Add(30 * time.Second), base.Add(10 * time.Second), base.Add(20 * time.Second)})
+	a.SeedWorkers(masterPID, []uint32{301}, []time.Time{base}) // already known: unchanged
+	a.SeedWorkers(4242, []uint32{401}, []time.Time{base})      // unknown master: ignored
+	s := a.Snapshot(0)
+	for _, tc := range []struct {
+		pid  uint32
+		age  int
+		secs time.Duration
+	}{
+		{301, 1, 10 * time.Second}, {302, 2, 20 * time.Second}, {303, 3, 30 * time.Second},
+	} {
+		t.Run(fmt.Sprint(tc.pid), func(t *testing.T) {
+			ws := workerOf(t, s, tc.pid)
+			wantEq(t, "id", ws.ID, fmt.Sprintf("worker_%d_%d", tc.age, base.Add(tc.secs).Unix()))
+			wantEq(t, "state", ws.State, StateRunning)
+			wantEq(t, "started", ws.Started, base.Add(tc.secs))
+		})
+	}
+	wantEq(t, "unknown master's worker", hasWorker(s, 401), false)
+	wantEq(t, "live workers", masterOf(t, s, masterPID).LiveWorkers, 3)
+
+	// A worker forked afterwards continues the numbering, and is not a restart.
+	feed(a, evFork(5*sec, 304, masterPID))
+	s = a.Snapshot(0)
+	wantEq(t, "forked id", workerOf(t, s, 304).ID, fmt.Sprintf("worker_4_%d", epoch.Unix()+5))
+	wantEq(t, "restarts", masterOf(t, s, masterPID).Restarts, uint64(0))
+}
+
+func TestStateSince(t *testing.T) {
+	// The timestamp label moves only when the state changes, never per request or signal.
+	const w = 101
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(2*sec, w, masterPID))
+	for _, step := range []struct {
+		name  string
+		ev    probes.Event
+		state string
+		since uint64
+	}{
+		{"forked", evSignal(2*sec, masterPID, adminPID, 17), StateRunning, 2 * sec},
+		{"request", evStart(3*sec, w, 5, 1, "GET /", 10), StateRunning, 2 * sec},
+		{"response", evResp(4*sec, w, 5, 1, 3*sec, 200, 10, 10), StateRunning, 2 * sec},
+		{"usr1 (reopen logs)", evSignal(5*sec, w, masterPID, 10), StateRunning, 2 * sec},
+		{"term", evSignal(6*sec, w, masterPID, 15), StateQuitting, 6 * sec},
+		{"term again", evSignal(7*sec, w, masterPID, 15), StateQuitting, 6 * sec},
+		{"quit", evSignal(8*sec, w, masterPID, 3), StateQuitting, 6 * sec},
+		{"abrt", evSignal(9*sec, w, masterPID, 6), StateAborting, 9 * sec},
+		{"abrt again", evSignal(10*sec, w, masterPID, 6), StateAborting, 9 * sec},
+		{"term while aborting", evSignal(11*sec, w, masterPID, 15), StateAborting, 9 * sec},
+		{"exit", evExit(12*sec, w, 1<<8), StateExited, 12 * sec},
+		{"signal after exit", evSignal(13*sec, w, masterPID, 15), StateExited, 12 * sec},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			feed(a, step.ev)
+			ws := workerOf(t, a.Snapshot(0), w)
+			wantEq(t, "state", ws.State, step.state)
+			wantEq(t, "state since", ws.StateSince, wall(step.since))
+		})
+	}
+	ws := workerOf(t, a.Snapshot(0), w)
+	wantEq(t, "uptime frozen at exit", ws.Uptime, 10.0)
+}
+
+func TestSignalsToMaster(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	for _, sig := range []int32{1, 1, 21, 22, 10, 28, 17, 17, 17} {
+		feed(a, evSignal(sec, masterPID, adminPID, sig))
+	}
+	m := masterOf(t, a.Snapshot(0), masterPID)
+	want := map[string]uint64{"hup": 2, "ttin": 1, "ttou": 1, "usr1": 1, "winch": 1, "chld": 3}
+	wantEq(t, "signal names", len(m.Signals), len(want))
+	for name, n := range want {
+		wantEq(t, "signals{"+name+"}", m.Signals[name], n)
+	}
+}
+
+func TestSignalName(t *testing.T) {
+	for _, tc := range []struct {
+		sig  int32
+		want string
+	}{
+		{1, "hup"}, {2, "int"}, {3, "quit"}, {6, "abrt"}, {9, "kill"}, {10, "usr1"},
+		{12, "usr2"}, {15, "term"}, {17, "chld"}, {21, "ttin"}, {22, "ttou"}, {28, "winch"},
+		{34, "rtmin"}, {35, "rtmin+1"}, {50, "rtmin+16"}, {63, "rtmin+29"}, {64, "rtmax"},
+		{32, "sig32"}, {0, "sig0"}, {65, "sig65"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			wantEq(t, fmt.Sprintf("SignalName(%d)", tc.sig), SignalName(tc.sig), tc.want)
+		})
+	}
+}
+
+func TestEventCounts(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(sec, 101, masterPID),
+		evStart(2*sec, 101, 5, 1, "GET /", 1), evResp(3*sec, 101, 5, 1, 2*sec, 200, 1, 1),
+		evEnd(3*sec, 101, 5, 1, 2*sec, 3*sec, 1, 1, 200, probes.EndClose),
+		evStart(4*sec, 4242, 5, 1, "GET /", 1), // counted as read even though ignored
+	)
+	s := a.Snapshot(0)
+	want := map[string]uint64{"fork": 1, "request_start": 2, "request_response": 1, "request_end": 1}
+	wantEq(t, "kinds", len(s.Events), len(want))
+	for k, n := range want {
+		wantEq(t, "events{"+k+"}", s.Events[k], n)
+	}
+}

@@ -1,0 +1,236 @@
+package aggregate
+
+import (
+	"strings"
+	"unicode/utf8"
+)
+
+// EndpointMode selects how request paths become endpoint labels.
+type EndpointMode string
+
+// Endpoint modes.
+const (
+	EndpointNormalized EndpointMode = "normalized" // identifier-looking segments become {id}
+	EndpointRaw        EndpointMode = "raw"        // the path as it came (still bounded)
+)
+
+// Endpoint label values that are not paths.
+const (
+	EndpointOther   = "other"   // past MaxEndpoints distinct values
+	EndpointUnknown = "unknown" // the request line was not seen or was not HTTP
+)
+
+// MaxEndpointLen bounds an endpoint label, in bytes.
+const MaxEndpointLen = 128
+
+var methods = map[string]string{
+	"GET": "GET", "HEAD": "HEAD", "POST": "POST", "PUT": "PUT", "DELETE": "DELETE",
+	"CONNECT": "CONNECT", "OPTIONS": "OPTIONS", "TRACE": "TRACE", "PATCH": "PATCH",
+}
+
+// route is a --route template split into segments; "{name}" segments match any one segment.
+type route struct {
+	template string
+	segs     []string
+}
+
+func parseRoute(t string) route {
+	return route{template: t, segs: strings.Split(strings.Trim(t, "/"), "/")}
+}
+
+func (r route) match(segs []string) bool {
+	if len(segs) != len(r.segs) {
+		return false
+	}
+	for i, s := range r.segs {
+		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+			continue
+		}
+		if s != segs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizer maps request lines to (method, endpoint) labels and bounds their number.
+type normalizer struct {
+	mode   EndpointMode
+	routes []route
+	max    int
+	seen   map[string]struct{}
+}
+
+func newNormalizer(mode EndpointMode, routes []string, max int) *normalizer {
+	n := &normalizer{mode: mode, max: max, seen: make(map[string]struct{})}
+	for _, r := range routes {
+		n.routes = append(n.routes, parseRoute(r))
+	}
+	return n
+}
+
+// splitLine parses the kernel's cut request line, "METHOD /path". It accepts what the kernel
+// accepts (an upper-case token of at most 16 letters, a space, then a target starting with
+// '/', '*' or an absolute http(s) URL) so that bytes that are not a request line never give
+// an endpoint.
+func splitLine(line []byte) (method, path string, ok bool) {
+	sp := -1
+	for i, c := range line {
+		if c == ' ' {
+			sp = i
+			break
+		}
+	}
+	if sp <= 0 || sp > 16 || sp == len(line)-1 {
+		return "OTHER", "", false
+	}
+	for _, c := range line[:sp] {
+		if c < 'A' || c > 'Z' {
+			return "OTHER", "", false
+		}
+	}
+	m, known := methods[string(line[:sp])]
+	if !known {
+		m = "OTHER"
+	}
+	path = string(line[sp+1:])
+	if path[0] != '/' && path != "*" && !strings.HasPrefix(path, "http://") && !strings.HasPrefix(path, "https://") {
+		return m, "", false
+	}
+	return m, path, true
+}
+
+// label turns a request line into bounded, valid label values.
+func (n *normalizer) label(line []byte) (method, endpoint string) {
+	method, path, ok := splitLine(line)
+	if !ok {
+		return method, EndpointUnknown
+	}
+	endpoint = n.endpoint(path)
+	if _, ok := n.seen[endpoint]; ok {
+		return method, endpoint
+	}
+	if n.max > 0 && len(n.seen) >= n.max {
+		return method, EndpointOther
+	}
+	n.seen[endpoint] = struct{}{}
+	return method, endpoint
+}
+
+func (n *normalizer) endpoint(path string) string {
+	// Absolute form (proxies): drop scheme and authority. The kernel already cut ? and #.
+	if strings.HasPrefix(path, "http://") || strings.HasPrefix(path, "https://") {
+		rest := path[strings.Index(path, "//")+2:]
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			path = rest[i:]
+		} else {
+			path = "/"
+		}
+	}
+	if i := strings.IndexAny(path, "?#"); i >= 0 {
+		path = path[:i]
+	}
+	if path == "" {
+		path = "/"
+	}
+	path = strings.ToValidUTF8(path, "\uFFFD")
+	path = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '\uFFFD'
+		}
+		return r
+	}, path)
+	if path == "*" {
+		return path
+	}
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for _, r := range n.routes {
+		if r.match(segs) {
+			return r.template
+		}
+	}
+	if n.mode != EndpointRaw {
+		changed := false
+		for i, s := range segs {
+			if isIdentifier(s) {
+				segs[i] = "{id}"
+				changed = true
+			}
+		}
+		if changed {
+			trail := ""
+			if strings.HasSuffix(path, "/") {
+				trail = "/"
+			}
+			path = "/" + strings.Join(segs, "/") + trail
+		}
+	}
+	return truncate(path, MaxEndpointLen)
+}
+
+// truncate cuts s to at most max bytes on a rune boundary.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
+	}
+	return s[:max]
+}
+
+// isIdentifier says whether a path segment looks like an id: all digits, a UUID, a long hex
+// string, or a long token mixing letters and digits.
+func isIdentifier(s string) bool {
+	if s == "" {
+		return false
+	}
+	digits, letters, hex, other := 0, 0, 0, 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+			hex++
+		case c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F':
+			letters++
+			hex++
+		case c >= 'g' && c <= 'z' || c >= 'G' && c <= 'Z':
+			letters++
+		case c == '-' || c == '_':
+			other++
+		default:
+			return false
+		}
+	}
+	switch {
+	case digits == len(s):
+		return true
+	case isUUID(s):
+		return true
+	case hex == len(s) && len(s) >= 12 && digits > 0:
+		return true
+	case len(s) >= 16 && digits > 0 && letters > 0:
+		return true
+	}
+	return false
+}
+
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if c != '-' {
+				return false
+			}
+			continue
+		}
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}

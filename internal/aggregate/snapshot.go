@@ -1,0 +1,170 @@
+package aggregate
+
+import (
+	"sort"
+	"time"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+)
+
+// Snapshot is a consistent copy of everything exported, taken under one lock.
+type Snapshot struct {
+	Taken    time.Time
+	Masters  []MasterSnapshot
+	Events   map[string]uint64 // records read, by kind
+	Unpaired uint64            // request records whose start or end was not seen
+}
+
+// MasterSnapshot is one master and its workers.
+type MasterSnapshot struct {
+	PID         uint32
+	App         string
+	LiveWorkers int
+	Restarts    uint64
+	Signals     map[string]uint64
+	Exits       map[string]uint64
+	HTTP        []HTTPCount
+	Routes      []RouteHistogram
+	Workers     []WorkerSnapshot
+}
+
+// HTTPCount is gunicorn_http_requests_total for one label set.
+type HTTPCount struct {
+	Method, Endpoint string
+	Status           uint16
+	Count            uint64
+}
+
+// RouteHistogram is gunicorn_http_request_duration_seconds for one label set.
+type RouteHistogram struct {
+	Method, Endpoint string
+	Duration         Histogram
+}
+
+// LabeledCount is a counter of failures with their labels; ErrorType is empty for
+// gunicorn_worker_failed_requests_total.
+type LabeledCount struct {
+	Method, Endpoint, ErrorType string
+	Count                       uint64
+}
+
+// WorkerSnapshot is one worker.
+type WorkerSnapshot struct {
+	ID          string
+	PID         uint32
+	State       string
+	StateSince  time.Time
+	Started     time.Time
+	Uptime      float64 // seconds; frozen at exit
+	Requests    uint64
+	Duration    Histogram
+	ReqSize     Histogram
+	RespSize    Histogram
+	Failed      []LabeledCount
+	Errors      []LabeledCount
+	InFlight    int
+	BusySeconds float64
+	RSS         uint64
+	CPUPercent  float64
+}
+
+// Snapshot copies the current state. monoNow is the current CLOCK_MONOTONIC time in
+// nanoseconds, used to include the busy time of requests still in flight.
+func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.cfg.Now()
+	s := Snapshot{Taken: now, Events: make(map[string]uint64), Unpaired: a.unpaired}
+	for k, n := range a.events {
+		if n > 0 {
+			s.Events[probes.Kind(k).String()] = n
+		}
+	}
+	byMaster := make(map[*master][]WorkerSnapshot)
+	for _, w := range a.workers {
+		ws := WorkerSnapshot{
+			ID: w.id, PID: w.pid, State: w.state, StateSince: w.stateSince, Started: w.started,
+			Requests: w.requests, Duration: w.duration.clone(), ReqSize: w.reqSize.clone(),
+			RespSize: w.respSize.clone(), InFlight: w.inFlight, RSS: w.rss, CPUPercent: w.cpu,
+		}
+		end := now
+		if w.state == StateExited {
+			end = w.stateSince
+		}
+		ws.Uptime = end.Sub(w.started).Seconds()
+		busy := w.busyNS
+		if w.inFlight > 0 && monoNow > w.busySince {
+			busy += monoNow - w.busySince
+		}
+		ws.BusySeconds = float64(busy) / 1e9
+		for k, n := range w.failed {
+			ws.Failed = append(ws.Failed, LabeledCount{Method: k.method, Endpoint: k.endpoint, Count: n})
+		}
+		for k, n := range w.errors {
+			ws.Errors = append(ws.Errors, LabeledCount{Method: k.method, Endpoint: k.endpoint, ErrorType: k.errorType, Count: n})
+		}
+		sortCounts(ws.Failed)
+		sortCounts(ws.Errors)
+		byMaster[w.master] = append(byMaster[w.master], ws)
+	}
+	for _, m := range a.masters {
+		ms := MasterSnapshot{
+			PID: m.pid, App: m.app, Restarts: m.restarts,
+			Signals: copyMap(m.signals), Exits: copyMap(m.exits),
+			Workers: byMaster[m],
+		}
+		sort.Slice(ms.Workers, func(i, j int) bool { return ms.Workers[i].ID < ms.Workers[j].ID })
+		for _, w := range ms.Workers {
+			if w.State != StateExited {
+				ms.LiveWorkers++
+			}
+		}
+		for k, n := range m.http {
+			ms.HTTP = append(ms.HTTP, HTTPCount{Method: k.method, Endpoint: k.endpoint, Status: k.status, Count: n})
+		}
+		sort.Slice(ms.HTTP, func(i, j int) bool {
+			x, y := ms.HTTP[i], ms.HTTP[j]
+			if x.Endpoint != y.Endpoint {
+				return x.Endpoint < y.Endpoint
+			}
+			if x.Method != y.Method {
+				return x.Method < y.Method
+			}
+			return x.Status < y.Status
+		})
+		for k, h := range m.routes {
+			ms.Routes = append(ms.Routes, RouteHistogram{Method: k.method, Endpoint: k.endpoint, Duration: h.clone()})
+		}
+		sort.Slice(ms.Routes, func(i, j int) bool {
+			x, y := ms.Routes[i], ms.Routes[j]
+			if x.Endpoint != y.Endpoint {
+				return x.Endpoint < y.Endpoint
+			}
+			return x.Method < y.Method
+		})
+		s.Masters = append(s.Masters, ms)
+	}
+	sort.Slice(s.Masters, func(i, j int) bool { return s.Masters[i].PID < s.Masters[j].PID })
+	return s
+}
+
+func sortCounts(c []LabeledCount) {
+	sort.Slice(c, func(i, j int) bool {
+		x, y := c[i], c[j]
+		if x.Endpoint != y.Endpoint {
+			return x.Endpoint < y.Endpoint
+		}
+		if x.Method != y.Method {
+			return x.Method < y.Method
+		}
+		return x.ErrorType < y.ErrorType
+	})
+}
+
+func copyMap(m map[string]uint64) map[string]uint64 {
+	c := make(map[string]uint64, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
