@@ -1,0 +1,5 @@
+// Package proc reads /proc: it finds Gunicorn masters and their workers (attach and
+// --discover), tells a master from a worker or another program, and samples workers' memory
+// and CPU with gopsutil. It earns its own package because neither the kernel side (probes)
+// nor the pure state (aggregate) should read the file system.
+package proc
