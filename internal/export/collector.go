@@ -1,0 +1,172 @@
+package export
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+)
+
+// Source is what the collector reads: the aggregator, or a fake in tests.
+type Source interface {
+	Snapshot(monoNow uint64) aggregate.Snapshot
+}
+
+// CollectorConfig says how series are labelled.
+type CollectorConfig struct {
+	// MasterLabel adds master_pid to every series (--discover).
+	MasterLabel bool
+	// ExpectedWorkers, when > 0, is exported as gunicorn_master_workers_expected (--workers).
+	ExpectedWorkers int
+	// Version is gpe-ebpf's version for gpe_ebpf_build_info.
+	Version string
+}
+
+// Collector is an unchecked-free prometheus.Collector over a Source: every scrape takes one
+// snapshot, so all series of a scrape are consistent with each other.
+type Collector struct {
+	cfg     CollectorConfig
+	src     Source
+	lost    func() (uint64, error)
+	monoNow func() uint64
+
+	workerRequests, workerDuration, workerMemory, workerCPU, workerUptime, workerState,
+	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
+	httpRequests, httpDuration, reqSize, respSize, inFlight, busy, masterWorkers,
+	masterExpected, exits, masterInfo, events, lostDesc, buildInfo *prometheus.Desc
+}
+
+// NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
+func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), monoNow func() uint64) *Collector {
+	c := &Collector{cfg: cfg, src: src, lost: lost, monoNow: monoNow}
+	var base []string
+	if cfg.MasterLabel {
+		base = []string{"master_pid"}
+	}
+	l := func(names ...string) []string { return append(append([]string(nil), base...), names...) }
+	d := prometheus.NewDesc
+	c.workerRequests = d("gunicorn_worker_requests_total", "HTTP requests the worker answered (a status line was written), whatever the status.", l("worker_id"), nil)
+	c.workerDuration = d("gunicorn_worker_request_duration_seconds", "Request duration: first request byte read to last response byte written.", l("worker_id"), nil)
+	c.workerMemory = d("gunicorn_worker_memory_bytes", "Resident set size of the worker.", l("worker_id"), nil)
+	c.workerCPU = d("gunicorn_worker_cpu_percent", "CPU used by the worker over the last sampling interval, percent of one core.", l("worker_id"), nil)
+	c.workerUptime = d("gunicorn_worker_uptime_seconds", "Seconds since the worker was forked.", l("worker_id"), nil)
+	c.workerState = d("gunicorn_worker_state", "Worker state (running, quitting, aborting, exited; exited has value 0); timestamp is the unix second of the last state change.", l("worker_id", "state", "timestamp"), nil)
+	c.workerFailed = d("gunicorn_worker_failed_requests_total", "Requests answered with a 5xx status, or that ended with no response at all.", l("worker_id", "method", "endpoint"), nil)
+	c.workerErrors = d("gunicorn_worker_error_handling_total", "Failed requests by error type: http_<code>, no_response, worker_timeout, worker_exit.", l("worker_id", "method", "endpoint", "error_type"), nil)
+	c.workerInfo = d("gunicorn_worker_info", "Joins worker_id to the worker's PID; always 1.", l("worker_id", "pid"), nil)
+	c.masterRestarts = d("gunicorn_master_worker_restarts_total", "Workers the master spawned to replace one that exited (reload, timeout, crash, max_requests).", base, nil)
+	c.masterSignals = d("gunicorn_master_signals_total", "Signals delivered to the master, named as Gunicorn names them.", l("signal"), nil)
+	c.httpRequests = d("gunicorn_http_requests_total", "Answered requests by method, endpoint and status code.", l("method", "endpoint", "status"), nil)
+	c.httpDuration = d("gunicorn_http_request_duration_seconds", "Request duration by method and endpoint.", l("method", "endpoint"), nil)
+	c.reqSize = d("gunicorn_worker_request_size_bytes", "Bytes read for the request.", l("worker_id"), nil)
+	c.respSize = d("gunicorn_worker_response_size_bytes", "Bytes written for the response.", l("worker_id"), nil)
+	c.inFlight = d("gunicorn_worker_requests_in_flight", "Requests read whose status line is not written yet.", l("worker_id"), nil)
+	c.busy = d("gunicorn_worker_busy_seconds_total", "Time the worker had at least one request in flight.", l("worker_id"), nil)
+	c.masterWorkers = d("gunicorn_master_workers", "Live workers of the master.", base, nil)
+	c.masterExpected = d("gunicorn_master_workers_expected", "Workers the operator expects (--workers).", base, nil)
+	c.exits = d("gunicorn_worker_exits_total", "Worker exits by reason: graceful, error, timeout, oom, signal.", l("reason"), nil)
+	c.masterInfo = d("gunicorn_master_info", "An observed Gunicorn master and its application argument; always 1.", []string{"master_pid", "app"}, nil)
+	c.events = d("gpe_ebpf_events_total", "Ring-buffer records read, by kind.", []string{"kind"}, nil)
+	c.lostDesc = d("gpe_ebpf_events_lost_total", "Records the kernel side could not submit to the ring buffer.", nil, nil)
+	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version and Go version; always 1.", []string{"version", "goversion"}, nil)
+	return c
+}
+
+// Describe sends every descriptor.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.workerRequests, c.workerDuration, c.workerMemory,
+		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
+		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.reqSize, c.respSize,
+		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
+		c.lostDesc, c.buildInfo} {
+		ch <- d
+	}
+}
+
+// Collect takes one snapshot and sends its series.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Snapshot(c.monoNow())
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, runtime.Version())
+	for k := probes.KindFork; int(k) < len(probes.KindNames); k++ {
+		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[k.String()]), k.String())
+	}
+	if c.lost != nil {
+		if n, err := c.lost(); err == nil {
+			ch <- prometheus.MustNewConstMetric(c.lostDesc, prometheus.CounterValue, float64(n))
+		} else {
+			ch <- prometheus.NewInvalidMetric(c.lostDesc, err)
+		}
+	}
+	for i := range s.Masters {
+		c.collectMaster(ch, &s.Masters[i])
+	}
+}
+
+func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.MasterSnapshot) {
+	mpid := strconv.FormatUint(uint64(m.PID), 10)
+	lv := func(values ...string) []string {
+		if c.cfg.MasterLabel {
+			return append([]string{mpid}, values...)
+		}
+		return values
+	}
+	counter := func(d *prometheus.Desc, v float64, values ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv(values...)...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, values ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv(values...)...)
+	}
+	hist := func(d *prometheus.Desc, h aggregate.Histogram, values ...string) {
+		ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, h.Cumulative(), lv(values...)...)
+	}
+
+	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App)
+	counter(c.masterRestarts, float64(m.Restarts))
+	gauge(c.masterWorkers, float64(m.LiveWorkers))
+	if c.cfg.ExpectedWorkers > 0 {
+		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))
+	}
+	for sig, n := range m.Signals {
+		counter(c.masterSignals, float64(n), sig)
+	}
+	for _, reason := range []string{aggregate.ExitGraceful, aggregate.ExitError, aggregate.ExitTimeout, aggregate.ExitOOM, aggregate.ExitSignal} {
+		counter(c.exits, float64(m.Exits[reason]), reason)
+	}
+	for _, h := range m.HTTP {
+		counter(c.httpRequests, float64(h.Count), h.Method, h.Endpoint, strconv.Itoa(int(h.Status)))
+	}
+	for _, r := range m.Routes {
+		hist(c.httpDuration, r.Duration, r.Method, r.Endpoint)
+	}
+	for i := range m.Workers {
+		w := &m.Workers[i]
+		id := w.ID
+		counter(c.workerRequests, float64(w.Requests), id)
+		hist(c.workerDuration, w.Duration, id)
+		hist(c.reqSize, w.ReqSize, id)
+		hist(c.respSize, w.RespSize, id)
+		gauge(c.workerMemory, float64(w.RSS), id)
+		gauge(c.workerCPU, w.CPUPercent, id)
+		gauge(c.workerUptime, w.Uptime, id)
+		state := 1.0
+		if w.State == aggregate.StateExited {
+			state = 0
+		}
+		gauge(c.workerState, state, id, w.State, fmt.Sprint(w.StateSince.Unix()))
+		gauge(c.workerInfo, 1, id, strconv.FormatUint(uint64(w.PID), 10))
+		gauge(c.inFlight, float64(w.InFlight), id)
+		counter(c.busy, w.BusySeconds, id)
+		for _, f := range w.Failed {
+			counter(c.workerFailed, float64(f.Count), id, f.Method, f.Endpoint)
+		}
+		for _, e := range w.Errors {
+			counter(c.workerErrors, float64(e.Count), id, e.Method, e.Endpoint, e.ErrorType)
+		}
+	}
+}
+
+func goVersion() string { return runtime.Version() }

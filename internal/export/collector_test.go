@@ -1,0 +1,200 @@
+package export
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/golden.prom")
+
+// scenario feeds a fixed event sequence into an aggregator with a fake clock: two workers,
+// requests of several kinds, a HUP, a kill -9 and a timeout.
+func scenario(t *testing.T) *aggregate.Aggregator {
+	t.Helper()
+	base := time.Unix(1_700_000_000, 0)
+	now := base.Add(100 * time.Second)
+	cfg := aggregate.DefaultConfig()
+	cfg.Now = func() time.Time { return now }
+	cfg.MonoToWall = func(ns uint64) time.Time { return base.Add(time.Duration(ns)) }
+	a := aggregate.New(cfg)
+	const m = 100
+	a.AddMaster(m, base, "app:app")
+	a.SeedWorkers(m, []uint32{101, 102}, []time.Time{base.Add(time.Second), base.Add(2 * time.Second)})
+	a.SetUsage(101, 30<<20, 12.5)
+	a.SetUsage(102, 31<<20, 3)
+	ts := uint64(10 * time.Second)
+	ev := func(e probes.Event) {
+		ts += uint64(time.Millisecond)
+		if e.TS == 0 {
+			e.TS = ts
+		}
+		a.Handle(&e)
+	}
+	req := func(pid, fd, seq uint32, line string, status uint16, dur time.Duration) {
+		start := ts + uint64(time.Millisecond)
+		ev(probes.Event{Kind: probes.KindReqStart, TGID: pid, FD: fd, Seq: seq, StartNS: start, TS: start, Line: []byte(line)})
+		end := start + uint64(dur)
+		if status != 0 {
+			ev(probes.Event{Kind: probes.KindReqResp, TGID: pid, FD: fd, Seq: seq, Status: status, TS: end})
+		}
+		ev(probes.Event{Kind: probes.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: probes.EndClose, TS: end + 1})
+		ts = end + 2
+	}
+	req(101, 5, 1, "GET /ok", 200, 2*time.Millisecond)
+	req(101, 5, 1, "GET /users/12345", 200, 30*time.Millisecond)
+	req(102, 6, 1, "POST /upload", 201, 300*time.Millisecond)
+	req(102, 6, 1, "GET /fail", 500, 5*time.Millisecond)
+	req(102, 6, 1, "GET /gone", 0, 5*time.Millisecond)
+	// HUP: two replacements, the old workers told to quit by the master, exiting 0.
+	ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: 1, Code: 1})
+	ev(probes.Event{Kind: probes.KindFork, TGID: 103, Other: m})
+	ev(probes.Event{Kind: probes.KindFork, TGID: 104, Other: m})
+	for _, w := range []uint32{101, 102} {
+		ev(probes.Event{Kind: probes.KindSignal, TGID: w, Other: m, Code: 15})
+		ev(probes.Event{Kind: probes.KindExit, TGID: w, Code: 0})
+		ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: w, Code: 17})
+	}
+	// A timeout: the master aborts 103 while it serves /hang.
+	ev(probes.Event{Kind: probes.KindReqStart, TGID: 103, FD: 7, Seq: 1, StartNS: ts, Line: []byte("GET /hang")})
+	ev(probes.Event{Kind: probes.KindSignal, TGID: 103, Other: m, Code: 6})
+	ev(probes.Event{Kind: probes.KindReqEnd, TGID: 103, FD: 7, Seq: 1, StartNS: ts, Reason: probes.EndClose})
+	ev(probes.Event{Kind: probes.KindExit, TGID: 103, Code: 1 << 8})
+	ev(probes.Event{Kind: probes.KindFork, TGID: 105, Other: m})
+	a.SetUsage(104, 29<<20, 1)
+	a.SetUsage(105, 28<<20, 0)
+	return a
+}
+
+func gather(t *testing.T, cfg CollectorConfig) []byte {
+	t.Helper()
+	a := scenario(t)
+	reg := prometheus.NewPedanticRegistry()
+	lost := func() (uint64, error) { return 0, nil }
+	cfg.Version = "test"
+	reg.MustRegister(NewCollector(cfg, a, lost, func() uint64 { return uint64(20 * time.Second) }))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, f := range fams {
+		if err := enc.Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The Go version changes with the toolchain; the golden file does not.
+	return bytes.ReplaceAll(buf.Bytes(), []byte(`goversion="`+goVersion()+`"`), []byte(`goversion="GO"`))
+}
+
+// TestGolden checks the whole exposition against testdata/golden.prom (go test -update to
+// rewrite it after a deliberate change).
+func TestGolden(t *testing.T) {
+	got := gather(t, CollectorConfig{ExpectedWorkers: 2})
+	const path = "testdata/golden.prom"
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden file: %v (run go test -update)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("exposition differs from %s (go test ./internal/export -update after a deliberate change):\n%s", path, diff(string(want), string(got)))
+	}
+}
+
+// TestPromlint: the exposition has no problem promtool would report.
+func TestPromlint(t *testing.T) {
+	for _, cfg := range []CollectorConfig{{}, {MasterLabel: true, ExpectedWorkers: 4}} {
+		problems, err := promlint.New(bytes.NewReader(gather(t, cfg))).Lint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+// TestMasterLabel: with --discover every gunicorn series carries master_pid.
+func TestMasterLabel(t *testing.T) {
+	out := string(gather(t, CollectorConfig{MasterLabel: true}))
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "gunicorn_") && !strings.Contains(line, `master_pid="100"`) {
+			t.Errorf("series without master_pid: %s", line)
+		}
+	}
+}
+
+// TestContractMetrics: every metric of CONTRACT §2 and §3 is exported with its type.
+func TestContractMetrics(t *testing.T) {
+	out := string(gather(t, CollectorConfig{ExpectedWorkers: 2}))
+	want := map[string]string{
+		"gunicorn_worker_requests_total": "counter", "gunicorn_worker_request_duration_seconds": "histogram",
+		"gunicorn_worker_memory_bytes": "gauge", "gunicorn_worker_cpu_percent": "gauge",
+		"gunicorn_worker_uptime_seconds": "gauge", "gunicorn_worker_state": "gauge",
+		"gunicorn_worker_failed_requests_total": "counter", "gunicorn_worker_error_handling_total": "counter",
+		"gunicorn_master_worker_restarts_total": "counter", "gunicorn_master_signals_total": "counter",
+		"gunicorn_worker_info": "gauge", "gunicorn_http_requests_total": "counter",
+		"gunicorn_http_request_duration_seconds": "histogram", "gunicorn_worker_request_size_bytes": "histogram",
+		"gunicorn_worker_response_size_bytes": "histogram", "gunicorn_worker_requests_in_flight": "gauge",
+		"gunicorn_worker_busy_seconds_total": "counter", "gunicorn_master_workers": "gauge",
+		"gunicorn_master_workers_expected": "gauge", "gunicorn_worker_exits_total": "counter",
+		"gpe_ebpf_events_total": "counter", "gpe_ebpf_events_lost_total": "counter", "gpe_ebpf_build_info": "gauge",
+	}
+	for name, typ := range want {
+		if !strings.Contains(out, "# TYPE "+name+" "+typ+"\n") {
+			t.Errorf("missing # TYPE %s %s", name, typ)
+		}
+	}
+	for _, s := range []string{
+		`gunicorn_worker_error_handling_total{endpoint="/hang",error_type="worker_timeout",method="GET",worker_id="worker_3_1700000010"} 1`,
+		`gunicorn_worker_error_handling_total{endpoint="/gone",error_type="no_response",method="GET",worker_id="worker_2_1700000002"} 1`,
+		`gunicorn_master_worker_restarts_total 3`,
+		`gunicorn_worker_exits_total{reason="timeout"} 1`,
+		`gunicorn_worker_exits_total{reason="graceful"} 2`,
+		`gunicorn_http_requests_total{endpoint="/users/{id}",method="GET",status="200"} 1`,
+	} {
+		if !strings.Contains(out, s+"\n") {
+			t.Errorf("missing %s", s)
+		}
+	}
+}
+
+func diff(a, b string) string {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	var out []string
+	in := func(l string, xs []string) bool {
+		for _, x := range xs {
+			if x == l {
+				return true
+			}
+		}
+		return false
+	}
+	for _, l := range al {
+		if !in(l, bl) {
+			out = append(out, "- "+l)
+		}
+	}
+	for _, l := range bl {
+		if !in(l, al) {
+			out = append(out, "+ "+l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
