@@ -1,0 +1,81 @@
+// Command gpe-ebpf observes a running Gunicorn server from the kernel with eBPF and serves
+// Prometheus metrics about it. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+)
+
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr))
+}
+
+// realMain is main without os.Exit, so tests can run it. It returns the exit code:
+// 0 done, 1 a runtime failure, 2 a usage, target or privilege error (CONTRACT §7).
+func realMain(args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if len(args) > 0 && args[0] == "redis-collect" {
+		return exitCode(stderr, runRedisCollect(ctx, args[1:], lookup, stdout, stderr))
+	}
+	cfg, err := parseConfig(args, lookup, stdout)
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	if err != nil {
+		return exitCode(stderr, err)
+	}
+	if cfg.ShowVersion {
+		fmt.Fprintf(stdout, "gpe-ebpf %s (commit %s, %s %s/%s)\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	}
+	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	return exitCode(stderr, run(ctx, cfg, logger))
+}
+
+func exitCode(stderr io.Writer, err error) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "gpe-ebpf: %v\n", err)
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	default:
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
