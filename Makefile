@@ -1,0 +1,65 @@
+# gpe-ebpf's front door. `make test` and `make demo` work on a fresh Debian machine as root.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# Debian packages: the BPF toolchain (only `make generate` needs it), the real components the
+# tests run (Gunicorn and its worker libraries, Redis, load generators) and the checkers of
+# the deployment files.
+DEB_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev \
+	gunicorn python3-gevent python3-eventlet python3-tornado python3-uvicorn \
+	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl
+
+.PHONY: all deps generate build test test-unit test-e2e test-deploy demo bench lint vmlinux clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "all Debian packages present"; fi
+	@command -v $(GO) >/dev/null || { echo "Go is required (https://go.dev/dl/); it is not a Debian package here"; exit 1; }
+
+generate:
+	cd internal/probes && $(GO) generate ./...
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/gpe-ebpf ./cmd/gpe-ebpf
+
+# Everything, the privileged end-to-end tests included (they need root; under CI=true a
+# missing prerequisite fails instead of skipping).
+test: deps build lint test-unit test-e2e test-deploy
+
+test-unit:
+	$(GO) test -count=1 ./internal/... ./cmd/...
+
+test-e2e:
+	$(GO) test -count=1 -p 1 -timeout 30m ./test/...
+
+test-deploy:
+	cd deploy/test && $(GO) test -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	cd deploy/test && $(GO) vet ./...
+	ruby -c Vagrantfile >/dev/null
+
+demo: deps build
+	./scripts/demo.sh
+
+bench: deps build
+	$(GO) run ./bench
+
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > /tmp/vmlinux.h
+	@echo "wrote /tmp/vmlinux.h (a reference for bpf/include/gpe_kernel.h; not committed)"
+
+clean:
+	rm -rf bin

@@ -1,0 +1,472 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+)
+
+// These tests start a real Gunicorn (Debian's) and the real gpe-ebpf binary, and scrape real
+// /metrics. They need root to load BPF programs; under CI=true a missing prerequisite fails
+// the test instead of skipping it.
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+func need(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s: %v", what, err)
+	}
+	t.Skipf("%s: %v", what, err)
+}
+
+// requireE2E checks root (BPF), Gunicorn and the worker libraries, and builds gpe-ebpf once.
+func requireE2E(t *testing.T) {
+	t.Helper()
+	need(t, "end-to-end tests load BPF programs and need root (CAP_BPF, CAP_PERFMON)", probes.CheckPrivileges())
+	_, err := exec.LookPath("gunicorn")
+	need(t, "end-to-end tests need Debian's gunicorn (make deps)", err)
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "gpe-e2e-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "gpe-ebpf")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/gpe-ebpf")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("build gpe-ebpf: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+}
+
+func appDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "app")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// gunicorn is a running Gunicorn master.
+type gunicorn struct {
+	cmd       *exec.Cmd
+	PID       int
+	Port      int
+	Addr      string // host:port, or the unix socket path
+	AccessLog string
+	Log       *bytes.Buffer
+	dir       string
+}
+
+type gunicornOpts struct {
+	WorkerClass string // sync by default
+	Workers     int    // 2 by default
+	App         string // app:app by default
+	Args        []string
+	Bind        string // default 127.0.0.1:<free port>
+}
+
+// startGunicorn starts Gunicorn with an access log that records method, path, status and
+// microseconds, and waits until it answers.
+func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
+	t.Helper()
+	if o.WorkerClass == "" {
+		o.WorkerClass = "sync"
+	}
+	if o.Workers == 0 {
+		o.Workers = 2
+	}
+	if o.App == "" {
+		o.App = "app:app"
+	}
+	dir := t.TempDir()
+	g := &gunicorn{Log: new(bytes.Buffer), dir: dir, AccessLog: filepath.Join(dir, "access.log")}
+	bind := o.Bind
+	if bind == "" {
+		g.Port = freePort(t)
+		bind = fmt.Sprintf("127.0.0.1:%d", g.Port)
+	}
+	g.Addr = strings.TrimPrefix(bind, "unix:")
+	args := []string{"-w", strconv.Itoa(o.Workers), "-k", o.WorkerClass, "-b", bind,
+		"--pid", filepath.Join(dir, "gunicorn.pid"),
+		"--access-logfile", g.AccessLog, "--access-logformat", "%(m)s %(U)s %(s)s %(D)s",
+		"--chdir", appDir()}
+	args = append(args, o.Args...)
+	args = append(args, o.App)
+	g.cmd = exec.Command("gunicorn", args...)
+	g.cmd.Stdout = g.Log
+	g.cmd.Stderr = g.Log
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := g.cmd.Start(); err != nil {
+		t.Fatalf("start gunicorn: %v", err)
+	}
+	g.PID = g.cmd.Process.Pid
+	t.Cleanup(func() { g.Stop() })
+	waitFor(t, 20*time.Second, "gunicorn to answer", func() bool {
+		return len(g.Workers()) == o.Workers && g.answers()
+	})
+	return g
+}
+
+func (g *gunicorn) answers() bool {
+	c, err := g.dial()
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func (g *gunicorn) dial() (net.Conn, error) {
+	if g.Port == 0 {
+		return net.Dial("unix", g.Addr)
+	}
+	return net.Dial("tcp", g.Addr)
+}
+
+// Stop terminates Gunicorn and its workers.
+func (g *gunicorn) Stop() {
+	if g.cmd.ProcessState != nil {
+		return
+	}
+	syscall.Kill(g.PID, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { g.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-g.PID, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// Workers lists the master's children.
+func (g *gunicorn) Workers() []int {
+	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(g.PID)).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+// URL is the base URL of a TCP-bound Gunicorn.
+func (g *gunicorn) URL() string { return "http://" + g.Addr }
+
+// accessEntry is one access-log line.
+type accessEntry struct {
+	Method, Path string
+	Status       int
+	Micros       int64
+}
+
+// AccessLog reads Gunicorn's access log.
+func (g *gunicorn) Access(t *testing.T) []accessEntry {
+	t.Helper()
+	f, err := os.Open(g.AccessLog)
+	if err != nil {
+		t.Fatalf("access log: %v", err)
+	}
+	defer f.Close()
+	var out []accessEntry
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 4 {
+			continue
+		}
+		st, _ := strconv.Atoi(fs[2])
+		us, _ := strconv.ParseInt(fs[3], 10, 64)
+		out = append(out, accessEntry{fs[0], fs[1], st, us})
+	}
+	return out
+}
+
+// gpe is a running gpe-ebpf.
+type gpe struct {
+	cmd  *exec.Cmd
+	Port int
+	out  *safeBuffer
+	done chan struct{}
+}
+
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startGPE starts gpe-ebpf with args (plus a free --metrics-port) and waits for /metrics.
+func startGPE(t *testing.T, args ...string) *gpe {
+	t.Helper()
+	p := &gpe{Port: freePort(t), out: new(safeBuffer), done: make(chan struct{})}
+	args = append([]string{"--metrics-port", strconv.Itoa(p.Port), "--bind-address", "127.0.0.1", "--sample-interval", "500ms", "--log-level", "debug"}, args...)
+	p.cmd = exec.Command(binPath, args...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start gpe-ebpf: %v", err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Stop(t)
+		if t.Failed() {
+			t.Logf("gpe-ebpf output:\n%s", p.out.String())
+		}
+	})
+	waitFor(t, 15*time.Second, "gpe-ebpf to serve /metrics", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("gpe-ebpf exited early: %v\n%s", p.cmd.ProcessState, p.out.String())
+		default:
+		}
+		resp, err := http.Get(p.url())
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return p
+}
+
+func (p *gpe) url() string { return fmt.Sprintf("http://127.0.0.1:%d/metrics", p.Port) }
+
+// Stop sends SIGTERM and returns how long gpe-ebpf took to exit, and its exit code.
+func (p *gpe) Stop(t *testing.T) (time.Duration, int) {
+	select {
+	case <-p.done:
+		return 0, p.cmd.ProcessState.ExitCode()
+	default:
+	}
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+	return time.Since(start), p.cmd.ProcessState.ExitCode()
+}
+
+// metrics is one parsed scrape.
+type metrics map[string]*dto.MetricFamily
+
+func (p *gpe) scrape(t *testing.T) metrics {
+	t.Helper()
+	resp, err := http.Get(p.url())
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse scrape: %v\n%s", err, body)
+	}
+	return fams
+}
+
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
+	n := 0
+	for _, l := range m.GetLabel() {
+		if v, ok := want[l.GetName()]; ok {
+			if v != l.GetValue() {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(want)
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	case m.Untyped != nil:
+		return m.Untyped.GetValue()
+	}
+	return 0
+}
+
+// sum adds the values (for histograms, the counts) of every series of name whose labels
+// include want.
+func (ms metrics) sum(name string, want map[string]string) float64 {
+	f, ok := ms[name]
+	if !ok {
+		return 0
+	}
+	var s float64
+	for _, m := range f.GetMetric() {
+		if labelsMatch(m, want) {
+			s += value(m)
+		}
+	}
+	return s
+}
+
+// series returns every series of name whose labels include want.
+func (ms metrics) series(name string, want map[string]string) []*dto.Metric {
+	f, ok := ms[name]
+	if !ok {
+		return nil
+	}
+	var out []*dto.Metric
+	for _, m := range f.GetMetric() {
+		if labelsMatch(m, want) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// bucket sums the cumulative count at upper bound le over the histograms matching want.
+func (ms metrics) bucket(name string, want map[string]string, le float64) uint64 {
+	var n uint64
+	for _, m := range ms.series(name, want) {
+		for _, b := range m.GetHistogram().GetBucket() {
+			if b.GetUpperBound() == le {
+				n += b.GetCumulativeCount()
+			}
+		}
+	}
+	return n
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitMetric waits until sum(name, labels) == want, then returns the final scrape.
+// It fails with the last value seen if that never happens.
+func (p *gpe) waitMetric(t *testing.T, name string, labels map[string]string, want float64) metrics {
+	t.Helper()
+	var last float64
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ms := p.scrape(t)
+		last = ms.sum(name, labels)
+		if last == want {
+			return ms
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v = %v, want %v", name, labels, last, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// get sends one request with a fresh connection and returns the status.
+func get(t *testing.T, url string) int {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// parallel runs n calls of f over c goroutines.
+func parallel(n, c int, f func(i int)) {
+	var wg sync.WaitGroup
+	ch := make(chan int)
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range ch {
+				f(i)
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		ch <- i
+	}
+	close(ch)
+	wg.Wait()
+}
+
+var _ = context.Background
