@@ -63,7 +63,19 @@ struct conn {
 	__u32 seq;
 	__u16 status;
 	__u8 state;
+	__u8 phase;    /* enum line_phase: how far the request line has been read */
+	__u16 line_len; /* request-line bytes emitted so far */
+	__u8 flags;    /* GPE_FLAG_* */
 	__u8 pad;
+	__u32 pad2;
+};
+
+enum line_phase {
+	LINE_METHOD = 0,  /* reading the method */
+	LINE_TARGET = 1,  /* the first byte of the target is next */
+	LINE_PATH = 2,    /* in the path */
+	LINE_DONE = 3,    /* the path ended (space, ?, #): nothing more is kept */
+	LINE_INVALID = 4, /* not an HTTP request line */
 };
 
 /* Connections of tracked workers. LRU so that fds closed unseen (exit, dup2) age out. */
@@ -284,7 +296,7 @@ static __always_inline void emit_req(__u32 kind, struct conn_key *k, struct conn
 	e->bytes_out = c->bytes_out;
 	e->status = c->status;
 	e->reason = reason;
-	e->tls = c->state == CONN_TLS;
+	e->flags = c->flags | (c->state == CONN_TLS ? GPE_FLAG_TLS : 0);
 	e->line_len = 0;
 	e->pad = 0;
 	bpf_ringbuf_submit(e, submit_flags());
@@ -302,60 +314,98 @@ static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8
 struct cut_ctx {
 	char *line;
 	__u32 n;
-	__u32 phase; /* 0 method, 1 first byte of target, 2 path, 3 cut, 4 not a request */
+	__u32 phase; /* enum line_phase */
 	__u32 kept;
-	__u32 pad;
+	__u32 pos; /* bytes of this request line already seen in earlier reads */
 };
 
-/* One byte of cut_request_line, as a bpf_loop callback: verified once, not 256 times. */
+/* One byte of cut_line, as a bpf_loop callback: verified once, not 256 times. */
 static long cut_step(__u64 i, void *data)
 {
 	struct cut_ctx *x = data;
-	if (i >= GPE_LINE_MAX)
-		return 1;
+	if (i >= GPE_LINE_MAX || i >= x->n)
+		return 1; /* out of bytes: the phase says where the next read resumes */
 	char *line = x->line;
 	char c = line[i];
 	__u32 phase = x->phase;
-	if (i >= x->n && phase < 3)
-		phase = phase == 2 ? 3 : 4;
-	if (phase == 0) {
-		if (c == ' ' && i > 0)
-			phase = 1;
-		else if (c < 'A' || c > 'Z' || i >= 16)
-			phase = 4;
-	} else if (phase == 1) {
+	__u32 at = x->pos + (__u32)i;
+	if (phase == LINE_METHOD) {
+		if (c == ' ' && at > 0)
+			phase = LINE_TARGET;
+		else if (c < 'A' || c > 'Z' || at >= 16)
+			phase = LINE_INVALID;
+	} else if (phase == LINE_TARGET) {
 		if (c == '/' || c == '*' || c == 'h')
-			phase = 2;
+			phase = LINE_PATH;
 		else
-			phase = 4;
-	} else if (phase == 2) {
+			phase = LINE_INVALID;
+	} else if (phase == LINE_PATH) {
 		if (c == ' ' || c == '?' || c == '#' || c == '\r' || c == '\n' || c == 0)
-			phase = 3;
+			phase = LINE_DONE;
 	}
 	x->phase = phase;
-	if (phase == 4)
+	if (phase >= LINE_DONE)
 		return 1;
-	if (phase == 3)
-		line[i] = 0;
-	else
-		x->kept = i + 1;
+	x->kept = i + 1;
+	return 0;
+}
+
+static long zero_step(__u64 i, void *data)
+{
+	struct cut_ctx *x = data;
+	__u64 at = x->kept + i;
+	if (at >= GPE_LINE_MAX)
+		return 1;
+	x->line[at] = 0;
 	return 0;
 }
 
 /*
- * Keep "METHOD SP path" of the copied bytes and zero everything after the path: the query
- * string, the fragment, the protocol version and every header stay in the kernel. Returns the
- * length kept if the bytes look like a request line, else 0 (and the copy is all zeros).
+ * Keep the part of "METHOD SP path" in the n bytes just copied to line, resuming at *phase
+ * (a request line may arrive a few bytes at a time), and zero everything else: the query
+ * string, the fragment, the protocol version and every header never leave the kernel.
+ * Returns how many leading bytes of line are kept; *phase says where the line stands.
  */
-static __always_inline __u32 cut_request_line(char *line, __u32 n)
+static __always_inline __u32 cut_line(char *line, __u32 n, __u32 *phase, __u32 pos)
 {
-	struct cut_ctx x = {.line = line, .n = n};
+	struct cut_ctx x = {.line = line, .n = n, .phase = *phase, .pos = pos};
 	bpf_loop(GPE_LINE_MAX, cut_step, &x, 0);
-	if (x.phase == 4 || x.phase < 2) {
-		__builtin_memset(line, 0, GPE_LINE_MAX);
-		return 0;
-	}
+	*phase = x.phase;
+	if (x.phase == LINE_INVALID)
+		x.kept = 0;
+	bpf_loop(GPE_LINE_MAX, zero_step, &x, 0);
 	return x.kept;
+}
+
+/* Copy up to GPE_LINE_MAX bytes of the read into a reserved record; returns the count. */
+static __always_inline __u32 copy_head(struct gpe_req_start *e, __u64 buf, __s64 n)
+{
+	__u32 len = n > GPE_LINE_MAX ? GPE_LINE_MAX : (__u32)n;
+	len &= 0x1ff;
+	if (len > GPE_LINE_MAX)
+		len = GPE_LINE_MAX;
+	if (bpf_probe_read_user(e->line, len, (void *)buf) != 0)
+		return 0;
+	return len;
+}
+
+static __always_inline void fill_line_event(struct gpe_req_start *e, __u32 kind, struct conn_key *k,
+					    struct conn *c, __u64 now, __u32 kept)
+{
+	e->req.hdr.kind = kind;
+	e->req.hdr.tgid = k->tgid;
+	e->req.hdr.ts_ns = now;
+	e->req.fd = k->fd;
+	e->req.seq = c->seq;
+	e->req.start_ns = c->start_ns;
+	e->req.last_write_ns = 0;
+	e->req.bytes_in = c->bytes_in;
+	e->req.bytes_out = 0;
+	e->req.status = 0;
+	e->req.reason = 0;
+	e->req.flags = 0;
+	e->req.line_len = kept;
+	e->req.pad = 0;
 }
 
 /* Start a new request on c with the bytes just read; emits REQ_START with the cut line. */
@@ -373,29 +423,28 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 			c->bytes_in = n;
 			c->bytes_out = 0;
 			c->status = 0;
+			c->flags = 0;
+			c->phase = LINE_INVALID;
+			c->line_len = 0;
 			c->state = CONN_READING;
 		} else {
 			c->bytes_in += n;
 		}
 		return;
 	}
-	__u32 len = n > GPE_LINE_MAX ? GPE_LINE_MAX : (__u32)n;
-	len &= 0x1ff;
-	if (len > GPE_LINE_MAX)
-		len = GPE_LINE_MAX;
-	if (bpf_probe_read_user(e->line, len, (void *)buf) != 0)
-		len = 0;
+	__u32 len = copy_head(e, buf, n);
 	__u8 first = len > 0 ? (__u8)e->line[0] : 0;
-	__u32 kept = cut_request_line(e->line, len);
 	if (c->state == CONN_IDLE && c->seq == 0 && first == 0x16) {
 		/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
-		bpf_ringbuf_discard(e, 0);
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		c->state = CONN_TLS;
 		return;
 	}
-	if (must_look_like_request && kept == 0) {
+	__u32 phase = LINE_METHOD;
+	__u32 kept = cut_line(e->line, len, &phase, 0);
+	if (must_look_like_request && phase == LINE_INVALID) {
 		/* Continuation bytes of the current request (e.g. a body drained late). */
-		bpf_ringbuf_discard(e, 0);
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		c->bytes_in += n;
 		return;
 	}
@@ -407,23 +456,60 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 	c->bytes_in = n;
 	c->bytes_out = 0;
 	c->status = 0;
+	c->flags = 0;
+	c->phase = phase;
+	c->line_len = kept;
 	c->state = CONN_READING;
-
-	e->req.hdr.kind = GPE_EV_REQ_START;
-	e->req.hdr.tgid = k->tgid;
-	e->req.hdr.ts_ns = now;
-	e->req.fd = k->fd;
-	e->req.seq = c->seq;
-	e->req.start_ns = now;
-	e->req.last_write_ns = 0;
-	e->req.bytes_in = n;
-	e->req.bytes_out = 0;
-	e->req.status = 0;
-	e->req.reason = 0;
-	e->req.tls = 0;
-	e->req.line_len = kept;
-	e->req.pad = 0;
+	fill_line_event(e, GPE_EV_REQ_START, k, c, now, kept);
 	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* More bytes of a request whose line was not complete: emit the next piece of the line. */
+static __always_inline void continue_line(struct conn_key *k, struct conn *c, __u64 buf, __s64 n,
+					  __u64 now)
+{
+	c->bytes_in += n;
+	struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		c->phase = LINE_INVALID;
+		return;
+	}
+	__u32 len = copy_head(e, buf, n);
+	__u32 phase = c->phase;
+	__u32 kept = cut_line(e->line, len, &phase, c->line_len);
+	c->phase = phase;
+	__u32 room = GPE_LINE_MAX - (c->line_len & (GPE_LINE_MAX - 1));
+	if (kept > room)
+		kept = room;
+	if (kept == 0 || c->line_len >= GPE_LINE_MAX) {
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	c->line_len += kept;
+	fill_line_event(e, GPE_EV_REQ_LINE, k, c, now, kept);
+	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* Has the client closed its side (a FIN or a reset arrived) on this worker's fd? */
+static __always_inline __u8 peer_gone(__u32 fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xfffff]) != 0 || !f)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	__u8 shut = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown);
+	return (shut & 1 /* RCV_SHUTDOWN */) ? 1 : 0;
 }
 
 /* The status code of an HTTP/1.x status line at the start of buf, or 0. */
@@ -604,7 +690,10 @@ static __always_inline int exit_io(struct sys_exit_ctx *ctx)
 			return 0;
 		}
 		if (c->state == CONN_READING) {
-			c->bytes_in += n;
+			if (c->phase < LINE_DONE && c->line_len < GPE_LINE_MAX)
+				continue_line(&k, c, p.buf, n, now);
+			else
+				c->bytes_in += n;
 		} else if (c->state == CONN_IDLE) {
 			start_request(&k, c, p.buf, n, now, 0);
 		} else if (c->state == CONN_RESPONDING) {
@@ -642,6 +731,8 @@ static __always_inline int exit_io(struct sys_exit_ctx *ctx)
 			}
 			c->status = st;
 			c->state = CONN_RESPONDING;
+			/* A client that left before its answer: the worker writes into the void. */
+			c->flags = peer_gone(k.fd) ? GPE_FLAG_CLIENT_GONE : 0;
 			c->bytes_out += n;
 			c->last_write_ns = now;
 			emit_req(GPE_EV_REQ_RESP, &k, c, 0, now);

@@ -19,7 +19,12 @@ enum gpe_event_kind {
 	GPE_EV_REQ_START = 6, /* first bytes of a request were read on a tracked connection */
 	GPE_EV_REQ_RESP = 7,  /* the final (non-1xx) status line was written */
 	GPE_EV_REQ_END = 8,   /* the request ended: next request, close, shutdown or fd reuse */
+	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces */
 };
+
+/* gpe_req_event.flags */
+#define GPE_FLAG_TLS 1         /* the connection carries TLS: nothing was parsed */
+#define GPE_FLAG_CLIENT_GONE 2 /* the client had closed its side when the status line was written */
 
 enum gpe_proc_kind {
 	GPE_PROC_MASTER = 1,
@@ -63,12 +68,12 @@ struct gpe_req_event {
 	__u64 bytes_out;  /* response bytes written (END) */
 	__u16 status;     /* RESP and END: the final status, 0 if none was written */
 	__u8 reason;      /* END: enum gpe_end_reason */
-	__u8 tls;         /* END: the connection carried TLS, not plain HTTP */
-	__u16 line_len;   /* START: valid bytes in line */
+	__u8 flags;       /* RESP and END: GPE_FLAG_* */
+	__u16 line_len;   /* START and LINE: valid bytes in line */
 	__u16 pad;
 };
 
-/* GPE_EV_REQ_START carries the request line, cut after the path in the kernel. */
+/* GPE_EV_REQ_START and REQ_LINE carry the request line, cut after the path in the kernel. */
 struct gpe_req_start {
 	struct gpe_req_event req;
 	char line[GPE_LINE_MAX];

@@ -29,6 +29,28 @@ struct task_struct {
 	pid_t tgid;
 	struct task_struct *real_parent;
 	u64 start_boottime;
+	struct files_struct *files;
+};
+
+struct file {
+	void *private_data;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct socket {
+	struct sock *sk;
+};
+
+struct sock {
+	u8 sk_shutdown;
 };
 
 struct iovec {

@@ -75,12 +75,25 @@ type connKey struct{ tgid, fd uint32 }
 
 type request struct {
 	seq       uint32
+	line      []byte // the request line so far, until labelled
+	labeled   bool
 	method    string
 	endpoint  string
 	startNS   uint64
 	status    uint16
 	counted   bool // requests_total and the http_* counters already have it
 	responded bool // in-flight no more (status line written)
+	gone      bool // the client had left when the status line was written
+}
+
+// label turns the request line into labels, once: late enough that a line which arrived in
+// pieces (REQ_LINE records) is whole.
+func (r *request) label(n *normalizer) {
+	if r.labeled {
+		return
+	}
+	r.method, r.endpoint = n.label(r.line)
+	r.labeled, r.line = true, nil
 }
 
 type failKey struct{ method, endpoint string }
@@ -334,6 +347,8 @@ func (a *Aggregator) Handle(ev *probes.Event) {
 		a.reqResp(ev)
 	case probes.KindReqEnd:
 		a.reqEnd(ev)
+	case probes.KindReqLine:
+		a.reqLine(ev)
 	}
 }
 
@@ -404,7 +419,7 @@ func (a *Aggregator) exit(ev *probes.Event) {
 			continue
 		}
 		if !r.counted {
-			a.fail(w, r.method, r.endpoint, a.deathError(w))
+			a.fail(w, r, a.deathError(w))
 		}
 		if !r.responded {
 			a.leaveFlight(w, ev.TS)
@@ -505,8 +520,9 @@ func (a *Aggregator) reqStart(ev *probes.Event) {
 		}
 		a.ending[k] = old
 	}
-	method, endpoint := w.master.norm.label(ev.Line)
-	a.inflight[k] = &request{seq: ev.Seq, method: method, endpoint: endpoint, startNS: ev.StartNS}
+	line := make([]byte, len(ev.Line), probes.LineMax)
+	copy(line, ev.Line)
+	a.inflight[k] = &request{seq: ev.Seq, line: line, startNS: ev.StartNS}
 	w.inFlight++
 	if w.inFlight == 1 {
 		w.busySince = ev.StartNS
@@ -546,6 +562,9 @@ func (a *Aggregator) reqResp(ev *probes.Event) {
 		return // counted at its end, from the END record's status
 	}
 	r.status = ev.Status
+	if ev.Flags&probes.FlagClientGone != 0 {
+		r.gone = true
+	}
 	if !r.responded {
 		r.responded = true
 		a.leaveFlight(w, ev.TS)
@@ -555,20 +574,35 @@ func (a *Aggregator) reqResp(ev *probes.Event) {
 
 // count adds an answered request to the counters, once.
 func (a *Aggregator) count(w *worker, r *request) {
-	if r.counted || r.status == 0 {
+	if r.counted || r.status == 0 || r.gone {
 		return
 	}
 	r.counted = true
+	r.label(w.master.norm)
 	w.requests++
 	w.master.http[httpKey{r.method, r.endpoint, r.status}]++
 	if r.status >= 500 {
-		a.fail(w, r.method, r.endpoint, fmt.Sprintf("http_%d", r.status))
+		a.fail(w, r, fmt.Sprintf("http_%d", r.status))
 	}
 }
 
-func (a *Aggregator) fail(w *worker, method, endpoint, errorType string) {
-	w.failed[failKey{method, endpoint}]++
-	w.errors[errKey{method, endpoint, errorType}]++
+func (a *Aggregator) fail(w *worker, r *request, errorType string) {
+	r.label(w.master.norm)
+	w.failed[failKey{r.method, r.endpoint}]++
+	w.errors[errKey{r.method, r.endpoint, errorType}]++
+}
+
+// reqLine appends a piece of a request line that arrived in several reads.
+func (a *Aggregator) reqLine(ev *probes.Event) {
+	r := a.request(ev)
+	if r == nil || r.labeled {
+		return
+	}
+	n := len(ev.Line)
+	if room := probes.LineMax - len(r.line); n > room {
+		n = room
+	}
+	r.line = append(r.line, ev.Line[:n]...)
 }
 
 func (a *Aggregator) reqEnd(ev *probes.Event) {
@@ -576,14 +610,14 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 	if !ok {
 		return
 	}
-	if ev.TLS {
+	if ev.Flags&probes.FlagTLS != 0 {
 		return
 	}
 	r := a.request(ev)
 	if r == nil {
 		// Its start was not seen (lost or not read): count what the end says, labels unknown.
 		a.unpaired++
-		r = &request{seq: ev.Seq, method: "OTHER", endpoint: EndpointUnknown, startNS: ev.StartNS, responded: true}
+		r = &request{seq: ev.Seq, method: "OTHER", endpoint: EndpointUnknown, labeled: true, startNS: ev.StartNS, responded: true}
 	} else if k := (connKey{ev.TGID, ev.FD}); a.inflight[k] == r {
 		delete(a.inflight, k)
 	} else {
@@ -596,14 +630,17 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 		r.responded = true
 		a.leaveFlight(w, ev.TS)
 	}
-	if r.status == 0 {
+	if ev.Flags&probes.FlagClientGone != 0 {
+		r.gone = true
+	}
+	if r.status == 0 || r.gone {
 		errType := ErrNoResponse
 		if w.state == StateAborting {
 			errType = ErrWorkerTimeout
 		} else if w.state == StateQuitting {
 			errType = ErrWorkerExit
 		}
-		a.fail(w, r.method, r.endpoint, errType)
+		a.fail(w, r, errType)
 		return
 	}
 	a.count(w, r)
@@ -615,6 +652,7 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 	w.duration.observe(d)
 	w.reqSize.observe(float64(ev.BytesIn))
 	w.respSize.observe(float64(ev.BytesOut))
+	r.label(w.master.norm)
 	rk := routeKey{r.method, r.endpoint}
 	h, ok := w.master.routes[rk]
 	if !ok {

@@ -19,13 +19,15 @@ const (
 	KindReqStart Kind = 6 // the first bytes of a request were read
 	KindReqResp  Kind = 7 // the final status line was written
 	KindReqEnd   Kind = 8 // the request ended
-	kindSentinel Kind = 9
+	KindReqLine  Kind = 9 // more of a request line that arrived in pieces
+	kindSentinel Kind = 10
 )
 
 // KindNames names each kind for gpe_ebpf_events_total{kind}.
 var KindNames = [kindSentinel]string{
 	KindFork: "fork", KindExit: "exit", KindExec: "exec", KindSignal: "signal", KindOOM: "oom",
 	KindReqStart: "request_start", KindReqResp: "request_response", KindReqEnd: "request_end",
+	KindReqLine: "request_line",
 }
 
 func (k Kind) String() string {
@@ -57,6 +59,15 @@ const (
 	EndWait     EndReason = 6 // the worker read again and found no data: the response is done
 )
 
+// Flags qualify a request record (GPE_FLAG_* in bpf/gpe.h).
+type Flags uint8
+
+// Request flags.
+const (
+	FlagTLS        Flags = 1 // the connection carries TLS: nothing was parsed
+	FlagClientGone Flags = 2 // the client had closed its side when the status line was written
+)
+
 // LineMax is the most request bytes the kernel copies (GPE_LINE_MAX).
 const LineMax = 256
 
@@ -82,8 +93,8 @@ type Event struct {
 	BytesOut    uint64
 	Status      uint16
 	Reason      EndReason
-	TLS         bool
-	Line        []byte // REQ_START: "METHOD /path", cut after the path in the kernel
+	Flags       Flags
+	Line        []byte // REQ_START, REQ_LINE: (part of) "METHOD /path", cut after the path in the kernel
 	line        [LineMax]byte
 }
 
@@ -118,7 +129,7 @@ func Decode(raw []byte, ev *Event) error {
 		ev.Code = int32(le.Uint32(raw[24:]))
 		ev.ProcKind = ProcKind(le.Uint32(raw[28:]))
 		ev.StartNS = le.Uint64(raw[32:])
-	case KindReqStart, KindReqResp, KindReqEnd:
+	case KindReqStart, KindReqResp, KindReqEnd, KindReqLine:
 		if len(raw) < reqSize {
 			return fmt.Errorf("decode %s: %d bytes: %w", ev.Kind, len(raw), ErrShortRecord)
 		}
@@ -130,9 +141,9 @@ func Decode(raw []byte, ev *Event) error {
 		ev.BytesOut = le.Uint64(raw[48:])
 		ev.Status = le.Uint16(raw[56:])
 		ev.Reason = EndReason(raw[58])
-		ev.TLS = raw[59] != 0
+		ev.Flags = Flags(raw[59])
 		n := int(le.Uint16(raw[60:]))
-		if ev.Kind == KindReqStart && n > 0 {
+		if (ev.Kind == KindReqStart || ev.Kind == KindReqLine) && n > 0 {
 			if n > LineMax || len(raw) < reqSize+n {
 				return fmt.Errorf("decode %s: line of %d bytes in %d: %w", ev.Kind, n, len(raw), ErrShortRecord)
 			}

@@ -22,7 +22,11 @@ type gpeConn struct {
 	Seq         uint32
 	Status      uint16
 	State       uint8
+	Phase       uint8
+	LineLen     uint16
+	Flags       uint8
 	Pad         uint8
+	Pad2        uint32
 }
 
 type gpeConnKey struct {
@@ -59,7 +63,7 @@ type gpeGpeReqEvent struct {
 	BytesOut    uint64
 	Status      uint16
 	Reason      uint8
-	Tls         uint8
+	Flags       uint8
 	LineLen     uint16
 	Pad         uint16
 }

@@ -119,6 +119,46 @@ func TestRequestStateMachine(t *testing.T) {
 	if n, err := p.Lost(); err != nil || n != 0 {
 		t.Errorf("lost %d, %v", n, err)
 	}
+
+	// A request line that arrives a few bytes at a time is reassembled from START + LINE
+	// records, and the query string still never leaves the kernel.
+	cl2, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	defer unix.Close(cl2)
+	if err := unix.Connect(cl2, sa); err != nil {
+		t.Fatal(err)
+	}
+	srv2, _, err := unix.Accept4(ln, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line []byte
+	for _, piece := range []string{"PO", "ST /fr", "ag/x?token=secret HTTP/1.1\r\n", "Host: x\r\n\r\n"} {
+		unix.Sendto(cl2, []byte(piece), 0, nil)
+		time.Sleep(5 * time.Millisecond)
+		if _, _, err := unix.Recvfrom(srv2, buf, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unix.Sendto(srv2, []byte("HTTP/1.1 200 OK\r\n\r\n"), 0, nil)
+	unix.Close(srv2)
+	var kinds []Kind
+	for done := false; !done; {
+		ev := new(Event)
+		if err := p.Read(ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Kind == KindReqStart || ev.Kind == KindReqLine {
+			line = append(line, ev.Line...)
+		}
+		if ev.Kind >= KindReqStart {
+			kinds = append(kinds, ev.Kind)
+		}
+		done = ev.Kind == KindReqEnd
+	}
+	if string(line) != "POST /frag/x" {
+		t.Errorf("reassembled line %q, want %q (records %v)", line, "POST /frag/x", kinds)
+	}
+
 	if err := p.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
