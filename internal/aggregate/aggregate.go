@@ -93,7 +93,7 @@ func (r *request) label(n *normalizer) {
 		return
 	}
 	r.method, r.endpoint = n.label(r.line)
-	r.labeled, r.line = true, nil
+	r.labeled, r.line = true, r.line[:0] // the buffer stays for the request's reuse
 }
 
 type failKey struct{ method, endpoint string }
@@ -160,6 +160,7 @@ type Aggregator struct {
 	// arrived: the kernel reserves START(seq+1) in the ring buffer before it emits
 	// END(seq, next), so the reader sees the START first.
 	ending   map[connKey]*request
+	free     []*request // finished requests, reused by newRequest
 	events   [len(probes.KindNames)]uint64
 	unpaired uint64
 }
@@ -520,12 +521,36 @@ func (a *Aggregator) reqStart(ev *probes.Event) {
 		}
 		a.ending[k] = old
 	}
-	line := make([]byte, len(ev.Line), probes.LineMax)
-	copy(line, ev.Line)
-	a.inflight[k] = &request{seq: ev.Seq, line: line, startNS: ev.StartNS}
+	a.inflight[k] = a.newRequest(ev.Seq, ev.StartNS, ev.Line)
 	w.inFlight++
 	if w.inFlight == 1 {
 		w.busySince = ev.StartNS
+	}
+}
+
+// maxFree bounds the requests kept for reuse: more than the connections in flight at once is
+// never needed.
+const maxFree = 256
+
+// newRequest takes a request (and its line buffer) from the free list, or allocates one: the
+// free list saves two allocations, 330 bytes, per request on the per-event path.
+func (a *Aggregator) newRequest(seq uint32, startNS uint64, line []byte) *request {
+	var r *request
+	var buf []byte
+	if n := len(a.free); n > 0 {
+		r, buf = a.free[n-1], a.free[n-1].line[:0]
+		a.free = a.free[:n-1]
+	} else {
+		r, buf = new(request), make([]byte, 0, probes.LineMax)
+	}
+	*r = request{seq: seq, startNS: startNS, line: append(buf, line...)}
+	return r
+}
+
+// recycle gives back a request no map holds any more.
+func (a *Aggregator) recycle(r *request) {
+	if len(a.free) < maxFree && cap(r.line) >= probes.LineMax {
+		a.free = append(a.free, r)
 	}
 }
 
@@ -618,10 +643,13 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 		// Its start was not seen (lost or not read): count what the end says, labels unknown.
 		a.unpaired++
 		r = &request{seq: ev.Seq, method: "OTHER", endpoint: EndpointUnknown, labeled: true, startNS: ev.StartNS, responded: true}
-	} else if k := (connKey{ev.TGID, ev.FD}); a.inflight[k] == r {
-		delete(a.inflight, k)
 	} else {
-		delete(a.ending, k)
+		if k := (connKey{ev.TGID, ev.FD}); a.inflight[k] == r {
+			delete(a.inflight, k)
+		} else {
+			delete(a.ending, k)
+		}
+		defer a.recycle(r) // no map holds it any more
 	}
 	if ev.Status != 0 && r.status == 0 {
 		r.status = ev.Status
