@@ -59,10 +59,18 @@ type normalizer struct {
 	routes []route
 	max    int
 	seen   map[string]struct{}
+	// cache maps whole request lines to their labels: a line always gets the same labels once
+	// seen has them, or once seen is full ("other"), so the answer can be kept. Bounded so
+	// that many distinct lines cost at most maxCache entries.
+	cache map[string]labels
 }
 
+type labels struct{ method, endpoint string }
+
+const maxCache = 4096
+
 func newNormalizer(mode EndpointMode, routes []string, max int) *normalizer {
-	n := &normalizer{mode: mode, max: max, seen: make(map[string]struct{})}
+	n := &normalizer{mode: mode, max: max, seen: make(map[string]struct{}), cache: make(map[string]labels)}
 	for _, r := range routes {
 		n.routes = append(n.routes, parseRoute(r))
 	}
@@ -102,6 +110,17 @@ func splitLine(line []byte) (method, path string, ok bool) {
 
 // label turns a request line into bounded, valid label values.
 func (n *normalizer) label(line []byte) (method, endpoint string) {
+	if l, ok := n.cache[string(line)]; ok {
+		return l.method, l.endpoint
+	}
+	method, endpoint = n.labelSlow(line)
+	if len(n.cache) < maxCache {
+		n.cache[string(line)] = labels{method, endpoint}
+	}
+	return method, endpoint
+}
+
+func (n *normalizer) labelSlow(line []byte) (method, endpoint string) {
 	method, path, ok := splitLine(line)
 	if !ok {
 		return method, EndpointUnknown
