@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -139,7 +141,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	if cfg.Multiproc != "" {
-		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, func(pid int) bool { return a.agg.IsLive(uint32(pid)) }, logger))
+		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, a.multiprocLive, logger))
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -377,4 +379,42 @@ func (a *agent) followPIDFile() {
 	if err := a.attach(info); err != nil {
 		a.log.Warn("re-attach", "master_pid", pid, "error", err)
 	}
+}
+
+// multiprocLive tells the multiprocess collector whether the process that wrote a live*
+// gauge file still runs. A worker of a master we observe is alive until we see its exit from
+// the kernel (its /proc entry outlives that event for a moment). Any other process writing
+// to the directory (a cron job, a sidecar, a worker's own subprocess) is alive while /proc
+// shows it running and not a zombie: without that fallback it would never count, where the
+// Python exporter counted it.
+func (a *agent) multiprocLive(pid int) bool {
+	if pid <= 0 || pid > 1<<22 {
+		return false
+	}
+	if a.agg.IsLive(uint32(pid)) {
+		return true
+	}
+	stat, err := os.ReadFile(filepath.Join(proc.Root, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ppid ...": the fields after the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 2 || f[0] == "Z" || f[0] == "X" || f[0] == "x" {
+		return false
+	}
+	ppid, err := strconv.ParseUint(f[1], 10, 32)
+	if err != nil {
+		return false
+	}
+	for _, m := range a.agg.Masters() {
+		if uint32(ppid) == m {
+			return false // one of our workers: it exited, as we saw
+		}
+	}
+	return true
 }

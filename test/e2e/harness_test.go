@@ -104,7 +104,8 @@ type gunicornOpts struct {
 	Workers     int    // 2 by default
 	App         string // app:app by default
 	Args        []string
-	Bind        string // default 127.0.0.1:<free port>
+	Bind        string   // default 127.0.0.1:<free port>
+	Env         []string // KEY=value appended to the test process environment for Gunicorn
 }
 
 // startGunicorn starts Gunicorn with an access log that records method, path, status and
@@ -135,6 +136,9 @@ func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
 	args = append(args, o.Args...)
 	args = append(args, o.App)
 	g.cmd = exec.Command("gunicorn", args...)
+	if len(o.Env) > 0 {
+		g.cmd.Env = append(os.Environ(), o.Env...)
+	}
 	g.cmd.Stdout = g.Log
 	g.cmd.Stderr = g.Log
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
