@@ -1,0 +1,257 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// Issue 3: every worker class Debian ships for Gunicorn 20.1, exact under concurrent load with
+// real clients. Ground truth is Gunicorn's access log where the class writes one, and the
+// load generator's record of every response (status, latency) always.
+
+type workerClass struct {
+	name, class, app string
+	args             []string
+	accessLog        bool // Gunicorn's access log is written by this class
+}
+
+var workerClasses = []workerClass{
+	{name: "sync", class: "sync", accessLog: true},
+	{name: "gthread", class: "gthread", args: []string{"--threads", "4", "--keep-alive", "5"}, accessLog: true},
+	{name: "gevent", class: "gevent", accessLog: true},
+	{name: "eventlet", class: "eventlet", accessLog: true},
+	// Tornado writes no Gunicorn access log; uvicorn writes its own format.
+	{name: "tornado", class: "tornado"},
+	{name: "uvicorn", class: "uvicorn.workers.UvicornWorker", app: "asgi:app"},
+}
+
+// load is one hey run against one endpoint.
+type load struct {
+	path      string
+	n, c      int
+	keepAlive bool
+	postBytes int // > 0: POST a body of this size
+}
+
+var loadPlan = []load{
+	{path: "/ok", n: 600, c: 50, keepAlive: true},
+	{path: "/ok", n: 300, c: 50},
+	{path: "/missing", n: 200, c: 50, keepAlive: true},
+	{path: "/status/500", n: 100, c: 50, keepAlive: true},
+	{path: "/status/503", n: 100, c: 50},
+	{path: "/fail", n: 100, c: 20, keepAlive: true},
+	{path: "/sleep/30", n: 200, c: 50, keepAlive: true},
+	{path: "/big", n: 40, c: 10, keepAlive: true},
+	{path: "/upload", n: 30, c: 10, keepAlive: true, postBytes: 1 << 20},
+}
+
+// response is one line of hey's CSV output.
+type response struct {
+	path    string
+	status  int
+	latency float64 // seconds
+}
+
+// runHey drives one load and returns every response hey recorded; requests with no
+// response (connection closed, reset) are the difference between n and len(result).
+func runHey(t *testing.T, base string, l load, dir string) []response {
+	t.Helper()
+	args := []string{"-n", strconv.Itoa(l.n), "-c", strconv.Itoa(l.c), "-t", "60", "-o", "csv"}
+	if !l.keepAlive {
+		args = append(args, "-disable-keepalive")
+	}
+	if l.postBytes > 0 {
+		body := filepath.Join(dir, fmt.Sprintf("body-%d", l.postBytes))
+		if _, err := os.Stat(body); err != nil {
+			if err := os.WriteFile(body, bytes.Repeat([]byte("p"), l.postBytes), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		args = append(args, "-m", "POST", "-D", body, "-T", "application/octet-stream")
+	}
+	args = append(args, base+l.path)
+	out, err := exec.Command("hey", args...).Output()
+	if err != nil {
+		t.Fatalf("hey %v: %v", args, err)
+	}
+	var rs []response
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), ",")
+		if len(f) < 8 || f[0] == "response-time" {
+			continue
+		}
+		lat, err1 := strconv.ParseFloat(f[0], 64)
+		st, err2 := strconv.Atoi(f[6])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		rs = append(rs, response{path: l.path, status: st, latency: lat})
+	}
+	return rs
+}
+
+// endpointOf is the endpoint label gpe-ebpf gives a path (all-digit segments become {id}).
+func endpointOf(path string) string {
+	segs := strings.Split(path, "/")
+	for i, s := range segs {
+		if _, err := strconv.Atoi(s); err == nil && s != "" {
+			segs[i] = "{id}"
+		}
+	}
+	return strings.Join(segs, "/")
+}
+
+func TestWorkerClasses(t *testing.T) {
+	requireE2E(t)
+	_, err := exec.LookPath("hey")
+	need(t, "the worker-class tests drive load with hey (make deps)", err)
+	for _, wc := range workerClasses {
+		t.Run(wc.name, func(t *testing.T) { testWorkerClass(t, wc) })
+	}
+}
+
+func testWorkerClass(t *testing.T, wc workerClass) {
+	g := startGunicorn(t, gunicornOpts{WorkerClass: wc.class, App: wc.app, Args: wc.args})
+	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	dir := t.TempDir()
+
+	sent := map[string]int{}
+	byStatus := map[string]map[int]int{} // endpoint → status → responses
+	latency := map[string]float64{}
+	var all []response
+	for _, l := range loadPlan {
+		rs := runHey(t, g.URL(), l, dir)
+		ep := endpointOf(l.path)
+		sent[ep] += l.n
+		if byStatus[ep] == nil {
+			byStatus[ep] = map[int]int{}
+		}
+		for _, r := range rs {
+			byStatus[ep][r.status]++
+			latency[ep] += r.latency
+		}
+		all = append(all, rs...)
+	}
+	ms := p.settle(t, "gunicorn_worker_requests_total", nil, float64(len(all)))
+	if got := ms.sum("gunicorn_worker_requests_total", nil); got != float64(len(all)) {
+		t.Errorf("requests_total = %v, the client saw %d responses", got, len(all))
+	}
+	var failedWant float64
+	for ep, statuses := range byStatus {
+		answered := 0
+		for st, n := range statuses {
+			answered += n
+			labels := map[string]string{"endpoint": ep, "status": strconv.Itoa(st)}
+			if got := ms.sum("gunicorn_http_requests_total", labels); got != float64(n) {
+				t.Errorf("http_requests_total%v = %v, client saw %d", labels, got, n)
+			}
+			if st >= 500 {
+				failedWant += float64(n)
+				el := map[string]string{"endpoint": ep, "error_type": fmt.Sprintf("http_%d", st)}
+				if got := ms.sum("gunicorn_worker_error_handling_total", el); got != float64(n) {
+					t.Errorf("error_handling_total%v = %v, want %d", el, got, n)
+				}
+			}
+		}
+		if missing := sent[ep] - answered; missing > 0 {
+			// The client got no response at all (Tornado closes the connection when the
+			// WSGI app raises): each is a failure with error_type no_response.
+			failedWant += float64(missing)
+			el := map[string]string{"endpoint": ep, "error_type": "no_response"}
+			if got := ms.sum("gunicorn_worker_error_handling_total", el); got != float64(missing) {
+				t.Errorf("error_handling_total%v = %v, want %d (requests without a response)", el, got, missing)
+			}
+		}
+		fl := map[string]string{"endpoint": ep}
+		var want float64
+		for st, n := range statuses {
+			if st >= 500 {
+				want += float64(n)
+			}
+		}
+		want += float64(sent[ep] - answered)
+		if got := ms.sum("gunicorn_worker_failed_requests_total", fl); got != want {
+			t.Errorf("failed_requests_total{endpoint=%q} = %v, want %v", ep, got, want)
+		}
+	}
+	if got := ms.sum("gunicorn_worker_failed_requests_total", nil); got != failedWant {
+		t.Errorf("failed_requests_total = %v, want %v", got, failedWant)
+	}
+	if got := ms.sum("gpe_ebpf_events_lost_total", nil); got != 0 {
+		t.Errorf("events lost: %v", got)
+	}
+
+	// Durations of the 30 ms endpoint.
+	sleep := map[string]string{"endpoint": "/sleep/{id}", "method": "GET"}
+	var ourSum float64
+	var ourCount uint64
+	for _, m := range ms.series("gunicorn_http_request_duration_seconds", sleep) {
+		ourSum += m.GetHistogram().GetSampleSum()
+		ourCount += m.GetHistogram().GetSampleCount()
+	}
+	if ourCount != uint64(byStatus["/sleep/{id}"][200]) {
+		t.Errorf("/sleep/30 histogram count %d, want %d", ourCount, byStatus["/sleep/{id}"][200])
+	}
+	if n := ms.bucket("gunicorn_http_request_duration_seconds", sleep, 0.025); n != 0 {
+		t.Errorf("%d /sleep/30 requests observed at or below 25 ms", n)
+	}
+	report := fmt.Sprintf("%s: sent %d, client responses %d, counted %v", wc.name, sumInts(sent), len(all), ms.sum("gunicorn_worker_requests_total", nil))
+	if wc.accessLog {
+		entries := g.Access(t)
+		report += fmt.Sprintf(", access-log lines %d", len(entries))
+		if len(entries) != len(all) {
+			t.Errorf("access log has %d lines, the client saw %d responses", len(entries), len(all))
+		}
+		var logSum float64
+		var logDur []float64
+		for _, e := range entries {
+			if e.Path == "/sleep/30" {
+				d := float64(e.Micros) / 1e6
+				logSum += d
+				logDur = append(logDur, d)
+			}
+		}
+		errPct := 100 * math.Abs(ourSum-logSum) / logSum
+		report += fmt.Sprintf(", /sleep/30 duration sum %.3fs vs access log %.3fs (%.2f%%)", ourSum, logSum, errPct)
+		if errPct > 5 {
+			t.Errorf("/sleep/30 duration sum %.4fs differs from the access log's %.4fs by %.2f%% (> 5%%)", ourSum, logSum, errPct)
+		}
+		// Bucket by bucket, the histogram agrees with the access log's durations (a request
+		// within a fraction of a millisecond of a bound may fall either side).
+		sort.Float64s(logDur)
+		for _, b := range []float64{0.05, 0.1, 0.25, 0.5} {
+			logN := sort.SearchFloat64s(logDur, b+1e-12)
+			ours := ms.bucket("gunicorn_http_request_duration_seconds", sleep, b)
+			tol := math.Max(2, 0.02*float64(len(logDur)))
+			if math.Abs(float64(ours)-float64(logN)) > tol {
+				t.Errorf("/sleep/30 at or below %vs: %d observed, access log %d", b, ours, logN)
+			}
+		}
+	} else {
+		// No access log: the sum lies between the sleep time and the clients' latency.
+		lo, hi := 0.030*float64(ourCount), latency["/sleep/{id}"]
+		report += fmt.Sprintf(", /sleep/30 duration sum %.3fs within [%.3f, %.3f]", ourSum, lo, hi)
+		if ourSum < lo || ourSum > hi {
+			t.Errorf("/sleep/30 duration sum %.4fs outside [sleep %.4fs, client latency %.4fs]", ourSum, lo, hi)
+		}
+	}
+	t.Log(report)
+}
+
+func sumInts(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
