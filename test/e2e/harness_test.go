@@ -440,6 +440,20 @@ func (p *gpe) waitMetric(t *testing.T, name string, labels map[string]string, wa
 	}
 }
 
+// settle waits up to 15 s for sum(name, labels) to reach want and returns the last scrape
+// either way, so the caller's finer assertions say what is off.
+func (p *gpe) settle(t *testing.T, name string, labels map[string]string, want float64) metrics {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ms := p.scrape(t)
+		if ms.sum(name, labels) == want || time.Now().After(deadline) {
+			return ms
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // get sends one request with a fresh connection and returns the status.
 func get(t *testing.T, url string) int {
 	t.Helper()
