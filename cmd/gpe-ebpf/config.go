@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -112,7 +113,7 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs.StringVar(&cfg.Redis.Password, "redis-password", "", "Redis password")
 	fs.StringVar(&cfg.Redis.KeyPrefix, "redis-key-prefix", cfg.Redis.KeyPrefix, "prefix of every Redis key")
 	fs.IntVar(intervalSecs, "redis-forward-interval", int(cfg.Redis.Interval/time.Second), "seconds between forwards")
-	fs.StringVar(&cfg.Redis.Instance, "redis-instance", cfg.Redis.Instance, "instance name in the Redis keys (default: the host name)")
+	fs.StringVar(&cfg.Redis.Instance, "redis-instance", cfg.Redis.Instance, "instance name in the Redis keys; the default is the host name")
 
 	fs.Uint32Var(ringBytes, "ring-buffer-size", cfg.Probes.RingBufferBytes, "ring buffer size in bytes (a power of two, at least the page size)")
 	fs.Uint64Var(&cfg.Probes.WakeupBytes, "wakeup-bytes", cfg.Probes.WakeupBytes, "wake the reader only once this many bytes wait (0: every record); the reader also polls every 100ms")
@@ -217,7 +218,7 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 		{!strings.HasPrefix(cfg.Server.MetricsPath, "/"), fmt.Sprintf("invalid --metrics-path %q: must start with /", cfg.Server.MetricsPath)},
 		{(cfg.Server.TLSCertFile == "") != (cfg.Server.TLSKeyFile == ""), "--tls-cert-file (PROMETHEUS_SSL_CERTFILE) and --tls-key-file (PROMETHEUS_SSL_KEYFILE) go together"},
 		{cfg.Server.TLSCertFile != "" && cfg.Server.WebConfigFile != "", "--tls-cert-file and --web.config.file are exclusive: put the certificate in the web config"},
-		{workers < 0, fmt.Sprintf("invalid --workers (GUNICORN_WORKERS) %d", workers)},
+		{workers < 0, fmt.Sprintf("invalid --workers (GUNICORN_WORKERS) %d: must be 0 or more", workers)},
 		{cfg.Aggregate.StaleAfter <= 0, "invalid --stale-after: must be positive"},
 		{cfg.Aggregate.MaxEndpoints < 1, "invalid --max-endpoints: must be at least 1"},
 		{endpointMode != string(aggregate.EndpointNormalized) && endpointMode != string(aggregate.EndpointRaw), fmt.Sprintf("invalid --endpoint-mode %q: normalized or raw", endpointMode)},
@@ -237,12 +238,23 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 			return cfg, usagef("invalid --route %q: must start with /", r)
 		}
 	}
-	for _, f := range []struct{ flag, path string }{{"--tls-cert-file", cfg.Server.TLSCertFile}, {"--tls-key-file", cfg.Server.TLSKeyFile}, {"--multiproc-dir", cfg.Multiproc}} {
+	for _, f := range []struct{ flag, path string }{
+		{"--tls-cert-file (PROMETHEUS_SSL_CERTFILE)", cfg.Server.TLSCertFile},
+		{"--tls-key-file (PROMETHEUS_SSL_KEYFILE)", cfg.Server.TLSKeyFile},
+		{"--multiproc-dir (PROMETHEUS_MULTIPROC_DIR)", cfg.Multiproc},
+	} {
 		if f.path == "" {
 			continue
 		}
 		if _, err := os.Stat(f.path); err != nil {
 			return cfg, usagef("%s: %v", f.flag, err)
+		}
+	}
+	if cfg.Server.TLSCertFile != "" {
+		// Load the pair now: a bad certificate is a usage error found at start, not a
+		// failure of the metrics server after the probes are attached.
+		if _, err := tls.LoadX509KeyPair(cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile); err != nil {
+			return cfg, usagef("invalid --tls-cert-file/--tls-key-file (PROMETHEUS_SSL_CERTFILE/PROMETHEUS_SSL_KEYFILE): %v", err)
 		}
 	}
 	if err := export.CheckWebConfig(cfg.Server.WebConfigFile); err != nil {

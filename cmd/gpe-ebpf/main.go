@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
@@ -46,6 +48,7 @@ func realMain(args []string, lookup func(string) (string, bool), stdout, stderr 
 		return 0
 	}
 	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	redis.SetLogger(redisLogger{logger})
 	return exitCode(stderr, run(ctx, cfg, logger))
 }
 

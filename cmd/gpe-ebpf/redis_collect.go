@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/pflag"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/redisfwd"
@@ -52,6 +53,7 @@ func runRedisCollect(ctx context.Context, args []string, lookup func(string) (st
 		return usagef("redis-collect: %v", err)
 	}
 	logger := newLogger(stderr, *logLevel, *logFormat)
+	redis.SetLogger(redisLogger{logger})
 	err := redisfwd.RunCollector(ctx, cfg, logger)
 	if errors.Is(err, context.Canceled) {
 		return nil

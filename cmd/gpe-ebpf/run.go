@@ -171,6 +171,14 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 
 	l, err := export.Listen(ctx, cfg.Server, logger)
+	if err != nil && ctx.Err() != nil {
+		// SIGINT/SIGTERM while waiting for a taken port is a normal stop (CONTRACT §7).
+		logger.Info("stopping")
+		cancel()
+		p.Close()
+		wg.Wait()
+		return nil
+	}
 	if err != nil {
 		if errors.Is(err, export.ErrPortInUse) {
 			return usageError{err}

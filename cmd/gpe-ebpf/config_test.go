@@ -1,0 +1,101 @@
+package main
+
+import (
+	"io"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// TestPrecedence: a flag beats its environment variable, which beats the default (CONTRACT §5).
+func TestPrecedence(t *testing.T) {
+	cert, key := selfSigned(t)
+	cert2, key2 := selfSigned(t)
+	envAll := env(
+		"PROMETHEUS_METRICS_PORT", "9200",
+		"PROMETHEUS_BIND_ADDRESS", "127.0.0.2",
+		"PROMETHEUS_SSL_CERTFILE", cert2,
+		"PROMETHEUS_SSL_KEYFILE", key2,
+		"PROMETHEUS_MULTIPROC_DIR", t.TempDir(),
+		"GUNICORN_WORKERS", "4",
+		"REDIS_ENABLED", "on",
+		"REDIS_HOST", "redis.env",
+		"REDIS_PORT", "6380",
+		"REDIS_DB", "3",
+		"REDIS_PASSWORD", "envsecret",
+		"REDIS_KEY_PREFIX", "env:",
+		"REDIS_FORWARD_INTERVAL", "7",
+		"REDIS_INSTANCE", "env-instance",
+	)
+	flagDir := t.TempDir()
+	flags := []string{
+		"--metrics-port", "9300", "--bind-address", "127.0.0.3",
+		"--tls-cert-file", cert, "--tls-key-file", key, "--multiproc-dir", flagDir,
+		"--workers", "8", "--redis-enabled", "false", "--redis-host", "redis.flag", "--redis-port", "6381",
+		"--redis-db", "5", "--redis-password", "flagsecret", "--redis-key-prefix", "flag:",
+		"--redis-forward-interval", "9", "--redis-instance", "flag-instance",
+	}
+
+	type view struct {
+		Port                     int
+		Bind, Cert, Key, MPDir   string
+		Workers                  int
+		RedisOn                  bool
+		RHost                    string
+		RPort, RDB               int
+		RPass, RPrefix, Instance string
+		Interval                 time.Duration
+	}
+	get := func(c Config) view {
+		return view{c.Server.Port, c.Server.BindAddress, c.Server.TLSCertFile, c.Server.TLSKeyFile, c.Multiproc,
+			c.Workers, c.Redis.Enabled, c.Redis.Host, c.Redis.Port, c.Redis.DB, c.Redis.Password, c.Redis.KeyPrefix,
+			c.Redis.Instance, c.Redis.Interval}
+	}
+	def := defaultConfig()
+	cases := []struct {
+		name   string
+		args   []string
+		lookup func(string) (string, bool)
+		want   view
+	}{
+		{"defaults", nil, env(), view{9090, "0.0.0.0", "", "", "", 0, false, "localhost", 6379, 0, "", "gunicorn:metrics:", def.Redis.Instance, 30 * time.Second}},
+		{"environment over defaults", nil, envAll, view{9200, "127.0.0.2", cert2, key2, "", 4, true, "redis.env", 6380, 3, "envsecret", "env:", "env-instance", 7 * time.Second}},
+		{"flags over environment", flags, envAll, view{9300, "127.0.0.3", cert, key, flagDir, 8, false, "redis.flag", 6381, 5, "flagsecret", "flag:", "flag-instance", 9 * time.Second}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := parseConfig(append([]string{"--pid", "1"}, c.args...), c.lookup, io.Discard)
+			if err != nil {
+				t.Fatalf("parseConfig: %v", err)
+			}
+			got := get(cfg)
+			if c.name == "environment over defaults" {
+				got.MPDir = "" // a fresh temp dir; checked below
+				if cfg.Multiproc == "" {
+					t.Errorf("PROMETHEUS_MULTIPROC_DIR not applied")
+				}
+			}
+			if !reflect.DeepEqual(got, c.want) {
+				t.Errorf("got  %+v\nwant %+v", got, c.want)
+			}
+			if cfg.Redis.MetricsPort != cfg.Server.Port {
+				t.Errorf("redis metadata port %d, metrics port %d", cfg.Redis.MetricsPort, cfg.Server.Port)
+			}
+		})
+	}
+}
+
+// TestRedisEnabledValues: REDIS_ENABLED takes the reference's spellings, case-insensitively.
+func TestRedisEnabledValues(t *testing.T) {
+	for v, want := range map[string]bool{"true": true, "1": true, "yes": true, "on": true, "TRUE": true, "On": true,
+		"false": false, "0": false, "no": false, "off": false} {
+		cfg, err := parseConfig([]string{"--pid", "1"}, env("REDIS_ENABLED", v), io.Discard)
+		if err != nil {
+			t.Errorf("REDIS_ENABLED=%s: %v", v, err)
+			continue
+		}
+		if cfg.Redis.Enabled != want {
+			t.Errorf("REDIS_ENABLED=%s: enabled %v, want %v", v, cfg.Redis.Enabled, want)
+		}
+	}
+}
