@@ -1,0 +1,337 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// clkTck is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on every Linux
+// architecture Go supports; sysconf would need cgo).
+const clkTck = 100
+
+// freePort asks the kernel for a free loopback port: other sessions share this machine.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// gunicorn is a Gunicorn master we started, sync workers, test/app on loopback.
+type gunicorn struct {
+	cmd  *exec.Cmd
+	port int
+	log  *bytes.Buffer
+}
+
+func startGunicorn(root string, workers int) (*gunicorn, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	g := &gunicorn{port: port, log: &bytes.Buffer{}}
+	g.cmd = exec.Command("gunicorn", "--workers", strconv.Itoa(workers), "--worker-class", "sync",
+		"--bind", fmt.Sprintf("127.0.0.1:%d", port), "--chdir", filepath.Join(root, "test", "app"),
+		"--log-level", "warning", "--backlog", "2048", "app:app")
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := g.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start gunicorn: %w", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if len(children(g.cmd.Process.Pid)) == workers && httpOK(g.url("/ok")) {
+			return g, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	g.stop()
+	return nil, fmt.Errorf("gunicorn with %d workers not ready after 60s: %s", workers, g.log.String())
+}
+
+func (g *gunicorn) pid() int               { return g.cmd.Process.Pid }
+func (g *gunicorn) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", g.port, path) }
+
+func (g *gunicorn) stop() {
+	if g == nil || g.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-g.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// children lists a process's children from /proc/<pid>/task/<pid>/children.
+func children(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func httpOK(url string) bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+// observer is a running gpe-ebpf.
+type observer struct {
+	cmd     *exec.Cmd
+	port    int
+	stderr  *lockedBuffer
+	started time.Time
+	exited  chan struct{}
+	// ready is exec to the first answered /metrics; took is what its "attached" line says.
+	ready, took time.Duration
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+var tookRE = regexp.MustCompile(`msg=attached .*took=(\S+)`)
+
+func startObserver(bin string, master int, extra ...string) (*observer, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	o := &observer{port: port, stderr: &lockedBuffer{}}
+	args := append([]string{"--pid", strconv.Itoa(master), "--metrics-port", strconv.Itoa(port),
+		"--bind-address", "127.0.0.1"}, extra...)
+	o.cmd = exec.Command(bin, args...)
+	o.cmd.Stdout, o.cmd.Stderr = o.stderr, o.stderr
+	o.started = time.Now()
+	if err := o.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start gpe-ebpf: %w", err)
+	}
+	o.exited = make(chan struct{})
+	go func() { _ = o.cmd.Wait(); close(o.exited) }()
+	c := http.Client{Timeout: time.Second}
+	deadline := o.started.Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-o.exited:
+			return nil, fmt.Errorf("gpe-ebpf exited: %s", o.stderr.String())
+		default:
+		}
+		resp, err := c.Get(o.metricsURL())
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				o.ready = time.Since(o.started)
+				break
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if o.ready == 0 {
+		o.stop()
+		return nil, fmt.Errorf("gpe-ebpf /metrics not answering after 30s: %s", o.stderr.String())
+	}
+	if m := tookRE.FindStringSubmatch(o.stderr.String()); m != nil {
+		o.took, _ = time.ParseDuration(m[1])
+	}
+	return o, nil
+}
+
+func (o *observer) metricsURL() string { return fmt.Sprintf("http://127.0.0.1:%d/metrics", o.port) }
+
+func (o *observer) stop() {
+	if o == nil || o.cmd.Process == nil {
+		return
+	}
+	_ = o.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-o.exited:
+	case <-time.After(10 * time.Second):
+		_ = o.cmd.Process.Kill()
+		<-o.exited
+	}
+}
+
+// cpuTicks is utime+stime of a process, in clock ticks.
+func cpuTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command may hold spaces; fields restart after the last ')'.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0, errors.New("short /proc/pid/stat")
+	}
+	u, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	return u + st, nil
+}
+
+// rssBytes is VmRSS from /proc/<pid>/status.
+func rssBytes(pid int) (uint64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// scrape fetches /metrics and returns its body.
+func scrape(url string) (string, error) {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("scrape: %s", resp.Status)
+	}
+	return string(b), err
+}
+
+// metricSum adds the values of every series of one metric name.
+func metricSum(body, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// wrkResult is what wrk printed.
+type wrkResult struct {
+	Requests     uint64  `json:"requests"`
+	Seconds      float64 `json:"seconds"`
+	PerSec       float64 `json:"requests_per_second"`
+	SocketErrors uint64  `json:"socket_errors"`
+	Non2xx       uint64  `json:"non_2xx_3xx"`
+}
+
+var (
+	wrkReqRE  = regexp.MustCompile(`(\d+) requests in ([\d.]+)(ms|s|m|h)`)
+	wrkSockRE = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	wrkNonRE  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+)
+
+func runWrk(ctx context.Context, url string, threads, conns int, d time.Duration, script string) (wrkResult, error) {
+	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
+		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--timeout", "10s"}
+	if script != "" {
+		args = append(args, "-s", script)
+	}
+	out, err := exec.CommandContext(ctx, "wrk", append(args, url)...).CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("wrk: %w: %s", err, out)
+	}
+	return parseWrk(string(out))
+}
+
+func parseWrk(out string) (wrkResult, error) {
+	var r wrkResult
+	m := wrkReqRE.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("wrk output not understood: %s", out)
+	}
+	r.Requests, _ = strconv.ParseUint(m[1], 10, 64)
+	r.Seconds, _ = strconv.ParseFloat(m[2], 64)
+	if m[3] == "ms" {
+		r.Seconds /= 1000
+	}
+	switch m[3] {
+	case "m":
+		r.Seconds *= 60
+	case "h":
+		r.Seconds *= 3600
+	}
+	if r.Seconds > 0 {
+		r.PerSec = float64(r.Requests) / r.Seconds
+	}
+	if m := wrkSockRE.FindStringSubmatch(out); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.ParseUint(s, 10, 64)
+			r.SocketErrors += n
+		}
+	}
+	if m := wrkNonRE.FindStringSubmatch(out); m != nil {
+		r.Non2xx, _ = strconv.ParseUint(m[1], 10, 64)
+	}
+	return r, nil
+}
+
+func execLookPath(name string) (string, error) { return exec.LookPath(name) }
+
+func execOutput(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
