@@ -436,7 +436,7 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 	__u8 first = len > 0 ? (__u8)e->line[0] : 0;
 	if (c->state == CONN_IDLE && c->seq == 0 && first == 0x16) {
 		/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(e, 0);
 		c->state = CONN_TLS;
 		return;
 	}
@@ -444,7 +444,7 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 	__u32 kept = cut_line(e->line, len, &phase, 0);
 	if (must_look_like_request && phase == LINE_INVALID) {
 		/* Continuation bytes of the current request (e.g. a body drained late). */
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(e, 0);
 		c->bytes_in += n;
 		return;
 	}
@@ -483,7 +483,7 @@ static __always_inline void continue_line(struct conn_key *k, struct conn *c, __
 	if (kept > room)
 		kept = room;
 	if (kept == 0 || c->line_len >= GPE_LINE_MAX) {
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(e, 0);
 		return;
 	}
 	c->line_len += kept;

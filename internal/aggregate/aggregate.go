@@ -289,6 +289,16 @@ func (a *Aggregator) IsLive(pid uint32) bool {
 	return ok && w.state != StateExited
 }
 
+// State is a worker's state, or "" for a pid that is not a known worker.
+func (a *Aggregator) State(pid uint32) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w, ok := a.workers[pid]; ok {
+		return w.state
+	}
+	return ""
+}
+
 // Masters lists the observed masters.
 func (a *Aggregator) Masters() []uint32 {
 	a.mu.Lock()

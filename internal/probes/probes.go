@@ -19,7 +19,7 @@ type Config struct {
 	// PollInterval bounds how long a record can wait. 0 wakes the reader for every record.
 	WakeupBytes uint64
 	// PollInterval is how often the reader looks at the ring buffer when wake-ups are batched.
-	PollInterval time.Duration
+	PollInterval time.Duration // also a bound on any missed wake-up
 }
 
 // DefaultConfig is what gpe-ebpf runs with.
@@ -139,9 +139,9 @@ func (p *Probes) Untrack(tgid uint32) error {
 // Read blocks until the next record and decodes it into ev. It returns ErrClosed after Close.
 func (p *Probes) Read(ev *Event) error {
 	for {
-		if p.cfg.WakeupBytes > 0 {
-			p.reader.SetDeadline(time.Now().Add(p.cfg.PollInterval))
-		}
+		// Always poll as well: with batched wake-ups that is how records get read, and
+		// without them it guarantees no record waits for a wake-up that never comes.
+		p.reader.SetDeadline(time.Now().Add(p.cfg.PollInterval))
 		err := p.reader.ReadInto(&p.rec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			continue

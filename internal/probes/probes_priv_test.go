@@ -3,6 +3,7 @@ package probes
 import (
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,12 +133,24 @@ func TestRequestStateMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	var line []byte
-	for _, piece := range []string{"PO", "ST /fr", "ag/x?token=secret HTTP/1.1\r\n", "Host: x\r\n\r\n"} {
-		unix.Sendto(cl2, []byte(piece), 0, nil)
-		time.Sleep(5 * time.Millisecond)
-		if _, _, err := unix.Recvfrom(srv2, buf, 0); err != nil {
+	frag := "POST /frag/x?token=secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+	var pieces []string
+	for len(frag) > 3 {
+		pieces, frag = append(pieces, frag[:3]), frag[3:]
+	}
+	pieces = append(pieces, frag)
+	go func() {
+		for _, piece := range pieces {
+			unix.Sendto(cl2, []byte(piece), 0, nil)
+			time.Sleep(15 * time.Millisecond)
+		}
+	}()
+	for got := 0; got < len(strings.Join(pieces, "")); {
+		n, _, err := unix.Recvfrom(srv2, buf, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
+		got += n
 	}
 	unix.Sendto(srv2, []byte("HTTP/1.1 200 OK\r\n\r\n"), 0, nil)
 	unix.Close(srv2)
