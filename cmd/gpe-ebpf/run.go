@@ -294,6 +294,9 @@ func (a *agent) read() {
 			}
 		case ev.Kind == probes.KindExec && ev.ProcKind == probes.ProcWorker:
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
+		case ev.Kind == probes.KindSignal && ev.ProcKind == probes.ProcWorker:
+			a.log.Debug("worker signalled", "master_pid", ev.Master, "worker_pid", ev.TGID, "sender_pid", ev.Other,
+				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
 		case ev.Kind == probes.KindFork:
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
 		case ev.Kind == probes.KindExit:
