@@ -20,7 +20,7 @@
  * requests, all behind the same 16-byte header, in one ring buffer. Submits that fail are
  * counted per CPU in `lost`.
  *
- * Minimum kernel: 5.8 (ring buffer, tp_btf, bpf_probe_read_user); tested on 6.18.
+ * Minimum kernel: 5.17 (bpf_loop; ring buffer and tp_btf are older), with BTF; tested on 6.18.
  */
 #include "include/gpe_kernel.h"
 #include <bpf/bpf_helpers.h>
