@@ -858,3 +858,67 @@ func TestEventCounts(t *testing.T) {
 		wantEq(t, "events{"+k+"}", s.Events[k], n)
 	}
 }
+
+// A request line that arrives in pieces: START carries the first, REQ_LINE the rest; the
+// labels come from the whole line, whenever the request is first counted.
+func TestRequestLineInPieces(t *testing.T) {
+	const w, fd = 101, 4
+	start := 5 * sec
+	line := func(ts uint64, piece string) probes.Event {
+		return probes.Event{Kind: probes.KindReqLine, TGID: w, TS: ts, FD: fd, Seq: 1, StartNS: start, Line: []byte(piece)}
+	}
+	for _, tc := range []struct {
+		name     string
+		pieces   []string
+		status   uint16
+		endpoint string
+		method   string
+	}{
+		{"three pieces", []string{"GE", "T /users/", "42/orders"}, 200, "/users/{id}/orders", "GET"},
+		{"method only first", []string{"POST", " /upload"}, 201, "/upload", "POST"},
+		{"a failure labelled from the whole line", []string{"DEL", "ETE /items/9"}, 500, "/items/{id}", "DELETE"},
+		{"never completed", []string{"GE"}, 404, EndpointUnknown, "OTHER"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, tc.pieces[0], 2))
+			for i, p := range tc.pieces[1:] {
+				feed(a, line(start+uint64(i+1)*ms, p))
+			}
+			feed(a, evResp(start+10*ms, w, fd, 1, start, tc.status, 100, 50),
+				evEnd(start+11*ms, w, fd, 1, start, start+10*ms, 100, 50, tc.status, probes.EndClose))
+			m := masterOf(t, a.Snapshot(20*sec), masterPID)
+			wantEq(t, "http", httpCount(m, tc.method, tc.endpoint, tc.status), uint64(1))
+			wantEq(t, "http total", httpTotal(m), uint64(1))
+		})
+	}
+}
+
+// A client that left before the answer: the status line written into the void is not a
+// response (no phantom 200) but a no_response failure; it is not counted as answered.
+func TestClientGone(t *testing.T) {
+	const w, fd = 101, 4
+	start := 5 * sec
+	for _, lostResp := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resp record lost=%v", lostResp), func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, "GET /slow", 100))
+			if !lostResp {
+				resp := evResp(start+500*ms, w, fd, 1, start, 200, 100, 50)
+				resp.Flags = probes.FlagClientGone
+				feed(a, resp)
+			}
+			end := evEnd(start+501*ms, w, fd, 1, start, start+500*ms, 100, 50, 200, probes.EndClose)
+			end.Flags = probes.FlagClientGone
+			feed(a, end)
+			s := a.Snapshot(10 * sec)
+			m, ws := masterOf(t, s, masterPID), workerOf(t, s, w)
+			wantEq(t, "requests", ws.Requests, uint64(0))
+			wantEq(t, "http total", httpTotal(m), uint64(0))
+			wantEq(t, "no_response", labeled(ws.Errors, "GET", "/slow", ErrNoResponse), uint64(1))
+			wantEq(t, "failed", total(ws.Failed), uint64(1))
+			wantEq(t, "in flight", ws.InFlight, 0)
+			wantEq(t, "duration observations", ws.Duration.Count, uint64(0))
+		})
+	}
+}

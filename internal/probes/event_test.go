@@ -1,0 +1,116 @@
+package probes
+
+import (
+	"encoding/binary"
+	"errors"
+	"testing"
+)
+
+func procRecord(kind Kind, tgid, other, master uint32, code int32) []byte {
+	b := make([]byte, procSize)
+	le := binary.LittleEndian
+	le.PutUint32(b[0:], uint32(kind))
+	le.PutUint32(b[4:], tgid)
+	le.PutUint64(b[8:], 12345)
+	le.PutUint32(b[16:], other)
+	le.PutUint32(b[20:], master)
+	le.PutUint32(b[24:], uint32(code))
+	le.PutUint32(b[28:], uint32(ProcWorker))
+	return b
+}
+
+func reqRecord(kind Kind, status uint16, flags Flags, line string) []byte {
+	size := reqSize
+	if kind == KindReqStart || kind == KindReqLine {
+		size = reqStartSize
+	}
+	b := make([]byte, size)
+	le := binary.LittleEndian
+	le.PutUint32(b[0:], uint32(kind))
+	le.PutUint32(b[4:], 42)
+	le.PutUint32(b[16:], 7)  // fd
+	le.PutUint32(b[20:], 3)  // seq
+	le.PutUint64(b[24:], 10) // start
+	le.PutUint64(b[32:], 20) // last write
+	le.PutUint64(b[40:], 100)
+	le.PutUint64(b[48:], 200)
+	le.PutUint16(b[56:], status)
+	b[58] = byte(EndClose)
+	b[59] = byte(flags)
+	le.PutUint16(b[60:], uint16(len(line)))
+	copy(b[reqSize:], line)
+	return b
+}
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name    string
+		raw     []byte
+		wantErr bool
+		check   func(t *testing.T, ev *Event)
+	}{
+		{name: "exit", raw: procRecord(KindExit, 5, 0, 1, 9<<8), check: func(t *testing.T, ev *Event) {
+			if ev.Kind != KindExit || ev.TGID != 5 || ev.Master != 1 || ev.Code != 9<<8 || ev.ProcKind != ProcWorker || ev.TS != 12345 {
+				t.Errorf("got %+v", ev)
+			}
+		}},
+		{name: "signal", raw: procRecord(KindSignal, 5, 77, 1, 6), check: func(t *testing.T, ev *Event) {
+			if ev.Other != 77 || ev.Code != 6 {
+				t.Errorf("got %+v", ev)
+			}
+		}},
+		{name: "start with line", raw: reqRecord(KindReqStart, 0, 0, "GET /x"), check: func(t *testing.T, ev *Event) {
+			if string(ev.Line) != "GET /x" || ev.FD != 7 || ev.Seq != 3 || ev.StartNS != 10 {
+				t.Errorf("got %+v line %q", ev, ev.Line)
+			}
+		}},
+		{name: "line piece", raw: reqRecord(KindReqLine, 0, 0, "/more"), check: func(t *testing.T, ev *Event) {
+			if ev.Kind != KindReqLine || string(ev.Line) != "/more" {
+				t.Errorf("got %+v", ev)
+			}
+		}},
+		{name: "end", raw: reqRecord(KindReqEnd, 503, FlagClientGone, ""), check: func(t *testing.T, ev *Event) {
+			if ev.Status != 503 || ev.Reason != EndClose || ev.Flags != FlagClientGone || ev.BytesIn != 100 || ev.BytesOut != 200 || ev.LastWriteNS != 20 || len(ev.Line) != 0 {
+				t.Errorf("got %+v", ev)
+			}
+		}},
+		{name: "line length beyond the record", raw: reqRecord(KindReqStart, 0, 0, "GET /x")[:reqSize+3], wantErr: true},
+		{name: "short header", raw: []byte{1, 0, 0}, wantErr: true},
+		{name: "short proc", raw: procRecord(KindFork, 1, 2, 3, 0)[:20], wantErr: true},
+		{name: "short request", raw: reqRecord(KindReqEnd, 200, 0, "")[:40], wantErr: true},
+		{name: "unknown kind", raw: procRecord(Kind(77), 1, 2, 3, 0), wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ev Event
+			err := Decode(tt.raw, &ev)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("want an error, got %+v", ev)
+				}
+				if tt.name != "unknown kind" && !errors.Is(err, ErrShortRecord) {
+					t.Errorf("error %v does not wrap ErrShortRecord", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, &ev)
+		})
+	}
+}
+
+// FuzzDecode: no record, however malformed, makes Decode panic or return a line longer than
+// the record.
+func FuzzDecode(f *testing.F) {
+	f.Add(procRecord(KindFork, 1, 2, 3, 0))
+	f.Add(reqRecord(KindReqStart, 0, 0, "GET /"))
+	f.Add([]byte{6, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var ev Event
+		if err := Decode(raw, &ev); err == nil && len(ev.Line) > len(raw) {
+			t.Fatalf("line of %d bytes from a %d-byte record", len(ev.Line), len(raw))
+		}
+	})
+}
