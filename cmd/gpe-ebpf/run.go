@@ -322,12 +322,33 @@ func (a *agent) housekeeping(ctx context.Context) {
 			a.sample(sampler)
 			a.agg.Expire()
 		case <-rescan.C:
+			a.dropGoneMasters()
 			if a.cfg.Discover {
 				a.discover()
 			}
 			if a.cfg.PIDFile != "" {
 				a.followPIDFile()
 			}
+		}
+	}
+}
+
+// dropGoneMasters forgets masters whose process is gone although no exit event said so: an
+// exit record dropped in the kernel (gpe_ebpf_events_lost_total) must not leave a master
+// observed, and its series served, forever, nor keep --pid from exiting.
+func (a *agent) dropGoneMasters() {
+	for _, m := range a.agg.Masters() {
+		if proc.Alive(m) {
+			continue
+		}
+		a.log.Warn("master is gone but its exit was not seen (events lost?); dropping it", "master_pid", m)
+		a.agg.RemoveMaster(m)
+		if err := a.probes.Untrack(m); err != nil {
+			a.log.Debug("untrack", "master_pid", m, "error", err)
+		}
+		select {
+		case a.masterGone <- m:
+		default:
 		}
 	}
 }

@@ -53,6 +53,21 @@ func Read(pid uint32) (Info, error) {
 	return info, nil
 }
 
+// Alive says whether pid is a running process: not gone, and not a zombie waiting for its
+// parent (a zombie's exit has happened; only its /proc entry is left).
+func Alive(pid uint32) bool {
+	stat, err := os.ReadFile(filepath.Join(Root, strconv.FormatUint(uint64(pid), 10), "stat"))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || len(stat) < i+3 {
+		return false
+	}
+	st := stat[i+2]
+	return st != 'Z' && st != 'X'
+}
+
 // clockTicks is USER_HZ, 100 on every Linux architecture gpe-ebpf builds for.
 const clockTicks = 100
 
