@@ -6,8 +6,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/cilium/ebpf"
 )
 
 // TestSyncEndToEnd is issue 2's acceptance test: a real Gunicorn (sync, 2 workers), a known
@@ -219,8 +217,10 @@ func TestLifecycle(t *testing.T) {
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
 	get(t, g.URL()+"/ok")
 	p.waitMetric(t, "gunicorn_worker_requests_total", nil, 1)
-	if names := loadedGPEPrograms(t); len(names) == 0 {
-		t.Fatalf("no gpe-ebpf program found loaded while it runs: the check below would prove nothing")
+	// The programs this gpe-ebpf holds, by ID (other gpe-ebpf processes may run alongside).
+	ids := progIDs(t, p.cmd.Process.Pid)
+	if len(ids) == 0 {
+		t.Fatalf("no BPF program held by gpe-ebpf while it runs: the check below would prove nothing")
 	}
 	took, code := p.Stop(t)
 	if code != 0 {
@@ -229,8 +229,8 @@ func TestLifecycle(t *testing.T) {
 	if took > 2*time.Second {
 		t.Errorf("took %v to exit after SIGTERM, want <= 2s", took)
 	}
-	if names := loadedGPEPrograms(t); len(names) > 0 {
-		t.Errorf("programs still loaded after exit: %v", names)
+	if left := stillLoaded(ids); len(left) > 0 {
+		t.Errorf("programs still loaded after exit: %v", left)
 	}
 
 	p2 := startGPE(t, "--pid", strconv.Itoa(g.PID))
@@ -243,30 +243,4 @@ func TestLifecycle(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("gpe-ebpf still running 10s after the master exited")
 	}
-}
-
-// loadedGPEPrograms lists loaded BPF programs with gpe-ebpf's program names.
-func loadedGPEPrograms(t *testing.T) []string {
-	t.Helper()
-	ours := map[string]bool{"on_fork": true, "on_exit": true, "on_exec": true, "on_signal": true,
-		"enter_recvfrom": true, "exit_recvfrom": true, "enter_close": true}
-	var found []string
-	id := ebpf.ProgramID(0)
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			break
-		}
-		id = next
-		prog, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := prog.Info()
-		prog.Close()
-		if err == nil && ours[info.Name] {
-			found = append(found, fmt.Sprintf("%s(%d)", info.Name, id))
-		}
-	}
-	return found
 }
