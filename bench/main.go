@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -173,6 +174,11 @@ func bench(o options) error {
 
 	fmt.Printf("gpe-ebpf benchmark on %s, %d cores, Linux %s (load average %s)\n",
 		res.Machine.CPU, res.Machine.Cores, res.Machine.Kernel, res.LoadAvgs[0])
+	if others := otherObservers(); len(others) > 0 {
+		msg := fmt.Sprintf("WARNING: other gpe-ebpf processes were running at the start (pids %v): their syscall tracepoints are on in every arm, so the \"without\" arms of dd and ping-pong are not without", others)
+		fmt.Println(msg)
+		res.Notes = append(res.Notes, msg)
+	}
 
 	var ready, took []float64
 	startObs := func(master int, extra ...string) (*observer, error) {
@@ -649,4 +655,21 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// otherObservers lists gpe-ebpf processes this bench did not start: with one running, syscall
+// tracepoints are on for every task all along and the "without" arms measure nothing.
+func otherObservers() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/comm"); err == nil && strings.TrimSpace(string(b)) == "gpe-ebpf" {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
