@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"strconv"
 	"sync"
@@ -218,7 +219,9 @@ func (f *Forwarder) Forward(ctx context.Context) error {
 // only if Run was never started. It is safe to call more than once.
 func (f *Forwarder) Close() error {
 	f.closeOnce.Do(func() {
-		if err := f.client.Close(); err != nil {
+		// A connection the forwarder already closed to abandon a hung forward (conns.go)
+		// reports net.ErrClosed here: it is closed, as asked.
+		if err := f.client.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			f.closeErr = fmt.Errorf("close redis client: %w", err)
 		}
 	})
