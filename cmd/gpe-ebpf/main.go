@@ -24,13 +24,6 @@ var (
 )
 
 func main() {
-	// One P is plenty for the event rate of any host (the per-event path is a fraction of a
-	// microsecond) and measurably cheaper than Go's default of one per core: fewer threads
-	// spinning for work between ring-buffer batches (make bench: ~1.9 vs ~2.5 µs of CPU per
-	// request). GOMAXPROCS in the environment still decides when set.
-	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-		runtime.GOMAXPROCS(1)
-	}
 	os.Exit(realMain(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr))
 }
 
