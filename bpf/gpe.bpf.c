@@ -537,14 +537,9 @@ static __always_inline int do_enter_accept(void)
 	return 0;
 }
 
+/* Attached to sys_enter_accept and sys_enter_accept4 (probes.go). */
 SEC("tracepoint/syscalls/sys_enter_accept")
 int enter_accept(struct sys_enter_ctx *ctx)
-{
-	return do_enter_accept();
-}
-
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int enter_accept4(struct sys_enter_ctx *ctx)
 {
 	return do_enter_accept();
 }
@@ -572,14 +567,9 @@ static __always_inline int do_exit_accept(struct sys_exit_ctx *ctx)
 	return 0;
 }
 
+/* Attached to sys_exit_accept and sys_exit_accept4 (probes.go). */
 SEC("tracepoint/syscalls/sys_exit_accept")
 int exit_accept(struct sys_exit_ctx *ctx)
-{
-	return do_exit_accept(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int exit_accept4(struct sys_exit_ctx *ctx)
 {
 	return do_exit_accept(ctx);
 }
@@ -653,7 +643,7 @@ int enter_sendfile(struct sys_enter_ctx *ctx)
 	return enter_io(ctx->args[0], 0, OP_SENDFILE);
 }
 
-static __always_inline int exit_io(struct sys_exit_ctx *ctx)
+static __always_inline int do_exit_io(struct sys_exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending *a = take_pending(id);
@@ -746,34 +736,13 @@ static __always_inline int exit_io(struct sys_exit_ctx *ctx)
 	return 0;
 }
 
+/* One program for the exits of recvfrom, recvmsg, sendto, sendmsg and sendfile64: the same
+ * context layout, and the syscall is told apart by what its enter side remembered (probes.go
+ * attaches it to each). */
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct sys_exit_ctx *ctx)
+int exit_io(struct sys_exit_ctx *ctx)
 {
-	return exit_io(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct sys_exit_ctx *ctx)
-{
-	return exit_io(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct sys_exit_ctx *ctx)
-{
-	return exit_io(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(struct sys_exit_ctx *ctx)
-{
-	return exit_io(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int exit_sendfile(struct sys_exit_ctx *ctx)
-{
-	return exit_io(ctx);
+	return do_exit_io(ctx);
 }
 
 static __always_inline int conn_done(__u32 fd, __u8 reason)

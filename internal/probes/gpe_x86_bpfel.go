@@ -97,7 +97,6 @@ const (
 	gpeMapPending         = "pending"
 	gpeMapProcs           = "procs"
 	gpeProgEnterAccept    = "enter_accept"
-	gpeProgEnterAccept4   = "enter_accept4"
 	gpeProgEnterClose     = "enter_close"
 	gpeProgEnterRecvfrom  = "enter_recvfrom"
 	gpeProgEnterRecvmsg   = "enter_recvmsg"
@@ -106,12 +105,7 @@ const (
 	gpeProgEnterSendto    = "enter_sendto"
 	gpeProgEnterShutdown  = "enter_shutdown"
 	gpeProgExitAccept     = "exit_accept"
-	gpeProgExitAccept4    = "exit_accept4"
-	gpeProgExitRecvfrom   = "exit_recvfrom"
-	gpeProgExitRecvmsg    = "exit_recvmsg"
-	gpeProgExitSendfile   = "exit_sendfile"
-	gpeProgExitSendmsg    = "exit_sendmsg"
-	gpeProgExitSendto     = "exit_sendto"
+	gpeProgExitIo         = "exit_io"
 	gpeProgOnExec         = "on_exec"
 	gpeProgOnExit         = "on_exit"
 	gpeProgOnFork         = "on_fork"
@@ -165,7 +159,6 @@ type gpeSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeProgramSpecs struct {
 	EnterAccept   *ebpf.ProgramSpec `ebpf:"enter_accept"`
-	EnterAccept4  *ebpf.ProgramSpec `ebpf:"enter_accept4"`
 	EnterClose    *ebpf.ProgramSpec `ebpf:"enter_close"`
 	EnterRecvfrom *ebpf.ProgramSpec `ebpf:"enter_recvfrom"`
 	EnterRecvmsg  *ebpf.ProgramSpec `ebpf:"enter_recvmsg"`
@@ -174,12 +167,7 @@ type gpeProgramSpecs struct {
 	EnterSendto   *ebpf.ProgramSpec `ebpf:"enter_sendto"`
 	EnterShutdown *ebpf.ProgramSpec `ebpf:"enter_shutdown"`
 	ExitAccept    *ebpf.ProgramSpec `ebpf:"exit_accept"`
-	ExitAccept4   *ebpf.ProgramSpec `ebpf:"exit_accept4"`
-	ExitRecvfrom  *ebpf.ProgramSpec `ebpf:"exit_recvfrom"`
-	ExitRecvmsg   *ebpf.ProgramSpec `ebpf:"exit_recvmsg"`
-	ExitSendfile  *ebpf.ProgramSpec `ebpf:"exit_sendfile"`
-	ExitSendmsg   *ebpf.ProgramSpec `ebpf:"exit_sendmsg"`
-	ExitSendto    *ebpf.ProgramSpec `ebpf:"exit_sendto"`
+	ExitIo        *ebpf.ProgramSpec `ebpf:"exit_io"`
 	OnExec        *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit        *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork        *ebpf.ProgramSpec `ebpf:"on_fork"`
@@ -258,7 +246,6 @@ type gpeVariables struct {
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpePrograms struct {
 	EnterAccept   *ebpf.Program `ebpf:"enter_accept"`
-	EnterAccept4  *ebpf.Program `ebpf:"enter_accept4"`
 	EnterClose    *ebpf.Program `ebpf:"enter_close"`
 	EnterRecvfrom *ebpf.Program `ebpf:"enter_recvfrom"`
 	EnterRecvmsg  *ebpf.Program `ebpf:"enter_recvmsg"`
@@ -267,12 +254,7 @@ type gpePrograms struct {
 	EnterSendto   *ebpf.Program `ebpf:"enter_sendto"`
 	EnterShutdown *ebpf.Program `ebpf:"enter_shutdown"`
 	ExitAccept    *ebpf.Program `ebpf:"exit_accept"`
-	ExitAccept4   *ebpf.Program `ebpf:"exit_accept4"`
-	ExitRecvfrom  *ebpf.Program `ebpf:"exit_recvfrom"`
-	ExitRecvmsg   *ebpf.Program `ebpf:"exit_recvmsg"`
-	ExitSendfile  *ebpf.Program `ebpf:"exit_sendfile"`
-	ExitSendmsg   *ebpf.Program `ebpf:"exit_sendmsg"`
-	ExitSendto    *ebpf.Program `ebpf:"exit_sendto"`
+	ExitIo        *ebpf.Program `ebpf:"exit_io"`
 	OnExec        *ebpf.Program `ebpf:"on_exec"`
 	OnExit        *ebpf.Program `ebpf:"on_exit"`
 	OnFork        *ebpf.Program `ebpf:"on_fork"`
@@ -283,7 +265,6 @@ type gpePrograms struct {
 func (p *gpePrograms) Close() error {
 	return _GpeClose(
 		p.EnterAccept,
-		p.EnterAccept4,
 		p.EnterClose,
 		p.EnterRecvfrom,
 		p.EnterRecvmsg,
@@ -292,12 +273,7 @@ func (p *gpePrograms) Close() error {
 		p.EnterSendto,
 		p.EnterShutdown,
 		p.ExitAccept,
-		p.ExitAccept4,
-		p.ExitRecvfrom,
-		p.ExitRecvmsg,
-		p.ExitSendfile,
-		p.ExitSendmsg,
-		p.ExitSendto,
+		p.ExitIo,
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,
