@@ -707,13 +707,8 @@ static __always_inline int do_exit_io(struct sys_exit_ctx *ctx)
 				c->bytes_out = 0;
 				struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 				if (e) {
-					__builtin_memset(e, 0, sizeof(*e));
-					e->req.hdr.kind = GPE_EV_REQ_START;
-					e->req.hdr.tgid = k.tgid;
-					e->req.hdr.ts_ns = now;
-					e->req.fd = k.fd;
-					e->req.seq = c->seq;
-					e->req.start_ns = c->start_ns;
+					__builtin_memset(e->line, 0, GPE_LINE_MAX);
+					fill_line_event(e, GPE_EV_REQ_START, &k, c, now, 0);
 					bpf_ringbuf_submit(e, submit_flags());
 				} else {
 					count_lost();
