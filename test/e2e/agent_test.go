@@ -582,14 +582,7 @@ func TestAgentStaleAfter(t *testing.T) {
 // unloaded.
 func TestAgentSIGINT(t *testing.T) {
 	requireE2E(t)
-	g := startGunicorn(t, gunicornOpts{})
-	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	get(t, g.URL()+"/ok")
-	p.waitMetric(t, "gunicorn_worker_requests_total", nil, 1)
-	ids := progIDs(t, p.cmd.Process.Pid)
-	if len(ids) == 0 {
-		t.Fatal("gpe-ebpf holds no BPF program: the check below would prove nothing")
-	}
+	_, p, ids := startServing(t)
 	p.cmd.Process.Signal(syscall.SIGINT)
 	code, took := p.wait(t, 10*time.Second)
 	if code != 0 {

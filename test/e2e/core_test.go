@@ -213,15 +213,7 @@ func TestAttachAfterServing(t *testing.T) {
 // gpe-ebpf exits 0 by itself when the master exits.
 func TestLifecycle(t *testing.T) {
 	requireE2E(t)
-	g := startGunicorn(t, gunicornOpts{})
-	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	get(t, g.URL()+"/ok")
-	p.waitMetric(t, "gunicorn_worker_requests_total", nil, 1)
-	// The programs this gpe-ebpf holds, by ID (other gpe-ebpf processes may run alongside).
-	ids := progIDs(t, p.cmd.Process.Pid)
-	if len(ids) == 0 {
-		t.Fatalf("no BPF program held by gpe-ebpf while it runs: the check below would prove nothing")
-	}
+	g, p, ids := startServing(t)
 	took, code := p.Stop(t)
 	if code != 0 {
 		t.Errorf("exit code after SIGTERM %d, want 0", code)

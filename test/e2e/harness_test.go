@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
@@ -452,6 +454,22 @@ func (p *gpe) settle(t *testing.T, name string, labels map[string]string, want f
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// startServing starts Gunicorn and gpe-ebpf, serves one request, and returns the IDs of the
+// BPF programs that gpe-ebpf holds, so a test can check none outlives it.
+func startServing(t *testing.T) (*gunicorn, *gpe, []ebpf.ProgramID) {
+	t.Helper()
+	g := startGunicorn(t, gunicornOpts{})
+	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	get(t, g.URL()+"/ok")
+	p.waitMetric(t, "gunicorn_worker_requests_total", nil, 1)
+	// By ID: other gpe-ebpf processes may run alongside.
+	ids := progIDs(t, p.cmd.Process.Pid)
+	if len(ids) == 0 {
+		t.Fatalf("no BPF program held by gpe-ebpf while it runs: a check that none outlives it would prove nothing")
+	}
+	return g, p, ids
 }
 
 // get sends one request with a fresh connection and returns the status.
