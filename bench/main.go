@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/signal"
@@ -27,6 +28,7 @@ type options struct {
 	bin        string
 	out        string
 	pairs      int
+	wakePairs  int
 	run        time.Duration
 	wrkThreads int
 	wrkConns   int
@@ -78,19 +80,25 @@ type run struct {
 	Seconds     float64   `json:"seconds,omitempty"` // dd: CPU seconds; ping-pong: wall
 	WallSeconds float64   `json:"wall_seconds,omitempty"`
 	ObserverPID int       `json:"observer_pid,omitempty"`
+	// Throughput runs: CPU per completed request of the Gunicorn workers (scheduler time), of
+	// wrk (its rusage) and of gpe-ebpf (scheduler time), in µs.
+	WorkerUS   float64 `json:"worker_cpu_us_per_request,omitempty"`
+	WrkUS      float64 `json:"wrk_cpu_us_per_request,omitempty"`
+	ObserverUS float64 `json:"observer_cpu_us_per_request,omitempty"`
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin/gpe-ebpf", "gpe-ebpf binary (make build)")
 	flag.StringVar(&o.out, "out", "bench/out", "directory of the JSON results")
-	flag.IntVar(&o.pairs, "pairs", 5, "alternated observed/unobserved pairs per comparison")
-	flag.DurationVar(&o.run, "run", 5*time.Second, "length of one wrk run of the throughput comparison")
+	flag.IntVar(&o.pairs, "pairs", 15, "alternated observed/unobserved pairs per comparison")
+	flag.IntVar(&o.wakePairs, "wake-pairs", 3, "of those, the first rounds that also run --wakeup-bytes 0")
+	flag.DurationVar(&o.run, "run", 2*time.Second, "length of one wrk run of the throughput comparison")
 	flag.IntVar(&o.wrkThreads, "wrk-threads", 1, "wrk threads for the throughput comparison")
 	flag.IntVar(&o.wrkConns, "wrk-conns", 8, "wrk connections for the throughput comparison")
 	flag.Uint64Var(&o.batched, "batched-wakeup", 65536, "the batched --wakeup-bytes compared with 0 (65536 is gpe-ebpf's default)")
-	flag.IntVar(&o.ddBytes, "dd-bytes", 1000000, "bytes dd copies one at a time")
-	flag.IntVar(&o.pingPongs, "ping-pongs", 50000, "round trips of the sendto/recvfrom ping-pong")
+	flag.IntVar(&o.ddBytes, "dd-bytes", 300000, "bytes dd copies one at a time")
+	flag.IntVar(&o.pingPongs, "ping-pongs", 20000, "round trips of the sendto/recvfrom ping-pong")
 	flag.IntVar(&o.memReqs, "mem-requests", 1000000, "requests of the memory run (scaled down if the budget is short)")
 	flag.IntVar(&o.memWorkers, "mem-workers", 32, "Gunicorn workers of the memory and scrape runs")
 	flag.IntVar(&o.paths, "paths", 10000, "distinct request paths of the memory run")
@@ -155,7 +163,7 @@ func bench(o options) error {
 		Command: "make bench  (go run ./bench " + strings.Join(os.Args[1:], " ") + ")",
 		Machine: describeMachine(),
 		Options: map[string]string{
-			"pairs": fmt.Sprint(o.pairs), "run": o.run.String(),
+			"pairs": fmt.Sprint(o.pairs), "wake_pairs": fmt.Sprint(o.wakePairs), "run": o.run.String(),
 			"wrk": fmt.Sprintf("-t%d -c%d", o.wrkThreads, o.wrkConns), "batched_wakeup": fmt.Sprint(o.batched),
 			"dd_bytes": fmt.Sprint(o.ddBytes), "ping_pongs": fmt.Sprint(o.pingPongs),
 			"mem_requests": fmt.Sprint(o.memReqs), "mem_workers": fmt.Sprint(o.memWorkers),
@@ -175,7 +183,7 @@ func bench(o options) error {
 	fmt.Printf("gpe-ebpf benchmark on %s, %d cores, Linux %s (load average %s)\n",
 		res.Machine.CPU, res.Machine.Cores, res.Machine.Kernel, res.LoadAvgs[0])
 	if others := otherObservers(); len(others) > 0 {
-		msg := fmt.Sprintf("WARNING: other gpe-ebpf processes were running at the start (pids %v): their syscall tracepoints are on in every arm, so the \"without\" arms of dd and ping-pong are not without", others)
+		msg := fmt.Sprintf("WARNING: other gpe-ebpf processes were running at the start (pids %v): their hooks are on in every arm, so the \"without\" arms of dd and ping-pong are not without", others)
 		fmt.Println(msg)
 		res.Notes = append(res.Notes, msg)
 	}
@@ -200,9 +208,13 @@ func bench(o options) error {
 		return err
 	}
 	e.gunicorns = append(e.gunicorns, g)
-	fmt.Printf("\n[1/4] throughput: %d rounds of unobserved / observed (--wakeup-bytes 0) / observed (--wakeup-bytes %d), wrk -t%d -c%d -d%s %s\n",
-		o.pairs, o.batched, o.wrkThreads, o.wrkConns, o.run, g.url("/ok"))
-	arms := []string{"off", "wakeup=0", fmt.Sprintf("wakeup=%d", o.batched)}
+	fmt.Printf("\n[1/4] throughput: %d rounds of unobserved (twice: the second is the control) / observed (--wakeup-bytes %d), the first %d also observed with --wakeup-bytes 0, wrk -t%d -c%d -d%s %s\n",
+		o.pairs, o.batched, o.wakePairs, o.wrkThreads, o.wrkConns, o.run, g.url("/ok"))
+	// "off-again" is a second unobserved run next to the first in every round: its ratio to
+	// the first says how far apart two runs of the same thing land here, the resolution of
+	// the observed ratio.
+	arms := []string{"off-again", "off", "wakeup=0", fmt.Sprintf("wakeup=%d", o.batched)}
+	workers := children(g.pid())
 	rps := map[string][]float64{}
 	cpuPerReq := map[string][]float64{}
 	exact := map[string][]float64{}
@@ -210,6 +222,9 @@ func bench(o options) error {
 	var socketErrs uint64
 	for pair := 0; pair < o.pairs; pair++ {
 		order := slices.Clone(arms)
+		if pair >= o.wakePairs {
+			order = []string{arms[0], arms[1], arms[3]}
+		}
 		if pair%2 == 1 {
 			slices.Reverse(order)
 		}
@@ -218,11 +233,14 @@ func bench(o options) error {
 				return ctx.Err()
 			}
 			r := run{Phase: "throughput", Arm: arm, Pair: pair}
-			if arm == "off" {
+			var w0, w1 time.Duration // the workers' CPU around the wrk run
+			if arm == "off" || arm == "off-again" {
+				w0 = onCPU(workers...)
 				r.Wrk, err = runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.run, "")
 				if err != nil {
 					return err
 				}
+				w1 = onCPU(workers...)
 			} else {
 				wake := "0"
 				if arm != "wakeup=0" {
@@ -239,11 +257,15 @@ func bench(o options) error {
 					return err
 				}
 				t0, _ := cpuTicks(r.ObserverPID)
+				s0 := onCPU(r.ObserverPID)
+				w0 = onCPU(workers...)
 				r.Wrk, err = runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.run, "")
 				if err != nil {
 					return err
 				}
+				w1 = onCPU(workers...)
 				t1, _ := cpuTicks(r.ObserverPID)
+				r.ObserverUS = float64(onCPU(r.ObserverPID)-s0) / 1e3 / float64(r.Wrk.Requests)
 				time.Sleep(400 * time.Millisecond) // batched wake-ups: the reader polls every 100ms
 				after, err := scrape(ob.metricsURL())
 				if err != nil {
@@ -253,16 +275,21 @@ func bench(o options) error {
 				r.CPUTicks = t1 - t0
 				r.Counted = metricSum(after, "gunicorn_worker_requests_total") - metricSum(before, "gunicorn_worker_requests_total")
 				r.Lost = metricSum(after, "gpe_ebpf_events_lost_total")
-				cpuPerReq[arm] = append(cpuPerReq[arm], float64(r.CPUTicks)*1e6/clkTck/float64(r.Wrk.Requests))
+				cpuPerReq[arm] = append(cpuPerReq[arm], r.ObserverUS)
 				exact[arm] = append(exact[arm], r.Counted-float64(r.Wrk.Requests))
 				lost[arm] = append(lost[arm], r.Lost)
+			}
+			if r.Wrk.Requests > 0 {
+				r.WorkerUS = float64(w1-w0) / 1e3 / float64(r.Wrk.Requests)
+				r.WrkUS = r.Wrk.CPUSeconds * 1e6 / float64(r.Wrk.Requests)
 			}
 			socketErrs += r.Wrk.SocketErrors + r.Wrk.Non2xx
 			rps[arm] = append(rps[arm], r.Wrk.PerSec)
 			res.Runs = append(res.Runs, r)
 			fmt.Printf("  pair %d %-14s %8.0f req/s  %7d requests", pair, arm, r.Wrk.PerSec, r.Wrk.Requests)
-			if arm != "off" {
-				fmt.Printf("  counted %7.0f  lost %.0f  observer CPU %4d ticks", r.Counted, r.Lost, r.CPUTicks)
+			fmt.Printf("  CPU µs/request: workers %6.1f  wrk %5.1f", r.WorkerUS, r.WrkUS)
+			if r.ObserverPID != 0 {
+				fmt.Printf("  gpe-ebpf %5.2f  counted %7.0f  lost %.0f", r.ObserverUS, r.Counted, r.Lost)
 			}
 			fmt.Println()
 		}
@@ -274,18 +301,58 @@ func bench(o options) error {
 		}
 		return out
 	}
-	batchedArm := arms[2]
+	// The same against the mean of the round's two unobserved runs: the control's median has
+	// been 1.01-1.02, so the figure against "off" alone may flatter by about that much.
+	againstBoth := func(arm string) []float64 {
+		var out []float64
+		for i := range rps[arm] {
+			out = append(out, rps[arm][i]/((rps["off"][i]+rps["off-again"][i])/2))
+		}
+		return out
+	}
+	// The wakeup=0 arm ran in the first rounds only; each ratio is against its own round.
+	batchedArm := arms[3]
+	// Where the CPU goes: per round, the observed run's CPU per request minus the unobserved
+	// one's, for the workers (whose socket calls run the BPF programs), wrk (whose socket
+	// calls and closes run them too) and gpe-ebpf itself.
+	perReq := func(arm string, f func(run) float64) []float64 {
+		var out []float64
+		for _, r := range res.Runs {
+			if r.Phase == "throughput" && r.Arm == arm {
+				out = append(out, f(r))
+			}
+		}
+		return out
+	}
+	worker := func(r run) float64 { return r.WorkerUS }
+	wrkCPU := func(r run) float64 { return r.WrkUS }
+	total := func(r run) float64 { return r.WorkerUS + r.WrkUS + r.ObserverUS }
+	added := func(f func(run) float64) []float64 {
+		on, off := perReq(batchedArm, f), perReq("off", f)
+		var out []float64
+		for i := range on {
+			out = append(out, on[i]-off[i])
+		}
+		return out
+	}
+	exactness := exactFigure("exactness: counted − wrk completed", append(slices.Clone(exact["wakeup=0"]), exact[batchedArm]...), o.wrkConns)
+	exactness.Note += fmt.Sprintf("; wrk socket errors + non-2xx over all runs: %d", socketErrs)
 	res.Figures = append(res.Figures,
+		newFigure("control: unobserved ÷ unobserved, adjacent runs (the resolution)", "ratio", ratio("off-again"), "", nil),
 		newFigure("throughput ratio (--wakeup-bytes 0: wake per record)", "observed/unobserved", ratio("wakeup=0"), "≥ 0.98", func(m float64) bool { return m >= 0.98 }),
 		newFigure("throughput ratio (--wakeup-bytes "+fmt.Sprint(o.batched)+", default 65536)", "observed/unobserved", ratio(batchedArm), "≥ 0.98", func(m float64) bool { return m >= 0.98 }),
+		newFigure("throughput ratio (default), against the mean of both unobserved runs", "observed/unobserved", againstBoth(batchedArm), "", nil),
 		newFigure("unobserved throughput", "req/s", rps["off"], "", nil),
 		newFigure("observer CPU per request (--wakeup-bytes 0)", "µs", cpuPerReq["wakeup=0"], "≤ 2", func(m float64) bool { return m <= 2 }),
 		newFigure("observer CPU per request (--wakeup-bytes "+fmt.Sprint(o.batched)+", default 65536)", "µs", cpuPerReq[batchedArm], "≤ 2", func(m float64) bool { return m <= 2 }),
-		exactFigure("exactness: counted − wrk completed", append(slices.Clone(exact["wakeup=0"]), exact[batchedArm]...), o.wrkConns),
+		exactness,
 		zeroFigure("events lost", append(slices.Clone(lost["wakeup=0"]), lost[batchedArm]...)),
+		newFigure("CPU per request, unobserved: workers + wrk", "µs", perReq("off", total), "", nil),
+		newFigure("  added when observed: workers (BPF in their socket calls)", "µs", added(worker), "", nil),
+		newFigure("  added when observed: wrk (BPF in its socket calls and closes)", "µs", added(wrkCPU), "", nil),
+		newFigure("  added when observed: total, gpe-ebpf included", "µs", added(total), "", nil),
 	)
-	res.Figures[len(res.Figures)-2].Note += fmt.Sprintf("; wrk socket errors + non-2xx over all runs: %d", socketErrs)
-	for _, arm := range arms[1:] {
+	for _, arm := range arms[2:] {
 		var ticks, reqs float64
 		for _, r := range res.Runs {
 			if r.Phase == "throughput" && r.Arm == arm {
@@ -304,6 +371,11 @@ func bench(o options) error {
 	ppT := map[string][]float64{} // wall time
 	ppC := map[string][]float64{} // CPU time of both threads
 	otherArms := []string{"off", "gpe-ebpf", "bare-tracepoint"}
+	// Timing cannot resolve 2% here (±10% between adjacent dd runs), so the kernel's own run
+	// statistics also count how often gpe-ebpf's programs ran while dd was running. They are
+	// on only around that dd: they cost every program run two clock reads, which the
+	// ping-pong (whose sockets do run the programs) would pay.
+	var ddRuns []float64
 	for pair := 0; pair < o.pairs; pair++ {
 		order := slices.Clone(otherArms)
 		if pair%2 == 1 {
@@ -326,9 +398,28 @@ func bench(o options) error {
 					return fmt.Errorf("enable a bare tracepoint: %w", err)
 				}
 			}
+			var runs0 uint64
+			var stats io.Closer
+			if ob != nil {
+				if stats, err = enableRunStats(); err != nil {
+					return fmt.Errorf("enable BPF run statistics: %w", err)
+				}
+				if runs0, err = programRuns(ob.cmd.Process.Pid); err != nil {
+					stats.Close()
+					return fmt.Errorf("gpe-ebpf program runs: %w", err)
+				}
+			}
 			dd, ddWall, err := runDD(o.ddBytes)
 			if err != nil {
 				return err
+			}
+			if ob != nil {
+				runs1, err := programRuns(ob.cmd.Process.Pid)
+				stats.Close()
+				if err != nil {
+					return fmt.Errorf("gpe-ebpf program runs: %w", err)
+				}
+				ddRuns = append(ddRuns, float64(runs1-runs0))
 			}
 			pp, ppCPU, err := pingPong(o.pingPongs)
 			if err != nil {
@@ -360,6 +451,7 @@ func bench(o options) error {
 		newFigure("dd slowdown, bare syscall tracepoint, no BPF", "CPU time ratio", slow(ddT, "bare-tracepoint"), "", nil),
 		newFigure("dd slowdown (with/without gpe-ebpf), wall", "time ratio", slow(ddW, "gpe-ebpf"), "", nil),
 		newFigure("dd CPU time without", "ns/byte", scale(ddT["off"], 1e9/float64(o.ddBytes)), "", nil),
+		newFigure(fmt.Sprintf("gpe-ebpf program runs during a dd (%d syscalls)", 2*o.ddBytes), "runs", ddRuns, "", nil),
 		newFigure("socket ping-pong slowdown (with/without gpe-ebpf)", "CPU time ratio", slow(ppC, "gpe-ebpf"), "≤ 1.10", func(m float64) bool { return m <= 1.10 }),
 		newFigure("socket ping-pong slowdown, bare syscall tracepoint", "CPU time ratio", slow(ppC, "bare-tracepoint"), "", nil),
 		newFigure("socket ping-pong slowdown (with/without gpe-ebpf), wall", "time ratio", slow(ppT, "gpe-ebpf"), "", nil),
@@ -395,7 +487,8 @@ func bench(o options) error {
 		if rate > 0 {
 			chunk = time.Duration(float64(uint64(o.memReqs)-done)/rate*float64(time.Second)) + time.Second
 		}
-		chunk = min(chunk, left, 60*time.Second)
+		// At least 2 s: the estimate can fall short by a few hundred requests as the rate drifts.
+		chunk = min(max(chunk, 2*time.Second), left, 60*time.Second)
 		if chunk < 2*time.Second {
 			break
 		}
@@ -438,20 +531,33 @@ func bench(o options) error {
 
 	// 4. Scrape time with the full label sets of the memory run.
 	fmt.Printf("\n[4/4] scrape: %d scrapes of %s (%d bytes)\n", o.scrapes, ob.metricsURL(), len(body))
-	var scrapeMS []float64
+	// Served: the compressed body to its last byte, as Prometheus (which asks for gzip)
+	// receives it. Beside it, a client that also gunzips and parses nothing: Go's default.
+	var scrapeMS, gunzipMS []float64
+	var gzBytes int64
 	for i := 0; i < o.scrapes && ctx.Err() == nil; i++ {
+		t := time.Now()
+		n, err := scrapeGzip(ob.metricsURL())
+		if err != nil {
+			return err
+		}
+		scrapeMS = append(scrapeMS, ms(time.Since(t)))
+		gzBytes = n
+	}
+	for i := 0; i < o.scrapes/4 && ctx.Err() == nil; i++ {
 		t := time.Now()
 		if _, err := scrape(ob.metricsURL()); err != nil {
 			return err
 		}
-		scrapeMS = append(scrapeMS, ms(time.Since(t)))
+		gunzipMS = append(gunzipMS, ms(time.Since(t)))
 	}
 	ob.stop()
 	g.stop()
 	e.gunicorns = nil
 	scrFig := newFigure("scrape time", "ms", scrapeMS, "≤ 10", func(m float64) bool { return m <= 10 })
-	scrFig.Note = fmt.Sprintf("%d workers, %d series, %d bytes", o.memWorkers, series, len(body))
+	scrFig.Note = fmt.Sprintf("%d workers, %d series, %d bytes (%d gzipped)", o.memWorkers, series, len(body), gzBytes)
 	res.Figures = append(res.Figures, scrFig,
+		newFigure("scrape time, client gunzips too (Go's http.Get)", "ms", gunzipMS, "", nil),
 		newFigure("start-up: exec to /metrics answering", "ms", ready, "≤ 1000", func(m float64) bool { return m <= 1000 }),
 		newFigure("start-up: the 'attached ... took=' log line", "ms", took, "", nil),
 	)

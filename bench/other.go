@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// runDD runs `dd if=/dev/zero of=/dev/null bs=1 count=n`: two syscalls per byte, none of
-// them traced by gpe-ebpf, so what it loses is the global cost of syscall tracepoints. It
+// runDD runs `dd if=/dev/zero of=/dev/null bs=1 count=n`: two syscalls per byte, on no
+// socket, so no gpe-ebpf hook fires for them; what it could lose is a global cost, such as the
+// one syscall tracepoints put on every syscall (the bare-tracepoint arm shows it). It
 // returns dd's CPU time (user+system, from its rusage), which other load on the machine
 // disturbs far less than the wall time, and the wall time.
 func runDD(n int) (cpu, wall time.Duration, err error) {

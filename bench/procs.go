@@ -217,6 +217,27 @@ func cpuTicks(pid int) (uint64, error) {
 	return u + st, nil
 }
 
+// onCPU is the time the threads of the given processes have run, from the scheduler's
+// /proc/<pid>/task/<tid>/schedstat (nanoseconds, not 10 ms ticks). Threads that exited
+// meanwhile are not counted.
+func onCPU(pids ...int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+		for _, t := range tasks {
+			b, err := os.ReadFile(t)
+			if err != nil {
+				continue
+			}
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				sum += time.Duration(n)
+			}
+		}
+	}
+	return sum
+}
+
 // rssBytes is VmRSS from /proc/<pid>/status.
 func rssBytes(pid int) (uint64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -249,6 +270,27 @@ func scrape(url string) (string, error) {
 	return string(b), err
 }
 
+// scrapeGzip fetches url asking for gzip itself, so that Go's client leaves the body
+// compressed, and reads it to the last byte; it returns the compressed size.
+func scrapeGzip(url string) (int64, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Accept-Encoding", "gzip")
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "gzip" {
+		return 0, fmt.Errorf("scrape: %s, encoding %q", resp.Status, resp.Header.Get("Content-Encoding"))
+	}
+	return n, err
+}
+
 // metricSum adds the values of every series of one metric name.
 func metricSum(body, name string) float64 {
 	var sum float64
@@ -276,6 +318,7 @@ type wrkResult struct {
 	PerSec       float64 `json:"requests_per_second"`
 	SocketErrors uint64  `json:"socket_errors"`
 	Non2xx       uint64  `json:"non_2xx_3xx"`
+	CPUSeconds   float64 `json:"cpu_seconds,omitempty"` // wrk's own user+system CPU
 }
 
 var (
@@ -290,11 +333,14 @@ func runWrk(ctx context.Context, url string, threads, conns int, d time.Duration
 	if script != "" {
 		args = append(args, "-s", script)
 	}
-	out, err := exec.CommandContext(ctx, "wrk", append(args, url)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "wrk", append(args, url)...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk: %w: %s", err, out)
 	}
-	return parseWrk(string(out))
+	r, err := parseWrk(string(out))
+	r.CPUSeconds = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	return r, err
 }
 
 func parseWrk(out string) (wrkResult, error) {

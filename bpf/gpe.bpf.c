@@ -9,18 +9,24 @@
  *   tp_btf/sched_process_exit    a tracked process's last thread exits, with its wait status
  *   tp_btf/signal_generate       a signal is queued for a tracked process (sender recorded)
  *   tracepoint/oom/mark_victim   the OOM killer picked a tracked process
- *   tracepoint/syscalls/sys_{enter,exit}_{accept,accept4,recvfrom,recvmsg,sendto,sendmsg,
- *                                         sendfile64}, sys_enter_{close,shutdown}
- *                                the HTTP request state machine of each worker connection
+ *   tp_btf/sock_recv_length      a read from a socket returned (recvfrom, recvmsg, read, readv)
+ *   tp_btf/sock_send_length      a write to a socket returned (sendto, sendmsg, write, writev,
+ *                                sendfile); with the two above, the HTTP request state machine
+ *                                of each worker connection. The fd and the user buffer come from
+ *                                the registers the task entered the syscall with.
+ *   tp_btf/tcp_destroy_sock      a worker's TCP connection is gone (closed or reset): the request ends
  *
- * Every syscall hook first looks the calling process up in `procs` and returns at once for any
- * process that is not a tracked worker, so the rest of the host pays one hash lookup.
+ * No syscall tracepoint: enabling any one puts every task's every syscall on the kernel's slow
+ * path (BENCHMARKS.md: dd bs=1 paid 4% with no program attached at all). The socket hooks fire
+ * only for socket I/O, and first read the calling process's slot of `filter`, returning at once
+ * when no tracked process has a tgid in it, so the rest of the host pays one memory read.
  *
  * Records (bpf/gpe.h): gpe_proc_event for process events, gpe_req_event / gpe_req_start for
  * requests, all behind the same 16-byte header, in one ring buffer. Submits that fail are
  * counted per CPU in `lost`.
  *
- * Minimum kernel: 5.17 (bpf_loop; ring buffer and tp_btf are older), with BTF; tested on 6.18.
+ * Minimum kernel: 6.3 (the sock_send_length/sock_recv_length tracepoints; bpf_loop is 5.17,
+ * bpf_task_pt_regs 5.15), with BTF; tested on 6.18.
  */
 #include "include/gpe_kernel.h"
 #include <bpf/bpf_helpers.h>
@@ -43,11 +49,64 @@ struct {
 	__type(value, struct proc_info);
 } procs SEC(".maps");
 
+/*
+ * How many tracked processes have a tgid in each slot (tgid % GPE_FILTER_SLOTS): a zero slot
+ * means "not tracked" without a hash lookup, which is what every socket call of every other
+ * process on the host asks. Counts go up before an entry is added to procs and down after one
+ * is removed, here and in user space (probes.go, atomically through a shared mapping), so a
+ * slot is never zero while one of its processes is tracked; a count that is too high only
+ * costs a lookup.
+ */
+struct filter {
+	__u32 n[GPE_FILTER_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct filter);
+} filter SEC(".maps");
+
+static __always_inline void filter_add(__u32 tgid, int d)
+{
+	__u32 zero = 0;
+	struct filter *f = bpf_map_lookup_elem(&filter, &zero);
+	if (f)
+		__sync_fetch_and_add(&f->n[tgid & (GPE_FILTER_SLOTS - 1)], d);
+}
+
+static __always_inline int maybe_tracked(__u32 tgid)
+{
+	__u32 zero = 0;
+	struct filter *f = bpf_map_lookup_elem(&filter, &zero);
+	return f && f->n[tgid & (GPE_FILTER_SLOTS - 1)] != 0;
+}
+
+/* Add or replace a process in procs, keeping filter in step. */
+static __always_inline void track(__u32 tgid, struct proc_info *v)
+{
+	filter_add(tgid, 1);
+	if (bpf_map_update_elem(&procs, &tgid, v, BPF_NOEXIST) != 0) {
+		bpf_map_update_elem(&procs, &tgid, v, BPF_ANY);
+		filter_add(tgid, -1); /* it was there already, and counted */
+	}
+}
+
+static __always_inline void untrack(__u32 tgid)
+{
+	if (bpf_map_delete_elem(&procs, &tgid) == 0)
+		filter_add(tgid, -1);
+}
+
 enum conn_state {
-	CONN_IDLE = 0,       /* accepted, or between requests */
+	CONN_IDLE = 0,       /* adopted, or between requests */
 	CONN_READING = 1,    /* request bytes read, no final status line written yet */
 	CONN_RESPONDING = 2, /* final status line written */
 	CONN_TLS = 3,        /* the first bytes were a TLS record: nothing is parsed */
+	CONN_PROBATION = 4,  /* the first bytes were not a request line: a request only if the
+			      * worker answers them with a status line (Gunicorn's 400 to garbage) */
 };
 
 struct conn_key {
@@ -56,18 +115,19 @@ struct conn_key {
 };
 
 struct conn {
+	struct conn_key owner; /* the worker and fd that read the connection's first request */
 	__u64 start_ns;
 	__u64 last_write_ns;
 	__u64 bytes_in;
 	__u64 bytes_out;
-	__u32 seq;
+	__u32 seq;      /* the current request's id: unique on the host (next_seq) */
 	__u16 status;
 	__u8 state;
 	__u8 phase;    /* enum line_phase: how far the request line has been read */
 	__u16 line_len; /* request-line bytes emitted so far */
 	__u8 flags;    /* GPE_FLAG_* */
-	__u8 pad;
-	__u32 pad2;
+	__u8 unix_sock; /* AF_UNIX: no hook sees the close; user space checks the fd (probes.go) */
+	__u32 ino;      /* AF_UNIX: the socket's inode number, what /proc/<pid>/fd/<fd> links to */
 };
 
 enum line_phase {
@@ -78,34 +138,104 @@ enum line_phase {
 	LINE_INVALID = 4, /* not an HTTP request line */
 };
 
-/* Connections of tracked workers. LRU so that fds closed unseen (exit, dup2) age out. */
+/*
+ * TCP connections of tracked workers, in a fixed table indexed by the socket's hash (sk_hash:
+ * the kernel's hash of the connection's addresses and ports, set when it is created and left
+ * alone until it is freed), each slot tagged with the socket that holds it. Finding one is a
+ * single memory access: no lock, no allocation, no helper call (the verifier inlines array
+ * lookups), which matters because every socket call of a worker and every TCP socket's end
+ * on the host asks (BENCHMARKS.md; a socket cookie, tried first, costs a helper call and a
+ * write to the socket on first use). A slot is taken at the connection's first read
+ * (compare-and-swap of the tag) and given back when the socket is destroyed. A connection
+ * whose slot is taken goes to `conns` instead.
+ */
+struct slot {
+	__u64 sk; /* the socket holding the slot (struct sock *), 0 if free */
+	struct conn c;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GPE_CONN_SLOTS);
+	__type(key, __u32);
+	__type(value, struct slot);
+} slots SEC(".maps");
+
+/*
+ * Unix connections of tracked workers, and TCP ones whose slot was taken, keyed by their
+ * socket (struct sock *). No hook sees a Unix socket close, so user space lists these
+ * (unixsweep.go). LRU so that anything missed ages out; an entry can outlive its socket, whose
+ * memory may then hold another (the owner and inode checks in on_io).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/* TCP connections put in conns (an upper bound: LRU evictions are not counted down). While it
+ * is 0, a TCP socket's end needs no hash lookup. */
+__u64 tcp_in_conns = 0;
+
+static __always_inline struct slot *slot_of(struct sock *sk)
+{
+	__u32 i = sk->__sk_common.skc_hash & (GPE_CONN_SLOTS - 1);
+	return bpf_map_lookup_elem(&slots, &i);
+}
+
+/* The TCP connection of sk, from its slot (*in, else 0) or else from conns. */
+static __always_inline struct conn *find_tcp(struct sock *sk, struct slot **in)
+{
+	struct slot *s = slot_of(sk);
+	*in = 0;
+	if (s && s->sk == (__u64)sk) {
+		*in = s;
+		return &s->c;
+	}
+	if (!tcp_in_conns)
+		return 0;
+	__u64 key = (__u64)sk;
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+/* Forget sk's TCP connection (its request already ended), found by find_tcp in slot s or, if
+ * s is 0, in conns. */
+static __always_inline void drop_tcp(struct sock *sk, struct slot *s)
+{
+	if (s) {
+		s->c.state = CONN_IDLE;
+		__sync_val_compare_and_swap(&s->sk, (__u64)sk, 0);
+		return;
+	}
+	__u64 key = (__u64)sk;
+	if (tcp_in_conns && bpf_map_delete_elem(&conns, &key) == 0)
+		__sync_fetch_and_add(&tcp_in_conns, -1);
+}
+
+/* A new TCP connection: its slot if free, else an entry in conns. */
+static __always_inline struct conn *new_tcp(struct sock *sk, struct conn *fresh)
+{
+	struct slot *s = slot_of(sk);
+	if (s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0) {
+		s->c = *fresh;
+		return &s->c;
+	}
+	__u64 key = (__u64)sk;
+	if (bpf_map_update_elem(&conns, &key, fresh, BPF_NOEXIST) == 0)
+		__sync_fetch_and_add(&tcp_in_conns, 1);
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+/* The last request id handed out: requests are told apart by (process, fd, id) in user space,
+ * and a connection's end may follow the start of the next connection on the same fd. */
+__u32 next_seq = 0;
+
 enum op {
-	OP_ACCEPT = 1,
 	OP_RECV = 2,
 	OP_SEND = 3,
 	OP_SENDFILE = 4,
 };
-
-/* Syscall arguments kept from enter to exit, per thread. */
-struct pending {
-	__u64 buf;
-	__u32 fd;
-	__u32 op;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct pending);
-} pending SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -120,7 +250,7 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* Wake the reader only once this many bytes are waiting; a timer in user space reads the rest. */
+/* Non-zero: the reader drains the ring on a timer (probes.go) and is never woken. */
 volatile const __u64 wakeup_bytes = 0;
 
 struct signal_struct {
@@ -142,13 +272,14 @@ static __always_inline void count_lost(void)
 		*n += 1;
 }
 
+/*
+ * A wake-up is an irq_work: an interrupt the CPU sends itself (an APIC write, a hypercall in
+ * a VM), then a wake_up of the reader's wait queue. In batched mode nobody waits there, so
+ * records never ask for one; with wakeup_bytes 0 the kernel wakes a waiting reader as usual.
+ */
 static __always_inline __u64 submit_flags(void)
 {
-	if (!wakeup_bytes)
-		return 0;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
+	return wakeup_bytes ? BPF_RB_NO_WAKEUP : 0;
 }
 
 static __always_inline struct proc_info *tracked(__u32 tgid)
@@ -188,7 +319,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	if (!p || p->kind != GPE_PROC_MASTER)
 		return 0;
 	struct proc_info w = {.master = ptgid, .kind = GPE_PROC_WORKER};
-	bpf_map_update_elem(&procs, &ctgid, &w, BPF_ANY);
+	track(ctgid, &w);
 	emit_proc(GPE_EV_FORK, ctgid, ptgid, ptgid, 0, GPE_PROC_WORKER, child->start_boottime);
 	return 0;
 }
@@ -225,7 +356,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 		return 0;
 	__u32 master = info->master;
 	__u32 kind = info->kind;
-	bpf_map_delete_elem(&procs, &tgid);
+	untrack(tgid);
 	emit_proc(GPE_EV_EXIT, tgid, 0, master, p->exit_code, kind, 0);
 	return 0;
 }
@@ -264,17 +395,32 @@ int on_oom(struct mark_victim_ctx *ctx)
 
 /* ---- requests ---- */
 
-/* Is this process a tracked worker? The first thing every syscall hook asks. */
+/* Is this process a tracked worker? What a socket call on an unknown socket asks, once the
+ * filter (read first in on_io) said it may be tracked. */
 static __always_inline int is_worker(__u32 tgid)
 {
 	struct proc_info *p = tracked(tgid);
 	return p && p->kind == GPE_PROC_WORKER;
 }
 
-static __always_inline int remember(__u64 id, __u32 fd, __u64 buf, __u32 op)
+/* A request record from c, as at its start: nothing written yet. */
+static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct conn_key *k,
+				     struct conn *c, __u64 now, __u32 kept)
 {
-	struct pending a = {.buf = buf, .fd = fd, .op = op};
-	return bpf_map_update_elem(&pending, &id, &a, BPF_ANY);
+	e->hdr.kind = kind;
+	e->hdr.tgid = k->tgid;
+	e->hdr.ts_ns = now;
+	e->fd = k->fd;
+	e->seq = c->seq;
+	e->start_ns = c->start_ns;
+	e->last_write_ns = 0;
+	e->bytes_in = c->bytes_in;
+	e->bytes_out = 0;
+	e->status = 0;
+	e->reason = 0;
+	e->flags = 0;
+	e->line_len = kept;
+	e->pad = 0;
 }
 
 static __always_inline void emit_req(__u32 kind, struct conn_key *k, struct conn *c, __u8 reason,
@@ -285,20 +431,12 @@ static __always_inline void emit_req(__u32 kind, struct conn_key *k, struct conn
 		count_lost();
 		return;
 	}
-	e->hdr.kind = kind;
-	e->hdr.tgid = k->tgid;
-	e->hdr.ts_ns = now;
-	e->fd = k->fd;
-	e->seq = c->seq;
-	e->start_ns = c->start_ns;
+	fill_req(e, kind, k, c, now, 0);
 	e->last_write_ns = c->last_write_ns;
-	e->bytes_in = c->bytes_in;
 	e->bytes_out = c->bytes_out;
 	e->status = c->status;
 	e->reason = reason;
 	e->flags = c->flags | (c->state == CONN_TLS ? GPE_FLAG_TLS : 0);
-	e->line_len = 0;
-	e->pad = 0;
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
@@ -350,21 +488,11 @@ static long cut_step(__u64 i, void *data)
 	return 0;
 }
 
-static long zero_step(__u64 i, void *data)
-{
-	struct cut_ctx *x = data;
-	__u64 at = x->kept + i;
-	if (at >= GPE_LINE_MAX)
-		return 1;
-	x->line[at] = 0;
-	return 0;
-}
-
 /*
- * Keep the part of "METHOD SP path" in the n bytes just copied to line, resuming at *phase
- * (a request line may arrive a few bytes at a time), and zero everything else: the query
- * string, the fragment, the protocol version and every header never leave the kernel.
- * Returns how many leading bytes of line are kept; *phase says where the line stands.
+ * Find the part of "METHOD SP path" in the n bytes of line, resuming at *phase (a request
+ * line may arrive a few bytes at a time). Returns how many leading bytes to keep; *phase says
+ * where the line stands. Only those bytes go into a record (send_line): the query string, the
+ * fragment, the protocol version and every header never leave the kernel.
  */
 static __always_inline __u32 cut_line(char *line, __u32 n, __u32 *phase, __u32 pos)
 {
@@ -372,96 +500,121 @@ static __always_inline __u32 cut_line(char *line, __u32 n, __u32 *phase, __u32 p
 	bpf_loop(GPE_LINE_MAX, cut_step, &x, 0);
 	*phase = x.phase;
 	if (x.phase == LINE_INVALID)
-		x.kept = 0;
-	bpf_loop(GPE_LINE_MAX, zero_step, &x, 0);
+		return 0;
 	return x.kept;
 }
 
-/* Copy up to GPE_LINE_MAX bytes of the read into a reserved record; returns the count. */
-static __always_inline __u32 copy_head(struct gpe_req_start *e, __u64 buf, __s64 n)
+/*
+ * A START or LINE record is built here, per CPU: the first bytes of a read are copied into its
+ * line and cut there, and only the header and the kept bytes go into the ring (send_line), so
+ * "GET /ok" takes 72 bytes of it, not 320.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gpe_req_start);
+} scratch SEC(".maps");
+
+/* Copy up to GPE_LINE_MAX bytes of the read into this CPU's record; *len is the count (0 if
+ * the user memory could not be read). Returns the record, or 0. */
+static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32 *len)
 {
-	__u32 len = n > GPE_LINE_MAX ? GPE_LINE_MAX : (__u32)n;
-	len &= 0x1ff;
-	if (len > GPE_LINE_MAX)
-		len = GPE_LINE_MAX;
-	if (bpf_probe_read_user(e->line, len, (void *)buf) != 0)
+	__u32 zero = 0;
+	struct gpe_req_start *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
 		return 0;
-	return len;
+	__u32 l = n > GPE_LINE_MAX ? GPE_LINE_MAX : (__u32)n;
+	barrier_var(l); /* keep the bound below on the register passed to the helper */
+	l &= 0x1ff;
+	if (l > GPE_LINE_MAX)
+		l = GPE_LINE_MAX;
+	*len = bpf_probe_read_user(e->line, l, (void *)buf) == 0 ? l : 0;
+	return e;
 }
 
-static __always_inline void fill_line_event(struct gpe_req_start *e, __u32 kind, struct conn_key *k,
-					    struct conn *c, __u64 now, __u32 kept)
+/*
+ * Send the record built by read_head: its header and the first kept bytes of its line, padded
+ * with zeros to 8 bytes (the rest of the read, query string included, is not sent).
+ */
+static __always_inline int send_line(struct gpe_req_start *e, __u32 kind, struct conn_key *k,
+				     struct conn *c, __u64 now, __u32 kept)
 {
-	e->req.hdr.kind = kind;
-	e->req.hdr.tgid = k->tgid;
-	e->req.hdr.ts_ns = now;
-	e->req.fd = k->fd;
-	e->req.seq = c->seq;
-	e->req.start_ns = c->start_ns;
-	e->req.last_write_ns = 0;
-	e->req.bytes_in = c->bytes_in;
-	e->req.bytes_out = 0;
-	e->req.status = 0;
-	e->req.reason = 0;
-	e->req.flags = 0;
-	e->req.line_len = kept;
-	e->req.pad = 0;
-}
-
-/* Start a new request on c with the bytes just read; emits REQ_START with the cut line. */
-static __always_inline void start_request(struct conn_key *k, struct conn *c, __u64 buf, __s64 n,
-					  __u64 now, int must_look_like_request)
-{
-	struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
+	fill_req(&e->req, kind, k, c, now, kept);
+	barrier_var(kept);
+	kept &= 0x1ff;
+	if (kept > GPE_LINE_MAX)
+		kept = GPE_LINE_MAX;
+	__u32 tail = kept & 7;
+	if (tail) {
+		/* Both targets are little-endian: the low bytes of the word are the kept ones. */
+		__u64 *w = (__u64 *)&e->line[kept & 0xf8];
+		*w &= (1ULL << (8 * tail)) - 1;
+	}
+	__u64 size = sizeof(struct gpe_req_event) + ((kept + 7) & 0x1f8);
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&events, e, size, submit_flags()) != 0) {
 		count_lost();
-		/* Still account the request so RESP and END are emitted and counted. */
-		if (!must_look_like_request) {
-			c->seq++;
-			c->start_ns = now;
-			c->last_write_ns = 0;
-			c->bytes_in = n;
-			c->bytes_out = 0;
-			c->status = 0;
-			c->flags = 0;
-			c->phase = LINE_INVALID;
-			c->line_len = 0;
-			c->state = CONN_READING;
-		} else {
-			c->bytes_in += n;
-		}
-		return;
+		return -1;
 	}
-	__u32 len = copy_head(e, buf, n);
-	__u8 first = len > 0 ? (__u8)e->line[0] : 0;
-	if (c->state == CONN_IDLE && c->seq == 0 && first == 0x16) {
-		/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
-		bpf_ringbuf_discard(e, 0);
-		c->state = CONN_TLS;
-		return;
-	}
-	__u32 phase = LINE_METHOD;
-	__u32 kept = cut_line(e->line, len, &phase, 0);
-	if (must_look_like_request && phase == LINE_INVALID) {
-		/* Continuation bytes of the current request (e.g. a body drained late). */
-		bpf_ringbuf_discard(e, 0);
-		c->bytes_in += n;
-		return;
-	}
-	if (c->state == CONN_RESPONDING)
-		end_request(k, c, GPE_END_NEXT, now);
-	c->seq++;
-	c->start_ns = now;
+	return 0;
+}
+
+/* Make c's next request the current one: READING, with nothing written yet. */
+static __always_inline void begin_request(struct conn *c, __u64 start_ns, __u64 bytes_in,
+					  __u8 phase, __u16 kept)
+{
+	c->seq = __sync_fetch_and_add(&next_seq, 1) + 1;
+	c->start_ns = start_ns;
 	c->last_write_ns = 0;
-	c->bytes_in = n;
+	c->bytes_in = bytes_in;
 	c->bytes_out = 0;
 	c->status = 0;
 	c->flags = 0;
 	c->phase = phase;
 	c->line_len = kept;
 	c->state = CONN_READING;
-	fill_line_event(e, GPE_EV_REQ_START, k, c, now, kept);
+}
+
+/* REQ_START for c's current request, whose line was not read (OTHER / unknown). */
+static __always_inline void emit_blank_start(struct conn_key *k, struct conn *c, __u64 now)
+{
+	struct gpe_req_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	fill_req(e, GPE_EV_REQ_START, k, c, now, 0);
 	bpf_ringbuf_submit(e, submit_flags());
+}
+
+/* Start a new request on c with the bytes just read; emits REQ_START with the cut line. */
+static __always_inline void start_request(struct conn_key *k, struct conn *c, __u64 buf, __s64 n,
+					  __u64 now, int must_look_like_request)
+{
+	__u32 len = 0;
+	struct gpe_req_start *e = read_head(buf, n, &len);
+	if (!e)
+		return;
+	char *line = e->line;
+	if (c->state == CONN_IDLE && c->seq == 0 && len > 0 && (__u8)line[0] == 0x16) {
+		/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
+		c->state = CONN_TLS;
+		return;
+	}
+	__u32 phase = LINE_METHOD;
+	__u32 kept = cut_line(line, len, &phase, 0);
+	if (must_look_like_request && phase == LINE_INVALID) {
+		/* Continuation bytes of the current request (e.g. a body drained late). */
+		c->bytes_in += n;
+		return;
+	}
+	if (c->state == CONN_RESPONDING)
+		end_request(k, c, GPE_END_NEXT, now);
+	/* Accounted even if the record is lost, so RESP and END are still emitted and counted. */
+	begin_request(c, now, n, phase, kept);
+	send_line(e, GPE_EV_REQ_START, k, c, now, kept);
 }
 
 /* More bytes of a request whose line was not complete: emit the next piece of the line. */
@@ -469,47 +622,21 @@ static __always_inline void continue_line(struct conn_key *k, struct conn *c, __
 					  __u64 now)
 {
 	c->bytes_in += n;
-	struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
-		c->phase = LINE_INVALID;
+	__u32 len = 0;
+	struct gpe_req_start *e = read_head(buf, n, &len);
+	if (!e)
 		return;
-	}
-	__u32 len = copy_head(e, buf, n);
 	__u32 phase = c->phase;
 	__u32 kept = cut_line(e->line, len, &phase, c->line_len);
 	c->phase = phase;
 	__u32 room = GPE_LINE_MAX - (c->line_len & (GPE_LINE_MAX - 1));
 	if (kept > room)
 		kept = room;
-	if (kept == 0 || c->line_len >= GPE_LINE_MAX) {
-		bpf_ringbuf_discard(e, 0);
+	if (kept == 0 || c->line_len >= GPE_LINE_MAX)
 		return;
-	}
 	c->line_len += kept;
-	fill_line_event(e, GPE_EV_REQ_LINE, k, c, now, kept);
-	bpf_ringbuf_submit(e, submit_flags());
-}
-
-/* Has the client closed its side (a FIN or a reset arrived) on this worker's fd? */
-static __always_inline __u8 peer_gone(__u32 fd)
-{
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = 0;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xfffff]) != 0 || !f)
-		return 0;
-	struct socket *sock = BPF_CORE_READ(f, private_data);
-	if (!sock)
-		return 0;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return 0;
-	__u8 shut = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown);
-	return (shut & 1 /* RCV_SHUTDOWN */) ? 1 : 0;
+	if (send_line(e, GPE_EV_REQ_LINE, k, c, now, kept) != 0)
+		c->phase = LINE_INVALID; /* a piece is missing: keep no more of the line */
 }
 
 /* The status code of an HTTP/1.x status line at the start of buf, or 0. */
@@ -528,196 +655,228 @@ static __always_inline __u16 status_code(__u64 buf, __s64 n)
 	return (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
 }
 
-static __always_inline int do_enter_accept(void)
+/*
+ * Had the client left before its answer, which the worker just wrote (sent bytes)? Its side
+ * is shut (a FIN or a reset arrived), and, for TCP, that FIN acknowledged none of the answer.
+ * The hook runs after the write: on loopback the client may already have read the answer and
+ * closed, and its FIN then acknowledges the answer's bytes (snd_una past their first byte).
+ */
+static __always_inline __u8 client_gone(struct sock *sk, __s64 sent, __u8 unix_sock)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_worker(id >> 32))
+	__u8 shut = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown);
+	if (!(shut & 1 /* RCV_SHUTDOWN */))
 		return 0;
-	remember(id, 0, 0, OP_ACCEPT);
-	return 0;
+	if (unix_sock)
+		return 1;
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u32 first = BPF_CORE_READ(tp, write_seq) - (__u32)sent;
+	__u32 una = BPF_CORE_READ(tp, snd_una);
+	return (__s32)(una - first) > 0 ? 0 : 1;
 }
 
-/* Attached to sys_enter_accept and sys_enter_accept4 (probes.go). */
-SEC("tracepoint/syscalls/sys_enter_accept")
-int enter_accept(struct sys_enter_ctx *ctx)
+/* The first iovec's base of a user iovec array: where a status line or request line would be. */
+static __always_inline __u64 iov_base(__u64 iov)
 {
-	return do_enter_accept();
-}
-
-static __always_inline struct pending *take_pending(__u64 id)
-{
-	return bpf_map_lookup_elem(&pending, &id);
-}
-
-static __always_inline int do_exit_accept(struct sys_exit_ctx *ctx)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct pending *a = take_pending(id);
-	if (!a)
+	struct iovec v;
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)iov) != 0)
 		return 0;
-	bpf_map_delete_elem(&pending, &id);
-	if (ctx->ret < 0)
-		return 0;
-	struct conn_key k = {.tgid = id >> 32, .fd = (__u32)ctx->ret};
-	struct conn *old = bpf_map_lookup_elem(&conns, &k);
-	if (old)
-		end_request(&k, old, GPE_END_REUSED, bpf_ktime_get_ns());
-	struct conn c = {};
-	bpf_map_update_elem(&conns, &k, &c, BPF_ANY);
-	return 0;
+	return (__u64)v.iov_base;
 }
 
-/* Attached to sys_exit_accept and sys_exit_accept4 (probes.go). */
-SEC("tracepoint/syscalls/sys_exit_accept")
-int exit_accept(struct sys_exit_ctx *ctx)
-{
-	return do_exit_accept(ctx);
-}
-
-static __always_inline int enter_io(__u32 fd, __u64 buf, __u32 op)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_worker(id >> 32))
-		return 0;
-	if (op != OP_RECV) {
-		/* Writes matter only on connections we know. Reads on an unknown fd may be a
-		 * keep-alive connection accepted before attach; the exit side decides. */
-		struct conn_key k = {.tgid = id >> 32, .fd = fd};
-		if (!bpf_map_lookup_elem(&conns, &k))
-			return 0;
-	}
-	remember(id, fd, buf, op);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct sys_enter_ctx *ctx)
-{
-	return enter_io(ctx->args[0], ctx->args[1], OP_RECV);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct sys_enter_ctx *ctx)
-{
-	return enter_io(ctx->args[0], ctx->args[1], OP_SEND);
-}
-
-/* The first iovec's base of a user msghdr: where a status line or request line would be. */
+/* The same for a user msghdr. */
 static __always_inline __u64 msghdr_base(__u64 msg)
 {
 	struct user_msghdr m;
-	struct iovec iov;
 	if (bpf_probe_read_user(&m, sizeof(m), (void *)msg) != 0 || !m.msg_iov || !m.msg_iovlen)
 		return 0;
-	if (bpf_probe_read_user(&iov, sizeof(iov), m.msg_iov) != 0)
-		return 0;
-	return (__u64)iov.iov_base;
+	return iov_base((__u64)m.msg_iov);
 }
 
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct sys_enter_ctx *ctx)
+/*
+ * Which socket call the current task is in, from the registers it entered the kernel with:
+ * the fd (first argument) and where the bytes are. Returns 0 for a call whose bytes are not
+ * looked at (recvmmsg, splice, io_uring, a kernel thread) or that is not of this direction.
+ */
+static __always_inline int socket_call(int send, __u32 *fd, __u64 *buf, __u32 *op)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_worker(id >> 32))
-		return 0;
-	remember(id, ctx->args[0], msghdr_base(ctx->args[1]), OP_RECV);
-	return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
+	__u64 nr = GPE_SYSCALL_NR(r);
+	__u64 a1 = GPE_SYSCALL_ARG1(r);
+	*op = send ? OP_SEND : OP_RECV;
+	if (send) {
+		switch (nr) {
+		case GPE_NR_sendto:
+		case GPE_NR_write:
+			*buf = a1;
+			break;
+		case GPE_NR_sendmsg:
+			*buf = msghdr_base(a1);
+			break;
+		case GPE_NR_writev:
+			*buf = iov_base(a1);
+			break;
+		case GPE_NR_sendfile:
+			*buf = 0;
+			*op = OP_SENDFILE;
+			break;
+		default:
+			return 0;
+		}
+	} else {
+		switch (nr) {
+		case GPE_NR_recvfrom:
+		case GPE_NR_read:
+			*buf = a1;
+			break;
+		case GPE_NR_recvmsg:
+			*buf = msghdr_base(a1);
+			break;
+		case GPE_NR_readv:
+			*buf = iov_base(a1);
+			break;
+		default:
+			return 0;
+		}
+	}
+	*fd = (__u32)GPE_SYSCALL_ARG0(r);
+	return 1;
 }
 
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct sys_enter_ctx *ctx)
+/* A status line written on a connection in probation: what was read was a request after all
+ * (one Gunicorn could not parse). It is announced now, without a line (OTHER / unknown). */
+static __always_inline void announce(struct conn_key *k, struct conn *c, __u64 now)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_worker(id >> 32))
-		return 0;
-	struct conn_key k = {.tgid = id >> 32, .fd = ctx->args[0]};
-	if (!bpf_map_lookup_elem(&conns, &k))
-		return 0;
-	remember(id, ctx->args[0], msghdr_base(ctx->args[1]), OP_SEND);
-	return 0;
+	begin_request(c, c->start_ns, c->bytes_in, LINE_INVALID, 0);
+	emit_blank_start(k, c, now);
 }
 
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int enter_sendfile(struct sys_enter_ctx *ctx)
+/* The inode number of a socket, what /proc/<pid>/fd/<fd> links to. */
+static __always_inline __u32 unix_ino(struct sock *sk)
 {
-	return enter_io(ctx->args[0], 0, OP_SENDFILE);
+	return BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
 }
 
-static __always_inline int do_exit_io(struct sys_exit_ctx *ctx)
+/* A new connection of a worker: its first read. A request line (or a TLS handshake) starts a
+ * request; anything else puts the connection in probation. */
+static __always_inline void adopt(struct conn_key *k, struct sock *sk, int tcp, __u64 buf,
+				  __s64 n, __u64 now)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct pending *a = take_pending(id);
-	if (!a)
-		return 0;
-	struct pending p = *a;
-	bpf_map_delete_elem(&pending, &id);
-	__s64 n = ctx->ret;
+	struct conn fresh = {.owner = *k};
+	struct conn *c;
+	if (!tcp) {
+		fresh.unix_sock = 1;
+		fresh.ino = unix_ino(sk);
+		__u64 key = (__u64)sk;
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+		c = bpf_map_lookup_elem(&conns, &key);
+	} else {
+		c = new_tcp(sk, &fresh);
+	}
+	if (!c)
+		return;
+	start_request(k, c, buf, n, now, 1);
+	if (c->state == CONN_IDLE) {
+		/* Not a request line: garbage sent to the port, or one of the worker's own client
+		 * connections (databases, HTTP APIs). Which one, only the worker's answer tells. */
+		c->state = CONN_PROBATION;
+		c->start_ns = now;
+		c->bytes_in = n;
+	}
+}
+
+/* The request state machine, after a worker's socket call moved n bytes (or failed, n < 0). */
+static __always_inline int on_io(struct sock *sk, int ret, int send)
+{
+	__s64 n = ret;
 	if (n == 0)
 		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	/* Every other process of the host stops here, without a map lookup. */
+	if (!maybe_tracked(tgid))
+		return 0;
+	/* UDP and the rest carry no HTTP/1, and no end would be seen. */
+	__u16 family = sk->__sk_common.skc_family;
+	__u64 key = (__u64)sk;
+	int tcp = 0;
+	struct slot *in = 0;
+	struct conn *c = 0;
+	if (family == GPE_AF_UNIX) {
+		c = bpf_map_lookup_elem(&conns, &key);
+	} else if ((family == GPE_AF_INET || family == GPE_AF_INET6) &&
+		   sk->sk_protocol == GPE_IPPROTO_TCP) {
+		tcp = 1;
+		c = find_tcp(sk, &in);
+	} else {
+		return 0;
+	}
+	/* A connection this process was seen to own is a worker's; anything else asks. */
+	if ((!c || c->owner.tgid != tgid) && !is_worker(tgid))
+		return 0;
+	__u32 fd = 0, op = 0;
+	__u64 buf = 0;
+	if (!socket_call(send, &fd, &buf, &op))
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct conn_key k = {.tgid = id >> 32, .fd = p.fd};
-	struct conn *c = bpf_map_lookup_elem(&conns, &k);
+	struct conn_key k = {.tgid = tgid, .fd = fd};
+	if (c && (c->owner.tgid != k.tgid || c->owner.fd != k.fd ||
+		  (c->unix_sock && op == OP_RECV && c->state != CONN_READING && unix_ino(sk) != c->ino))) {
+		/* The socket moved to another fd or process, or (Unix: no hook sees the close) the
+		 * entry is of a socket that was freed unseen, whose memory now holds another. */
+		struct conn_key old = c->owner;
+		end_request(&old, c, GPE_END_REUSED, now);
+		if (c->unix_sock)
+			bpf_map_delete_elem(&conns, &key);
+		else
+			drop_tcp(sk, in);
+		c = 0;
+	}
 	if (n < 0) {
 		/* An event-loop worker (gevent, eventlet, tornado, asyncio) reads again as soon
 		 * as a response is written, and finds nothing yet: the response is complete. */
-		if (c && c->state == CONN_RESPONDING && p.op == OP_RECV && n == -11 /* EAGAIN */)
+		if (c && c->state == CONN_RESPONDING && op == OP_RECV && n == -11 /* EAGAIN */)
 			end_request(&k, c, GPE_END_WAIT, now);
 		return 0;
 	}
 
-	if (p.op == OP_RECV) {
-		if (!c) {
-			/* Adopt a connection accepted before attach, but only at a request line:
-			 * the worker's own client sockets (databases, HTTP APIs) never read one. */
-			struct conn fresh = {};
-			bpf_map_update_elem(&conns, &k, &fresh, BPF_NOEXIST);
-			c = bpf_map_lookup_elem(&conns, &k);
-			if (!c)
-				return 0;
-			start_request(&k, c, p.buf, n, now, 1);
-			if (c->state == CONN_IDLE)
-				bpf_map_delete_elem(&conns, &k);
-			return 0;
-		}
-		if (c->state == CONN_READING) {
+	if (op == OP_RECV) {
+		if (!c)
+			adopt(&k, sk, tcp, buf, n, now);
+		else if (c->state == CONN_READING) {
 			if (c->phase < LINE_DONE && c->line_len < GPE_LINE_MAX)
-				continue_line(&k, c, p.buf, n, now);
+				continue_line(&k, c, buf, n, now);
 			else
 				c->bytes_in += n;
 		} else if (c->state == CONN_IDLE) {
-			start_request(&k, c, p.buf, n, now, 0);
-		} else if (c->state == CONN_RESPONDING) {
-			start_request(&k, c, p.buf, n, now, 1);
+			start_request(&k, c, buf, n, now, 0);
+		} else if (c->state == CONN_RESPONDING || c->state == CONN_PROBATION) {
+			start_request(&k, c, buf, n, now, 1);
 		}
 		return 0;
 	}
 
+	/* Writes matter only on connections we know. */
 	if (!c || c->state == CONN_TLS || c->state == CONN_IDLE)
 		return 0;
-	if (p.op == OP_SEND) {
-		__u16 st = status_code(p.buf, n);
+	if (op == OP_SEND) {
+		__u16 st = status_code(buf, n);
+		if (c->state == CONN_PROBATION) {
+			if (st < 100)
+				return 0; /* the worker's own client traffic */
+			announce(&k, c, now);
+		}
 		if (st >= 200) {
 			if (c->state == CONN_RESPONDING) {
 				/* A second final status line: the client pipelined requests and the worker
 				 * answers the next one, whose request line we did not see. */
 				emit_req(GPE_EV_REQ_END, &k, c, GPE_END_PIPELINE, now);
-				c->seq++;
-				c->start_ns = c->last_write_ns;
-				c->bytes_in = 0;
-				c->bytes_out = 0;
-				struct gpe_req_start *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-				if (e) {
-					__builtin_memset(e->line, 0, GPE_LINE_MAX);
-					fill_line_event(e, GPE_EV_REQ_START, &k, c, now, 0);
-					bpf_ringbuf_submit(e, submit_flags());
-				} else {
-					count_lost();
-				}
+				begin_request(c, c->last_write_ns, 0, LINE_INVALID, 0);
+				emit_blank_start(&k, c, now);
 			}
 			c->status = st;
 			c->state = CONN_RESPONDING;
 			/* A client that left before its answer: the worker writes into the void. */
-			c->flags = peer_gone(k.fd) ? GPE_FLAG_CLIENT_GONE : 0;
+			c->flags = client_gone(sk, n, c->unix_sock) ? GPE_FLAG_CLIENT_GONE : 0;
 			c->bytes_out += n;
 			c->last_write_ns = now;
 			emit_req(GPE_EV_REQ_RESP, &k, c, 0, now);
@@ -725,46 +884,47 @@ static __always_inline int do_exit_io(struct sys_exit_ctx *ctx)
 		}
 	}
 	/* Body bytes (or a 1xx interim response, which does not end the request). */
+	if (c->state == CONN_PROBATION)
+		return 0;
 	c->bytes_out += n;
 	if (c->state == CONN_RESPONDING)
 		c->last_write_ns = now;
 	return 0;
 }
 
-/* One program for the exits of recvfrom, recvmsg, sendto, sendmsg and sendfile64: the same
- * context layout, and the syscall is told apart by what its enter side remembered (probes.go
- * attaches it to each). */
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_io(struct sys_exit_ctx *ctx)
+/* Every read from a socket (recvfrom, recvmsg, read, readv), after it returned. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_sock_recv, struct sock *sk, int ret, int flags)
 {
-	return do_exit_io(ctx);
+	if (flags & GPE_MSG_PEEK)
+		return 0;
+	return on_io(sk, ret, 0);
 }
 
-static __always_inline int conn_done(__u32 fd, __u8 reason)
+/* Every write to a socket (sendto, sendmsg, write, writev, and sendfile's pieces). */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_sock_send, struct sock *sk, int ret, int flags)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_worker(id >> 32))
-		return 0;
-	struct conn_key k = {.tgid = id >> 32, .fd = fd};
-	struct conn *c = bpf_map_lookup_elem(&conns, &k);
+	return on_io(sk, ret, 1);
+}
+
+/*
+ * A worker's TCP connection is destroyed once it is closed on both sides (or reset) and the
+ * worker has closed its fd: no more of the response can be written, the request ends. Its
+ * state changes (inet_sock_set_state) would say so a round trip earlier, but fire about ten
+ * times per connection for every TCP connection on the host; this fires once per socket.
+ */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_tcp_destroy, struct sock *sk)
+{
+	struct slot *in = 0;
+	struct conn *c = find_tcp(sk, &in);
 	if (!c)
 		return 0;
-	end_request(&k, c, reason, bpf_ktime_get_ns());
-	if (reason == GPE_END_CLOSE)
-		bpf_map_delete_elem(&conns, &k);
+	struct conn_key k = c->owner;
+	end_request(&k, c, GPE_END_CLOSE, bpf_ktime_get_ns());
+	drop_tcp(sk, in);
 	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct sys_enter_ctx *ctx)
-{
-	return conn_done(ctx->args[0], GPE_END_CLOSE);
-}
-
-SEC("tracepoint/syscalls/sys_enter_shutdown")
-int enter_shutdown(struct sys_enter_ctx *ctx)
-{
-	return conn_done(ctx->args[0], GPE_END_SHUTDOWN);
 }
 
 /* Referenced so their BTF is emitted and bpf2go writes the Go types. */

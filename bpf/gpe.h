@@ -9,6 +9,8 @@
 #define GPE_H
 
 #define GPE_LINE_MAX 256 /* bytes of the first request segment copied, once per request */
+#define GPE_FILTER_SLOTS 2048 /* slots of the tracked-process filter (a power of two) */
+#define GPE_CONN_SLOTS 8192   /* slots of the TCP connection table (a power of two) */
 
 enum gpe_event_kind {
 	GPE_EV_FORK = 1,      /* a tracked master forked a process (a worker) */
@@ -18,7 +20,7 @@ enum gpe_event_kind {
 	GPE_EV_OOM = 5,       /* the OOM killer chose a tracked process */
 	GPE_EV_REQ_START = 6, /* first bytes of a request were read on a tracked connection */
 	GPE_EV_REQ_RESP = 7,  /* the final (non-1xx) status line was written */
-	GPE_EV_REQ_END = 8,   /* the request ended: next request, close, shutdown or fd reuse */
+	GPE_EV_REQ_END = 8,   /* the request ended: next request, close, or a stale entry */
 	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces */
 };
 
@@ -34,9 +36,9 @@ enum gpe_proc_kind {
 /* Why a request ended (gpe_req_event.reason). */
 enum gpe_end_reason {
 	GPE_END_NEXT = 1,     /* the next request started on the same connection (keep-alive) */
-	GPE_END_CLOSE = 2,    /* close(2) of the connection */
-	GPE_END_SHUTDOWN = 3, /* shutdown(2) of the connection */
-	GPE_END_REUSED = 4,   /* accept returned the same fd: the old one was closed unseen */
+	GPE_END_CLOSE = 2,    /* the connection is gone: TCP socket destroyed, Unix fd closed */
+	GPE_END_SHUTDOWN = 3, /* not emitted since the socket hooks (kept so values stay put) */
+	GPE_END_REUSED = 4,   /* the socket's entry was of another fd or process, or of a freed socket */
 	GPE_END_PIPELINE = 5, /* a second status line on the connection: pipelined requests */
 	GPE_END_WAIT = 6,     /* the worker waits for the next request (a read found no data) */
 };

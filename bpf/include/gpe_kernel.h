@@ -27,31 +27,63 @@ struct task_struct {
 	int exit_code;
 	pid_t pid;
 	pid_t tgid;
-	struct task_struct *real_parent;
 	u64 start_boottime;
-	struct files_struct *files;
+};
+
+struct inode {
+	unsigned long i_ino;
 };
 
 struct file {
-	void *private_data;
-};
-
-struct fdtable {
-	unsigned int max_fds;
-	struct file **fd;
-};
-
-struct files_struct {
-	struct fdtable *fdt;
+	struct inode *f_inode;
 };
 
 struct socket {
-	struct sock *sk;
+	struct file *file;
+};
+
+struct sock_common {
+	unsigned int skc_hash; /* in an anonymous union in the kernel: CO-RE finds it there */
+	unsigned short skc_family;
 };
 
 struct sock {
+	struct sock_common __sk_common;
 	u8 sk_shutdown;
+	u16 sk_protocol;
+	struct socket *sk_socket;
 };
+
+struct tcp_sock {
+	u32 snd_una;   /* first byte we sent that the peer has not acknowledged */
+	u32 write_seq; /* one past the last byte queued for sending */
+};
+
+/* The user registers saved at syscall entry (bpf_task_pt_regs): the syscall number and its
+ * first two arguments. */
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long orig_ax;
+};
+#define GPE_SYSCALL_NR(r) BPF_CORE_READ(r, orig_ax)
+#define GPE_SYSCALL_ARG0(r) BPF_CORE_READ(r, di)
+#define GPE_SYSCALL_ARG1(r) BPF_CORE_READ(r, si)
+#elif defined(__TARGET_ARCH_arm64)
+struct user_pt_regs {
+	u64 regs[31];
+};
+struct pt_regs___gpe {
+	u64 orig_x0; /* x0 is overwritten by the return value; orig_x0 keeps the argument */
+	s32 syscallno;
+};
+#define GPE_SYSCALL_NR(r) BPF_CORE_READ((struct pt_regs___gpe *)(r), syscallno)
+#define GPE_SYSCALL_ARG0(r) BPF_CORE_READ((struct pt_regs___gpe *)(r), orig_x0)
+#define GPE_SYSCALL_ARG1(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[1])
+#else
+#error "gpe-ebpf is built for amd64 and arm64 only"
+#endif
 
 struct iovec {
 	void *iov_base;
@@ -71,24 +103,34 @@ struct linux_binprm;
 #pragma clang attribute pop
 #pragma clang diagnostic pop
 
-/*
- * The context of a syscalls/sys_enter_* and sys_exit_* tracepoint: the 8-byte common
- * header, the syscall number, then the arguments (or the return value). This layout is the
- * tracepoint ABI (see /sys/kernel/tracing/events/syscalls/sys_enter_recvfrom/format), not a
- * kernel struct, so it is not relocated.
- */
-struct sys_enter_ctx {
-	u64 common;
-	s32 syscall_nr;
-	u32 pad;
-	u64 args[6];
-};
+/* Syscall numbers of the socket calls whose buffers are read (asm/unistd.h of each arch). */
+#if defined(__TARGET_ARCH_x86)
+#define GPE_NR_read 0
+#define GPE_NR_write 1
+#define GPE_NR_readv 19
+#define GPE_NR_writev 20
+#define GPE_NR_sendfile 40
+#define GPE_NR_sendto 44
+#define GPE_NR_recvfrom 45
+#define GPE_NR_sendmsg 46
+#define GPE_NR_recvmsg 47
+#else /* arm64: the generic table */
+#define GPE_NR_read 63
+#define GPE_NR_write 64
+#define GPE_NR_readv 65
+#define GPE_NR_writev 66
+#define GPE_NR_sendfile 71
+#define GPE_NR_sendto 206
+#define GPE_NR_recvfrom 207
+#define GPE_NR_sendmsg 211
+#define GPE_NR_recvmsg 212
+#endif
 
-struct sys_exit_ctx {
-	u64 common;
-	s32 syscall_nr;
-	u32 pad;
-	s64 ret;
-};
+/* Address families, and the recv flag that only peeks. */
+#define GPE_AF_UNIX 1
+#define GPE_AF_INET 2
+#define GPE_AF_INET6 10
+#define GPE_IPPROTO_TCP 6
+#define GPE_MSG_PEEK 2
 
 #endif /* GPE_KERNEL_H */

@@ -116,7 +116,7 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs.StringVar(&cfg.Redis.Instance, "redis-instance", cfg.Redis.Instance, "instance name in the Redis keys; the default is the host name")
 
 	fs.Uint32Var(ringBytes, "ring-buffer-size", cfg.Probes.RingBufferBytes, "ring buffer size in bytes (a power of two, at least the page size)")
-	fs.Uint64Var(&cfg.Probes.WakeupBytes, "wakeup-bytes", cfg.Probes.WakeupBytes, "batch ring-buffer wake-ups: > 0 drains the ring every 50ms (a record waits at most that long); 0 wakes the reader for every record")
+	fs.Uint64Var(&cfg.Probes.WakeupBytes, "wakeup-bytes", cfg.Probes.WakeupBytes, "batch ring-buffer wake-ups: > 0 drains the ring every 100ms (a record waits at most that long); 0 wakes the reader for every record")
 
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "text or json")

@@ -154,11 +154,12 @@ func TestDaemonSet(t *testing.T) {
 		if !slices.Equal(add, want) {
 			t.Errorf("capabilities add %v, want exactly %v", add, want)
 		}
-		// The comment for older kernels is part of the artefact.
+		// The kernel requirement, and why no more capabilities are needed, are part of the
+		// artefact.
 		text := readRepoFile(t, daemonSetPath)
-		for _, re := range []string{`5\.11[\s\S]*SYS_RESOURCE|SYS_RESOURCE[\s\S]*5\.11`, `5\.8[\s\S]*SYS_ADMIN|SYS_ADMIN[\s\S]*5\.8`} {
+		for _, re := range []string{`Linux >= 6\.3 with BTF`, `6\.3\+[\s\S]*CAP_BPF[\s\S]*neither SYS_ADMIN nor SYS_RESOURCE`} {
 			if !regexp.MustCompile(re).MatchString(text) {
-				t.Errorf("no comment matching %q for older kernels", re)
+				t.Errorf("no comment matching %q", re)
 			}
 		}
 	})

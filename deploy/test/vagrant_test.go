@@ -66,6 +66,7 @@ func TestVagrantfile(t *testing.T) {
 			Opts struct {
 				Type   string `json:"type"`
 				Inline string `json:"inline"`
+				Reboot bool   `json:"reboot"`
 			} `json:"opts"`
 		} `json:"provision"`
 	}
@@ -76,11 +77,20 @@ func TestVagrantfile(t *testing.T) {
 		t.Errorf("box %q, want debian/bookworm64 (Debian 12)", vm.Box)
 	}
 	var script strings.Builder
-	for _, p := range vm.Provision {
+	kernelFirst := false
+	for i, p := range vm.Provision {
 		if p.Opts.Type != "shell" {
 			t.Errorf("provisioner %v has type %q, want shell", p.Args, p.Opts.Type)
 		}
+		// Debian 12's kernel (6.1) is older than the 6.3 gpe-ebpf needs: the first
+		// provisioner installs the backports kernel and reboots into it.
+		if i == 0 && p.Opts.Reboot && strings.Contains(p.Opts.Inline, "-t bookworm-backports \"linux-image-") {
+			kernelFirst = true
+		}
 		script.WriteString(p.Opts.Inline + "\n")
+	}
+	if !kernelFirst {
+		t.Errorf("the first provisioner does not install a bookworm-backports kernel and reboot")
 	}
 	all := script.String()
 	for _, want := range []string{"apt-get install -y make", "cd /vagrant", "make deps build", "make demo"} {

@@ -73,6 +73,12 @@ const (
 
 type connKey struct{ tgid, fd uint32 }
 
+// reqKey names one request: the kernel's request ids are unique on the host.
+type reqKey struct {
+	connKey
+	seq uint32
+}
+
 type request struct {
 	seq       uint32
 	line      []byte // the request line so far, until labelled
@@ -156,10 +162,11 @@ type Aggregator struct {
 	masters  map[uint32]*master
 	workers  map[uint32]*worker // live and recently exited, by pid
 	inflight map[connKey]*request
-	// ending holds, per connection, the request a keep-alive START replaced before its END
-	// arrived: the kernel reserves START(seq+1) in the ring buffer before it emits
-	// END(seq, next), so the reader sees the START first.
-	ending   map[connKey]*request
+	// ending holds the requests a START on the same fd replaced before their END arrived: on
+	// keep-alive the kernel reserves the next START in the ring buffer before it emits the
+	// END(next) of the one before, and a closed connection's END (tcp_destroy_sock, a round
+	// trip after the close) can follow the STARTs of the next connections on the same fd.
+	ending   map[reqKey]*request
 	free     []*request // finished requests, reused by newRequest
 	events   [len(probes.KindNames)]uint64
 	unpaired uint64
@@ -178,7 +185,7 @@ func New(cfg Config) *Aggregator {
 		masters:  make(map[uint32]*master),
 		workers:  make(map[uint32]*worker),
 		inflight: make(map[connKey]*request),
-		ending:   make(map[connKey]*request),
+		ending:   make(map[reqKey]*request),
 	}
 }
 
@@ -526,10 +533,7 @@ func (a *Aggregator) reqStart(ev *probes.Event) {
 			old.responded = true
 			a.leaveFlight(w, ev.TS)
 		}
-		if _, lost := a.ending[k]; lost {
-			a.unpaired++ // the END of the one before never came
-		}
-		a.ending[k] = old
+		a.ending[reqKey{k, old.seq}] = old
 	}
 	a.inflight[k] = a.newRequest(ev.Seq, ev.StartNS, ev.Line)
 	w.inFlight++
@@ -581,7 +585,7 @@ func (a *Aggregator) request(ev *probes.Event) *request {
 	if r, ok := a.inflight[k]; ok && r.seq == ev.Seq {
 		return r
 	}
-	if r, ok := a.ending[k]; ok && r.seq == ev.Seq {
+	if r, ok := a.ending[reqKey{k, ev.Seq}]; ok {
 		return r
 	}
 	return nil
@@ -642,7 +646,9 @@ func (a *Aggregator) reqLine(ev *probes.Event) {
 
 func (a *Aggregator) reqEnd(ev *probes.Event) {
 	w, ok := a.workers[ev.TGID]
-	if !ok {
+	if !ok || w.state == StateExited {
+		// The kernel closes a dead worker's connections after its exit, which already
+		// counted the requests in flight.
 		return
 	}
 	if ev.Flags&probes.FlagTLS != 0 {
@@ -657,7 +663,7 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 		if k := (connKey{ev.TGID, ev.FD}); a.inflight[k] == r {
 			delete(a.inflight, k)
 		} else {
-			delete(a.ending, k)
+			delete(a.ending, reqKey{k, ev.Seq})
 		}
 		defer a.recycle(r) // no map holds it any more
 	}

@@ -239,6 +239,43 @@ func TestKeepAlive(t *testing.T) {
 	}
 }
 
+// TestLateCloseAfterNextConnection: a sync worker closes a connection and accepts the next one
+// on the same fd; the first connection's END (the kernel's tcp_destroy_sock, a round trip
+// after the close) arrives after the next requests' STARTs. Request ids are unique, so each
+// END finds its own request.
+func TestLateCloseAfterNextConnection(t *testing.T) {
+	const w, fd = 101, 9
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(1*sec, w, masterPID))
+	t1, t2, t3 := 10*sec, 10*sec+5*ms, 10*sec+10*ms
+	feed(a,
+		evStart(t1, w, fd, 41, "GET /a", 100),
+		evResp(t1+1*ms, w, fd, 41, t1, 200, 100, 50),
+		evStart(t2, w, fd, 42, "GET /b", 100), // the next connection, same fd
+		evResp(t2+2*ms, w, fd, 42, t2, 404, 100, 50),
+		evStart(t3, w, fd, 43, "GET /c", 100), // and the one after: two ENDs still to come
+		evEnd(t3+1*ms, w, fd, 41, t1, t1+1*ms, 100, 50, 200, probes.EndClose),
+		evEnd(t3+2*ms, w, fd, 42, t2, t2+2*ms, 100, 50, 404, probes.EndClose),
+		evResp(t3+3*ms, w, fd, 43, t3, 500, 100, 50),
+		evEnd(t3+4*ms, w, fd, 43, t3, t3+3*ms, 100, 50, 500, probes.EndClose),
+	)
+	s := a.Snapshot(20 * sec)
+	m := masterOf(t, s, masterPID)
+	ws := workerOf(t, s, w)
+	wantEq(t, "requests", ws.Requests, uint64(3))
+	wantEq(t, "http total", httpTotal(m), uint64(3))
+	wantEq(t, "http GET /a 200", httpCount(m, "GET", "/a", 200), uint64(1))
+	wantEq(t, "http GET /b 404", httpCount(m, "GET", "/b", 404), uint64(1))
+	wantEq(t, "http GET /c 500", httpCount(m, "GET", "/c", 500), uint64(1))
+	wantEq(t, "failed", total(ws.Failed), uint64(1))
+	wantEq(t, "unpaired", s.Unpaired, uint64(0))
+	wantEq(t, "duration count", ws.Duration.Count, uint64(3))
+	wantEq(t, "duration le .001", inBucket(t, ws.Duration, .001), uint64(1))
+	wantEq(t, "duration in le .0025", inBucket(t, ws.Duration, .0025), uint64(1))
+	wantEq(t, "duration in le .005", inBucket(t, ws.Duration, .005), uint64(1))
+	wantEq(t, "in flight", ws.InFlight, 0)
+}
+
 func TestDurationBuckets(t *testing.T) {
 	// le is inclusive, as in Prometheus.
 	for _, tc := range []struct {
@@ -271,7 +308,10 @@ func TestWorkerKilledMidRequest(t *testing.T) {
 	feed(a,
 		evStart(10*sec, 102, 9, 1, "POST /orders/123/pay", 500),
 		evSignal(12*sec, 102, adminPID, 9), // kill -9
-		evExit(12*sec, 102, 9),             // wait status: killed by signal 9, no END
+		evExit(12*sec, 102, 9),             // wait status: killed by signal 9
+		// The kernel closes the dead worker's sockets after its exit: that END is not a
+		// second failure.
+		evEnd(12*sec+1, 102, 9, 1, 10*sec, 0, 500, 0, 0, probes.EndClose),
 		evSignal(12*sec, masterPID, 102, 17),
 		evFork(13*sec, 103, masterPID), // the replacement
 	)

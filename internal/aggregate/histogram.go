@@ -28,17 +28,6 @@ func (h *Histogram) observe(v float64) {
 	h.Count++
 }
 
-// Cumulative returns the count at or below each bound, as Prometheus exposes them.
-func (h Histogram) Cumulative() map[float64]uint64 {
-	m := make(map[float64]uint64, len(h.Bounds))
-	var acc uint64
-	for i, b := range h.Bounds {
-		acc += h.Counts[i]
-		m[b] = acc
-	}
-	return m
-}
-
 func (h Histogram) clone() Histogram {
 	h.Counts = append([]uint64(nil), h.Counts...)
 	return h

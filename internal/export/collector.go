@@ -121,7 +121,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv(values...)...)
 	}
 	hist := func(d *prometheus.Desc, h aggregate.Histogram, values ...string) {
-		ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, h.Cumulative(), lv(values...)...)
+		ch <- newHistogramMetric(d, h, lv(values...))
 	}
 
 	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App)

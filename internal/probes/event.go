@@ -52,9 +52,9 @@ type EndReason uint8
 // End reasons.
 const (
 	EndNext     EndReason = 1 // the next request started on the connection
-	EndClose    EndReason = 2 // close(2)
-	EndShutdown EndReason = 3 // shutdown(2)
-	EndReused   EndReason = 4 // the fd was accepted again: the old one was closed unseen
+	EndClose    EndReason = 2 // the connection is gone (TCP socket destroyed, Unix fd closed)
+	EndShutdown EndReason = 3 // not emitted since the socket hooks; the value stays reserved
+	EndReused   EndReason = 4 // the entry was of another fd or process, or of a freed socket
 	EndPipeline EndReason = 5 // a second status line: a pipelined request
 	EndWait     EndReason = 6 // the worker read again and found no data: the response is done
 )

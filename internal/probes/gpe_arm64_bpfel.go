@@ -14,7 +14,12 @@ import (
 )
 
 type gpeConn struct {
-	_           structs.HostLayout
+	_     structs.HostLayout
+	Owner struct {
+		_    structs.HostLayout
+		Tgid uint32
+		Fd   uint32
+	}
 	StartNs     uint64
 	LastWriteNs uint64
 	BytesIn     uint64
@@ -25,14 +30,13 @@ type gpeConn struct {
 	Phase       uint8
 	LineLen     uint16
 	Flags       uint8
-	Pad         uint8
-	Pad2        uint32
+	UnixSock    uint8
+	Ino         uint32
 }
 
-type gpeConnKey struct {
-	_    structs.HostLayout
-	Tgid uint32
-	Fd   uint32
+type gpeFilter struct {
+	_ structs.HostLayout
+	N [2048]uint32
 }
 
 type gpeGpeHdr struct {
@@ -74,17 +78,16 @@ type gpeGpeReqStart struct {
 	Line [256]int8
 }
 
-type gpePending struct {
-	_   structs.HostLayout
-	Buf uint64
-	Fd  uint32
-	Op  uint32
-}
-
 type gpeProcInfo struct {
 	_      structs.HostLayout
 	Master uint32
 	Kind   uint32
+}
+
+type gpeSlot struct {
+	_  structs.HostLayout
+	Sk uint64
+	C  gpeConn
 }
 
 // Names of all BPF objects in the ELF.
@@ -93,24 +96,21 @@ type gpeProcInfo struct {
 const (
 	gpeMapConns           = "conns"
 	gpeMapEvents          = "events"
+	gpeMapFilter          = "filter"
 	gpeMapLost            = "lost"
-	gpeMapPending         = "pending"
 	gpeMapProcs           = "procs"
-	gpeProgEnterAccept    = "enter_accept"
-	gpeProgEnterClose     = "enter_close"
-	gpeProgEnterRecvfrom  = "enter_recvfrom"
-	gpeProgEnterRecvmsg   = "enter_recvmsg"
-	gpeProgEnterSendfile  = "enter_sendfile"
-	gpeProgEnterSendmsg   = "enter_sendmsg"
-	gpeProgEnterSendto    = "enter_sendto"
-	gpeProgEnterShutdown  = "enter_shutdown"
-	gpeProgExitAccept     = "exit_accept"
-	gpeProgExitIo         = "exit_io"
+	gpeMapScratch         = "scratch"
+	gpeMapSlots           = "slots"
 	gpeProgOnExec         = "on_exec"
 	gpeProgOnExit         = "on_exit"
 	gpeProgOnFork         = "on_fork"
 	gpeProgOnOom          = "on_oom"
 	gpeProgOnSignal       = "on_signal"
+	gpeProgOnSockRecv     = "on_sock_recv"
+	gpeProgOnSockSend     = "on_sock_send"
+	gpeProgOnTcpDestroy   = "on_tcp_destroy"
+	gpeVarNextSeq         = "next_seq"
+	gpeVarTcpInConns      = "tcp_in_conns"
 	gpeVarUnusedProcEvent = "unused_proc_event"
 	gpeVarUnusedReqStart  = "unused_req_start"
 	gpeVarWakeupBytes     = "wakeup_bytes"
@@ -158,21 +158,14 @@ type gpeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeProgramSpecs struct {
-	EnterAccept   *ebpf.ProgramSpec `ebpf:"enter_accept"`
-	EnterClose    *ebpf.ProgramSpec `ebpf:"enter_close"`
-	EnterRecvfrom *ebpf.ProgramSpec `ebpf:"enter_recvfrom"`
-	EnterRecvmsg  *ebpf.ProgramSpec `ebpf:"enter_recvmsg"`
-	EnterSendfile *ebpf.ProgramSpec `ebpf:"enter_sendfile"`
-	EnterSendmsg  *ebpf.ProgramSpec `ebpf:"enter_sendmsg"`
-	EnterSendto   *ebpf.ProgramSpec `ebpf:"enter_sendto"`
-	EnterShutdown *ebpf.ProgramSpec `ebpf:"enter_shutdown"`
-	ExitAccept    *ebpf.ProgramSpec `ebpf:"exit_accept"`
-	ExitIo        *ebpf.ProgramSpec `ebpf:"exit_io"`
-	OnExec        *ebpf.ProgramSpec `ebpf:"on_exec"`
-	OnExit        *ebpf.ProgramSpec `ebpf:"on_exit"`
-	OnFork        *ebpf.ProgramSpec `ebpf:"on_fork"`
-	OnOom         *ebpf.ProgramSpec `ebpf:"on_oom"`
-	OnSignal      *ebpf.ProgramSpec `ebpf:"on_signal"`
+	OnExec       *ebpf.ProgramSpec `ebpf:"on_exec"`
+	OnExit       *ebpf.ProgramSpec `ebpf:"on_exit"`
+	OnFork       *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnOom        *ebpf.ProgramSpec `ebpf:"on_oom"`
+	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
+	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
+	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
 }
 
 // gpeMapSpecs contains maps before they are loaded into the kernel.
@@ -181,15 +174,19 @@ type gpeProgramSpecs struct {
 type gpeMapSpecs struct {
 	Conns   *ebpf.MapSpec `ebpf:"conns"`
 	Events  *ebpf.MapSpec `ebpf:"events"`
+	Filter  *ebpf.MapSpec `ebpf:"filter"`
 	Lost    *ebpf.MapSpec `ebpf:"lost"`
-	Pending *ebpf.MapSpec `ebpf:"pending"`
 	Procs   *ebpf.MapSpec `ebpf:"procs"`
+	Scratch *ebpf.MapSpec `ebpf:"scratch"`
+	Slots   *ebpf.MapSpec `ebpf:"slots"`
 }
 
 // gpeVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeVariableSpecs struct {
+	NextSeq         *ebpf.VariableSpec `ebpf:"next_seq"`
+	TcpInConns      *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
 	UnusedProcEvent *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.VariableSpec `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -217,18 +214,22 @@ func (o *gpeObjects) Close() error {
 type gpeMaps struct {
 	Conns   *ebpf.Map `ebpf:"conns"`
 	Events  *ebpf.Map `ebpf:"events"`
+	Filter  *ebpf.Map `ebpf:"filter"`
 	Lost    *ebpf.Map `ebpf:"lost"`
-	Pending *ebpf.Map `ebpf:"pending"`
 	Procs   *ebpf.Map `ebpf:"procs"`
+	Scratch *ebpf.Map `ebpf:"scratch"`
+	Slots   *ebpf.Map `ebpf:"slots"`
 }
 
 func (m *gpeMaps) Close() error {
 	return _GpeClose(
 		m.Conns,
 		m.Events,
+		m.Filter,
 		m.Lost,
-		m.Pending,
 		m.Procs,
+		m.Scratch,
+		m.Slots,
 	)
 }
 
@@ -236,6 +237,8 @@ func (m *gpeMaps) Close() error {
 //
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpeVariables struct {
+	NextSeq         *ebpf.Variable `ebpf:"next_seq"`
+	TcpInConns      *ebpf.Variable `ebpf:"tcp_in_conns"`
 	UnusedProcEvent *ebpf.Variable `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.Variable `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -245,40 +248,26 @@ type gpeVariables struct {
 //
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpePrograms struct {
-	EnterAccept   *ebpf.Program `ebpf:"enter_accept"`
-	EnterClose    *ebpf.Program `ebpf:"enter_close"`
-	EnterRecvfrom *ebpf.Program `ebpf:"enter_recvfrom"`
-	EnterRecvmsg  *ebpf.Program `ebpf:"enter_recvmsg"`
-	EnterSendfile *ebpf.Program `ebpf:"enter_sendfile"`
-	EnterSendmsg  *ebpf.Program `ebpf:"enter_sendmsg"`
-	EnterSendto   *ebpf.Program `ebpf:"enter_sendto"`
-	EnterShutdown *ebpf.Program `ebpf:"enter_shutdown"`
-	ExitAccept    *ebpf.Program `ebpf:"exit_accept"`
-	ExitIo        *ebpf.Program `ebpf:"exit_io"`
-	OnExec        *ebpf.Program `ebpf:"on_exec"`
-	OnExit        *ebpf.Program `ebpf:"on_exit"`
-	OnFork        *ebpf.Program `ebpf:"on_fork"`
-	OnOom         *ebpf.Program `ebpf:"on_oom"`
-	OnSignal      *ebpf.Program `ebpf:"on_signal"`
+	OnExec       *ebpf.Program `ebpf:"on_exec"`
+	OnExit       *ebpf.Program `ebpf:"on_exit"`
+	OnFork       *ebpf.Program `ebpf:"on_fork"`
+	OnOom        *ebpf.Program `ebpf:"on_oom"`
+	OnSignal     *ebpf.Program `ebpf:"on_signal"`
+	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
+	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
+	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
 }
 
 func (p *gpePrograms) Close() error {
 	return _GpeClose(
-		p.EnterAccept,
-		p.EnterClose,
-		p.EnterRecvfrom,
-		p.EnterRecvmsg,
-		p.EnterSendfile,
-		p.EnterSendmsg,
-		p.EnterSendto,
-		p.EnterShutdown,
-		p.ExitAccept,
-		p.ExitIo,
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,
 		p.OnOom,
 		p.OnSignal,
+		p.OnSockRecv,
+		p.OnSockSend,
+		p.OnTcpDestroy,
 	)
 }
 

@@ -5,19 +5,23 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 )
 
 // Config sizes the kernel side.
 type Config struct {
 	// RingBufferBytes is the ring buffer's size, a power of two and a multiple of the page size.
 	RingBufferBytes uint32
-	// WakeupBytes batches wake-ups: the reader is woken only once this many bytes wait, and
-	// PollInterval bounds how long a record can wait. 0 wakes the reader for every record.
+	// WakeupBytes > 0 batches: the kernel never wakes the reader, which drains the ring every
+	// PollInterval, and again after PollInterval/10 when a drain read a quarter of the ring or
+	// more (a burst). 0 wakes the reader for every record.
 	WakeupBytes uint64
 	// PollInterval is how often the reader looks at the ring buffer when wake-ups are batched.
 	PollInterval time.Duration // also a bound on any missed wake-up
@@ -25,9 +29,12 @@ type Config struct {
 
 // DefaultConfig is what gpe-ebpf runs with. Wake-ups are batched by default: waking the reader
 // for every record cost about 50 µs of CPU per request at saturation (BENCHMARKS.md); batched,
-// a record waits at most PollInterval (50 ms: a 4 MiB ring then absorbs 80 MB/s).
+// a record waits at most PollInterval (100 ms: a 4 MiB ring then absorbs 40 MB/s, and 400 MB/s
+// in bursts). Each look costs a wake-up of the Go runtime (≈ 60 µs of CPU in the test VMs,
+// ≈ 180 µs around a 2 ms drain), whatever it reads: 100 ms instead of 50 took the observer's CPU
+// per request at saturation from 1.5 to 1.2 µs, and halved its cost when idle.
 func DefaultConfig() Config {
-	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 50 * time.Millisecond}
+	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond}
 }
 
 // ErrClosed is returned by Read once Close has been called.
@@ -36,14 +43,21 @@ var ErrClosed = errors.New("probes closed")
 // Probes owns the loaded BPF objects, their links and the ring-buffer reader. Close releases
 // all of them; nothing stays loaded in the kernel after it.
 type Probes struct {
-	objs   gpeObjects
-	links  []link.Link
-	reader *ringbuf.Reader
-	rec    ringbuf.Record
-	cfg    Config
-	tick   *time.Ticker  // batched mode: when to look at the ring again
-	closed chan struct{} // closed by Close, so a Read sleeping on tick returns
-	once   sync.Once
+	objs       gpeObjects
+	links      []link.Link
+	reader     *ringbuf.Reader
+	rec        ringbuf.Record
+	cfg        Config
+	timer      *time.Timer   // batched mode: when to look at the ring again
+	closed     chan struct{} // closed by Close, so a Read sleeping on the timer returns
+	burst      uint64        // bytes read since the last sleep
+	burstBytes uint64        // a drain of this many bytes (a quarter of the ring) is a burst
+	once       sync.Once
+	filter     []byte // the kernel's tracked-process filter, mapped here (filterAdd)
+
+	lastSweep time.Time // of the Unix connections (unixsweep.go)
+	synth     []Event   // ENDs of closed Unix connections, returned before the next record
+	sinceLook int       // records read since the last sweep check
 }
 
 type attachment struct {
@@ -67,7 +81,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err := spec.Variables["wakeup_bytes"].Set(cfg.WakeupBytes); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
-	p := &Probes{cfg: cfg, closed: make(chan struct{})}
+	p := &Probes{cfg: cfg, closed: make(chan struct{}), burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -82,28 +96,19 @@ func Load(cfg Config) (_ *Probes, err error) {
 	}()
 
 	o := &p.objs
+	p.filter, err = unix.Mmap(o.Filter.FD(), 0, int(unsafe.Sizeof(gpeFilter{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map the process filter: %w", err)
+	}
 	hooks := []attachment{
 		{"", "sched_process_fork", o.OnFork},
 		{"", "sched_process_exec", o.OnExec},
 		{"", "sched_process_exit", o.OnExit},
 		{"", "signal_generate", o.OnSignal},
 		{"oom", "mark_victim", o.OnOom},
-		{"syscalls", "sys_enter_accept", o.EnterAccept},
-		{"syscalls", "sys_exit_accept", o.ExitAccept},
-		{"syscalls", "sys_enter_accept4", o.EnterAccept},
-		{"syscalls", "sys_exit_accept4", o.ExitAccept},
-		{"syscalls", "sys_enter_recvfrom", o.EnterRecvfrom},
-		{"syscalls", "sys_exit_recvfrom", o.ExitIo},
-		{"syscalls", "sys_enter_recvmsg", o.EnterRecvmsg},
-		{"syscalls", "sys_exit_recvmsg", o.ExitIo},
-		{"syscalls", "sys_enter_sendto", o.EnterSendto},
-		{"syscalls", "sys_exit_sendto", o.ExitIo},
-		{"syscalls", "sys_enter_sendmsg", o.EnterSendmsg},
-		{"syscalls", "sys_exit_sendmsg", o.ExitIo},
-		{"syscalls", "sys_enter_sendfile64", o.EnterSendfile},
-		{"syscalls", "sys_exit_sendfile64", o.ExitIo},
-		{"syscalls", "sys_enter_close", o.EnterClose},
-		{"syscalls", "sys_enter_shutdown", o.EnterShutdown},
+		{"", "sock_recv_length", o.OnSockRecv},
+		{"", "sock_send_length", o.OnSockSend},
+		{"", "tcp_destroy_sock", o.OnTcpDestroy},
 	}
 	for _, h := range hooks {
 		var l link.Link
@@ -124,7 +129,8 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if cfg.WakeupBytes > 0 {
 		// A deadline in the past makes every wait a non-blocking poll (see Read).
 		p.reader.SetDeadline(time.Unix(1, 0))
-		p.tick = time.NewTicker(cfg.PollInterval)
+		p.timer = time.NewTimer(cfg.PollInterval)
+		p.timer.Stop()
 	}
 	return p, nil
 }
@@ -133,40 +139,89 @@ func Load(cfg Config) (_ *Probes, err error) {
 // worker) connections are observed.
 func (p *Probes) Track(tgid, master uint32, kind ProcKind) error {
 	v := gpeProcInfo{Master: master, Kind: uint32(kind)}
-	if err := p.objs.Procs.Put(tgid, v); err != nil {
+	// As in the kernel (track in gpe.bpf.c): the filter counts the process before the table
+	// holds it, and the count is given back if it was there already.
+	p.filterAdd(tgid, 1)
+	for {
+		err := p.objs.Procs.Update(tgid, v, ebpf.UpdateNoExist)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			if err = p.objs.Procs.Update(tgid, v, ebpf.UpdateExist); err == nil {
+				p.filterAdd(tgid, -1)
+				return nil
+			}
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue // it exited between the two updates
+			}
+		}
+		p.filterAdd(tgid, -1)
 		return fmt.Errorf("track %d: %w", tgid, err)
 	}
-	return nil
 }
 
 // Untrack removes a process from the kernel's table; a process that is not there is no error.
 func (p *Probes) Untrack(tgid uint32) error {
-	if err := p.objs.Procs.Delete(tgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	err := p.objs.Procs.Delete(tgid)
+	if err == nil {
+		p.filterAdd(tgid, -1)
+		return nil
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("untrack %d: %w", tgid, err)
 	}
 	return nil
+}
+
+// filterAdd changes the count of tracked processes in tgid's slot of the kernel's filter, with
+// the same atomic add the BPF programs use on it.
+func (p *Probes) filterAdd(tgid uint32, d int32) {
+	slot := (*uint32)(unsafe.Pointer(&p.filter[4*(tgid%uint32(len(gpeFilter{}.N)))]))
+	atomic.AddUint32(slot, uint32(d))
 }
 
 // Read blocks until the next record and decodes it into ev. It returns ErrClosed after Close.
 //
 // With batched wake-ups (WakeupBytes > 0) the reader never waits in a blocking syscall: it
 // drains what the ring holds with a non-blocking poll, then sleeps on a Go timer for
-// PollInterval. A thread parked in epoll_wait holding a P kept Go's sysmon waking every
-// 20 µs after each long wait (about a third of gpe-ebpf's CPU at saturation, perf); a timer
-// sleep releases the P. Without batching, Read waits for the kernel's wake-up, polling every
-// PollInterval so that no record can wait for a wake-up that never comes.
+// PollInterval (a tenth of it after a drain of a quarter of the ring or more), and the kernel
+// side never asks for a wake-up (each was an interrupt the CPU sent itself). A thread parked
+// in epoll_wait holding a P kept Go's sysmon waking every 20 µs after each long wait (about a
+// third of gpe-ebpf's CPU at saturation, perf); a timer sleep releases the P. Without
+// batching, Read waits for the kernel's wake-up, polling every PollInterval so that no record
+// can wait for a wake-up that never comes.
 func (p *Probes) Read(ev *Event) error {
 	for {
+		if n := len(p.synth); n > 0 {
+			*ev = p.synth[0]
+			p.synth = append(p.synth[:0], p.synth[1:]...)
+			return nil
+		}
+		if p.sinceLook++; p.sinceLook >= 4096 {
+			p.sinceLook = 0
+			p.sweepUnix(time.Now())
+		}
 		if p.cfg.WakeupBytes == 0 {
 			p.reader.SetDeadline(time.Now().Add(p.cfg.PollInterval))
 		}
 		err := p.reader.ReadInto(&p.rec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			p.sweepUnix(time.Now())
+			if len(p.synth) > 0 {
+				continue
+			}
 			if p.cfg.WakeupBytes > 0 {
+				wait := p.cfg.PollInterval
+				if p.burst >= p.burstBytes {
+					wait /= 10
+				}
+				p.burst = 0
+				p.timer.Reset(wait)
 				select {
 				case <-p.closed:
 					return ErrClosed
-				case <-p.tick.C:
+				case <-p.timer.C:
 				}
 			}
 			continue
@@ -177,6 +232,7 @@ func (p *Probes) Read(ev *Event) error {
 		if err != nil {
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
+		p.burst += uint64(len(p.rec.RawSample))
 		return Decode(p.rec.RawSample, ev)
 	}
 }
@@ -197,7 +253,7 @@ func (p *Probes) Lost() (uint64, error) {
 // ProgramIDs lists the IDs of the loaded programs, so a test can check none outlives Close.
 func (p *Probes) ProgramIDs() []ebpf.ProgramID {
 	var ids []ebpf.ProgramID
-	for _, prog := range []*ebpf.Program{p.objs.OnFork, p.objs.OnExit, p.objs.EnterRecvfrom} {
+	for _, prog := range []*ebpf.Program{p.objs.OnFork, p.objs.OnExit, p.objs.OnSockRecv} {
 		if info, err := prog.Info(); err == nil {
 			if id, ok := info.ID(); ok {
 				ids = append(ids, id)
@@ -213,8 +269,8 @@ func (p *Probes) Close() error {
 	var errs []error
 	p.once.Do(func() {
 		close(p.closed)
-		if p.tick != nil {
-			p.tick.Stop()
+		if p.timer != nil {
+			p.timer.Stop()
 		}
 	})
 	if p.reader != nil {
@@ -224,6 +280,10 @@ func (p *Probes) Close() error {
 		errs = append(errs, l.Close())
 	}
 	p.links = nil
+	if p.filter != nil {
+		errs = append(errs, unix.Munmap(p.filter))
+		p.filter = nil
+	}
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)
 }

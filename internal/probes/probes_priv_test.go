@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,8 +24,9 @@ func requireRoot(t *testing.T) {
 }
 
 // TestRequestStateMachine drives one real HTTP exchange over loopback with the syscalls a
-// Gunicorn worker uses (accept4, recvfrom, sendto, close), from this very process tracked as
-// a worker, and checks the records the kernel side emits.
+// Gunicorn worker uses (accept4, recvfrom, sendto, close: seen by the socket hooks and the
+// TCP state change of the close), from this very process tracked as a worker, and checks the
+// records the kernel side emits.
 func TestRequestStateMachine(t *testing.T) {
 	requireRoot(t)
 	p, err := Load(DefaultConfig())
@@ -34,10 +36,21 @@ func TestRequestStateMachine(t *testing.T) {
 	ids := p.ProgramIDs()
 	defer func() {
 		p.Close()
+		// The kernel frees a detached program once its last reference goes, which for a BTF
+		// tracepoint can wait for an RCU grace period: give it a moment.
 		for _, id := range ids {
-			if prog, err := ebpf.NewProgramFromID(id); err == nil {
+			deadline := time.Now().Add(2 * time.Second)
+			for {
+				prog, err := ebpf.NewProgramFromID(id)
+				if err != nil {
+					break
+				}
 				prog.Close()
-				t.Errorf("program %d still loaded after Close", id)
+				if time.Now().After(deadline) {
+					t.Errorf("program %d still loaded 2 s after Close", id)
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
 		}
 	}()
@@ -46,25 +59,9 @@ func TestRequestStateMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ln)
-	if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	unix.Listen(ln, 4)
-	sa, _ := unix.Getsockname(ln)
-	cl, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	ln := tcpListen(t)
+	cl, srv := tcpConnect(t, ln)
 	defer unix.Close(cl)
-	if err := unix.Connect(cl, sa); err != nil {
-		t.Fatal(err)
-	}
-	srv, _, err := unix.Accept4(ln, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	req := "GET /users/42?token=secret HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cr3t\r\n\r\n"
 	unix.Sendto(cl, []byte(req), 0, nil)
 	buf := make([]byte, 4096)
@@ -77,24 +74,8 @@ func TestRequestStateMachine(t *testing.T) {
 	unix.Sendto(srv, []byte("no"), 0, nil)
 	unix.Close(srv)
 
-	var got []Event
-	deadline := time.Now().Add(3 * time.Second)
-	for len(got) < 3 && time.Now().Before(deadline) {
-		ev := new(Event)
-		done := make(chan error, 1)
-		go func() { done <- p.Read(ev) }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ev.Kind >= KindReqStart {
-				ev.Line = append([]byte(nil), ev.Line...)
-				got = append(got, *ev)
-			}
-		case <-time.After(time.Until(deadline)):
-		}
-	}
+	rec := record(p)
+	got := rec.requests(t, 3*time.Second)
 	if len(got) != 3 {
 		t.Fatalf("got %d request records, want 3: %+v", len(got), got)
 	}
@@ -123,15 +104,8 @@ func TestRequestStateMachine(t *testing.T) {
 
 	// A request line that arrives a few bytes at a time is reassembled from START + LINE
 	// records, and the query string still never leaves the kernel.
-	cl2, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	cl2, srv2 := tcpConnect(t, ln)
 	defer unix.Close(cl2)
-	if err := unix.Connect(cl2, sa); err != nil {
-		t.Fatal(err)
-	}
-	srv2, _, err := unix.Accept4(ln, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var line []byte
 	frag := "POST /frag/x?token=secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 	var pieces []string
@@ -155,21 +129,20 @@ func TestRequestStateMachine(t *testing.T) {
 	unix.Sendto(srv2, []byte("HTTP/1.1 200 OK\r\n\r\n"), 0, nil)
 	unix.Close(srv2)
 	var kinds []Kind
-	for done := false; !done; {
-		ev := new(Event)
-		if err := p.Read(ev); err != nil {
-			t.Fatal(err)
-		}
+	for _, ev := range rec.requests(t, 3*time.Second) {
 		if ev.Kind == KindReqStart || ev.Kind == KindReqLine {
 			line = append(line, ev.Line...)
 		}
-		if ev.Kind >= KindReqStart {
-			kinds = append(kinds, ev.Kind)
-		}
-		done = ev.Kind == KindReqEnd
+		kinds = append(kinds, ev.Kind)
 	}
 	if string(line) != "POST /frag/x" {
 		t.Errorf("reassembled line %q, want %q (records %v)", line, "POST /frag/x", kinds)
+	}
+	// Records carry the kept bytes padded to 8 with zeros: not a byte of what follows.
+	for _, s := range []string{"?t", "token", "secret", "HTTP/1.1\r", "Bearer"} {
+		if rec.rawContains(s) {
+			t.Errorf("a record holds %q: bytes past the path left the kernel", s)
+		}
 	}
 
 	if err := p.Close(); err != nil {
@@ -177,5 +150,318 @@ func TestRequestStateMachine(t *testing.T) {
 	}
 	if err := p.Read(new(Event)); !errors.Is(err, ErrClosed) {
 		t.Errorf("read after close: %v, want ErrClosed", err)
+	}
+}
+
+// TestUnixConnectionClose: no hook sees a Unix socket close, so the reader's sweep ends the
+// request once the worker's fd no longer names the socket, with the kernel's own figures.
+func TestUnixConnectionClose(t *testing.T) {
+	p := loadAsWorker(t)
+	path := t.TempDir() + "/s.sock"
+	ln, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ln)
+	if err := unix.Bind(ln, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Listen(ln, 4)
+	cl, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	defer unix.Close(cl)
+	if err := unix.Connect(cl, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	srv, _, err := unix.Accept4(ln, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := "GET /over/unix HTTP/1.0\r\n\r\n"
+	unix.Write(cl, []byte(req))
+	buf := make([]byte, 4096)
+	if _, err := unix.Read(srv, buf); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	head, body := "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n", "nope"
+	unix.Write(srv, []byte(head))
+	unix.Write(srv, []byte(body))
+	closedAt := time.Now()
+	unix.Close(srv)
+
+	got := record(p).requests(t, 3*SweepInterval)
+	if len(got) != 3 {
+		t.Fatalf("got %d request records, want 3 (start, response, end): %+v", len(got), got)
+	}
+	start, resp, end := got[0], got[1], got[2]
+	if start.Kind != KindReqStart || string(start.Line) != "GET /over/unix" {
+		t.Errorf("start: kind %s line %q", start.Kind, start.Line)
+	}
+	if resp.Kind != KindReqResp || resp.Status != 404 {
+		t.Errorf("resp: kind %s status %d, want request_response 404", resp.Kind, resp.Status)
+	}
+	if end.Kind != KindReqEnd || end.Reason != EndClose || end.Status != 404 || end.Seq != start.Seq || end.FD != uint32(srv) {
+		t.Errorf("end: %+v, want request_end close 404 on fd %d seq %d", end, srv, start.Seq)
+	}
+	if end.BytesIn != uint64(len(req)) || end.BytesOut != uint64(len(head)+len(body)) {
+		t.Errorf("bytes in/out %d/%d, want %d/%d", end.BytesIn, end.BytesOut, len(req), len(head)+len(body))
+	}
+	if d := time.Duration(end.LastWriteNS - end.StartNS); d < 10*time.Millisecond || d > time.Second {
+		t.Errorf("duration %v, want about 10ms (first byte read to last byte written)", d)
+	}
+	t.Logf("end seen %v after the close", time.Since(closedAt))
+	var sk uint64
+	var c gpeConn
+	if p.objs.Conns.Iterate().Next(&sk, &c) {
+		t.Errorf("the closed connection is still in the kernel's table: %x %+v", sk, c)
+	}
+}
+
+// loadAsWorker loads the probes, closed when the test ends, with this process tracked as a
+// worker.
+func loadAsWorker(t *testing.T) *Probes {
+	t.Helper()
+	requireRoot(t)
+	p, err := Load(DefaultConfig())
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if err := p.Track(uint32(os.Getpid()), 1, ProcWorker); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// tcpListen opens a listener of this process on loopback, closed when the test ends.
+func tcpListen(t *testing.T) int {
+	t.Helper()
+	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(ln) })
+	if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(ln, 4); err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// tcpConnect connects a client to the listener and returns both ends.
+func tcpConnect(t *testing.T, ln int) (client, server int) {
+	t.Helper()
+	sa, err := unix.Getsockname(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Connect(client, sa); err != nil {
+		t.Fatal(err)
+	}
+	server, _, err = unix.Accept4(ln, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, server
+}
+
+// recorder is the one reader of a test's probes: a second goroutine in Read would take
+// records away from the test.
+type recorder struct {
+	events chan Event
+	mu     sync.Mutex
+	raw    [][]byte // every record as the ring buffer held it
+}
+
+// record reads every record of p, with its line copied, until p is closed.
+func record(p *Probes) *recorder {
+	r := &recorder{events: make(chan Event, 4096)}
+	go func() {
+		defer close(r.events)
+		for {
+			ev := new(Event)
+			if err := p.Read(ev); err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.raw = append(r.raw, append([]byte(nil), p.rec.RawSample...))
+			r.mu.Unlock()
+			ev.Line = append([]byte(nil), ev.Line...)
+			r.events <- *ev
+		}
+	}()
+	return r
+}
+
+// rawContains reports whether any record read so far holds s anywhere in its bytes.
+func (r *recorder) rawContains(s string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range r.raw {
+		if strings.Contains(string(b), s) {
+			return true
+		}
+	}
+	return false
+}
+
+// requests returns the request records read until an END or the deadline.
+func (r *recorder) requests(t *testing.T, within time.Duration) []Event {
+	t.Helper()
+	var got []Event
+	timeout := time.After(within)
+	for {
+		select {
+		case ev, ok := <-r.events:
+			if !ok {
+				t.Fatal("probes closed")
+			}
+			if ev.Kind < KindReqStart {
+				continue
+			}
+			got = append(got, ev)
+			if ev.Kind == KindReqEnd {
+				return got
+			}
+		case <-timeout:
+			return got
+		}
+	}
+}
+
+// TestProbation: a connection whose first bytes are not a request line is a request only if
+// the worker answers with a status line (Gunicorn's 400 to garbage); the worker's own client
+// traffic (a database protocol) on such a socket produces no record at all.
+func TestProbation(t *testing.T) {
+	p := loadAsWorker(t)
+	rec := record(p)
+	buf := make([]byte, 4096)
+
+	// A client socket of the worker: it writes a query and reads a reply, neither HTTP.
+	ln := tcpListen(t)
+	db, dbSrv := tcpConnect(t, ln)
+	unix.Write(dbSrv, []byte("+OK redis says hello\r\n"))
+	unix.Read(db, buf)
+	unix.Write(db, []byte("*1\r\n$4\r\nPING\r\n"))
+	unix.Read(dbSrv, buf)
+	unix.Write(dbSrv, []byte("+PONG\r\n"))
+	unix.Read(db, buf)
+	unix.Close(db)
+	unix.Close(dbSrv)
+	if got := rec.requests(t, 300*time.Millisecond); len(got) != 0 {
+		t.Errorf("the worker's own client traffic produced request records: %+v", got)
+	}
+
+	// Garbage on the port, answered with a 400.
+	cl, srv := tcpConnect(t, ln)
+	defer unix.Close(cl)
+	garbage := "\x00\x01binary\xff garbage\r\n\r\n"
+	unix.Write(cl, []byte(garbage))
+	unix.Read(srv, buf)
+	answer := "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"
+	unix.Write(srv, []byte(answer))
+	unix.Close(srv)
+	got := rec.requests(t, 2*time.Second)
+	if len(got) != 3 {
+		t.Fatalf("got %d request records, want start, response, end: %+v", len(got), got)
+	}
+	start, resp, end := got[0], got[1], got[2]
+	if start.Kind != KindReqStart || len(start.Line) != 0 {
+		t.Errorf("start: kind %s line %q, want request_start with no line", start.Kind, start.Line)
+	}
+	if resp.Kind != KindReqResp || resp.Status != 400 {
+		t.Errorf("resp: kind %s status %d, want request_response 400", resp.Kind, resp.Status)
+	}
+	if end.Kind != KindReqEnd || end.Status != 400 || end.Reason != EndClose || end.Seq != start.Seq {
+		t.Errorf("end: %+v, want request_end 400 close", end)
+	}
+	if end.BytesIn != uint64(len(garbage)) || end.BytesOut != uint64(len(answer)) {
+		t.Errorf("bytes in/out %d/%d, want %d/%d", end.BytesIn, end.BytesOut, len(garbage), len(answer))
+	}
+}
+
+// TestFilterCounts: the process filter counts each tracked process once, however often it is
+// tracked, and gives the count back when it is untracked, so a slot of the host's other
+// processes returns to zero (no map lookup for them).
+func TestFilterCounts(t *testing.T) {
+	requireRoot(t)
+	p, err := Load(DefaultConfig())
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer p.Close()
+	slot := func(tgid uint32) uint32 {
+		var f gpeFilter
+		if err := p.objs.Filter.Lookup(uint32(0), &f); err != nil {
+			t.Fatal(err)
+		}
+		return f.N[tgid%uint32(len(f.N))]
+	}
+	const a, b = 4000001, 4000001 + 2048 // the same slot
+	base := slot(a)
+	for _, step := range []struct {
+		do   func() error
+		want uint32
+	}{
+		{func() error { return p.Track(a, 1, ProcWorker) }, 1},
+		{func() error { return p.Track(a, 1, ProcMaster) }, 1}, // replaced, not counted again
+		{func() error { return p.Track(b, 1, ProcWorker) }, 2},
+		{func() error { return p.Untrack(a) }, 1},
+		{func() error { return p.Untrack(a) }, 1}, // not there: nothing given back
+		{func() error { return p.Untrack(b) }, 0},
+	} {
+		if err := step.do(); err != nil {
+			t.Fatal(err)
+		}
+		if got := slot(a) - base; got != step.want {
+			t.Fatalf("slot count %d, want %d", got, step.want)
+		}
+	}
+}
+
+// TestSlotTaken: a TCP connection whose slot of the connection table is held by another goes
+// to the hash map, and is followed and ended from there as from a slot.
+func TestSlotTaken(t *testing.T) {
+	p := loadAsWorker(t)
+	// Every slot held by a socket that is not this one.
+	n := p.objs.Slots.MaxEntries()
+	keys := make([]uint32, n)
+	vals := make([]gpeSlot, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+		vals[i].Sk = 1 << 62
+	}
+	if _, err := p.objs.Slots.BatchUpdate(keys, vals, nil); err != nil {
+		t.Fatal(err)
+	}
+	rec := record(p)
+	ln := tcpListen(t)
+	cl, srv := tcpConnect(t, ln)
+	defer unix.Close(cl)
+	unix.Sendto(cl, []byte("GET /no/slot HTTP/1.1\r\nHost: x\r\n\r\n"), 0, nil)
+	buf := make([]byte, 4096)
+	if _, _, err := unix.Recvfrom(srv, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	var sk uint64
+	var c gpeConn
+	if !p.objs.Conns.Iterate().Next(&sk, &c) || c.Owner.Fd != uint32(srv) {
+		t.Errorf("the connection is not in the hash map: %+v", c)
+	}
+	unix.Sendto(srv, []byte("HTTP/1.1 201 Created\r\n\r\n"), 0, nil)
+	unix.Close(srv)
+	got := rec.requests(t, 3*time.Second)
+	if len(got) != 3 || string(got[0].Line) != "GET /no/slot" || got[1].Status != 201 ||
+		got[2].Kind != KindReqEnd || got[2].Reason != EndClose {
+		t.Fatalf("got %+v, want start GET /no/slot, response 201, end close", got)
+	}
+	if p.objs.Conns.Iterate().Next(&sk, &c) {
+		t.Errorf("the ended connection is still in the hash map: %+v", c)
 	}
 }

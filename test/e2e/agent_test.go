@@ -167,13 +167,24 @@ func progIDs(t *testing.T, pid int) []ebpf.ProgramID {
 }
 
 // stillLoaded returns the ids that still name a loaded program.
+// The kernel frees a detached program once its last reference goes, which for a BTF
+// tracepoint can wait for an RCU grace period: a program still there is looked at again for
+// up to 2 s.
 func stillLoaded(ids []ebpf.ProgramID) []ebpf.ProgramID {
 	var out []ebpf.ProgramID
+	deadline := time.Now().Add(2 * time.Second)
 	for _, id := range ids {
-		prog, err := ebpf.NewProgramFromID(id)
-		if err == nil {
+		for {
+			prog, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				break
+			}
 			prog.Close()
-			out = append(out, id)
+			if time.Now().After(deadline) {
+				out = append(out, id)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	return out

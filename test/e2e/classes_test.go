@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Issue 3: every worker class Debian ships for Gunicorn 20.1, exact under concurrent load with
@@ -142,9 +143,32 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 		}
 		all = append(all, rs...)
 	}
-	ms := p.settle(t, "gunicorn_worker_requests_total", nil, float64(len(all)))
-	if got := ms.sum("gunicorn_worker_requests_total", nil); got != float64(len(all)) {
-		t.Errorf("requests_total = %v, the client saw %d responses", got, len(all))
+	// gpe-ebpf counts what the workers answered. A client can miss a response a worker wrote
+	// (hey on a keep-alive connection gthread closes under it): Gunicorn's access log then has
+	// a line more than the client has responses. The total must match the server exactly; each
+	// response of that gap may sit, per endpoint, on the answered side instead of no_response.
+	gap := 0
+	var entries []accessEntry
+	if wc.accessLog {
+		entries = accessLogSettled(t, g, len(all))
+		gap = len(entries) - len(all)
+		if gap < 0 || gap > 2 {
+			t.Errorf("access log has %d lines, the client saw %d responses", len(entries), len(all))
+			gap = max(gap, 0)
+		} else if gap > 0 {
+			t.Logf("the access log has %d lines, the client saw %d responses: %d written that the client did not read", len(entries), len(all), gap)
+		}
+	}
+	within := func(got float64, lo, hi int) bool { return got >= float64(lo) && got <= float64(hi) }
+	ms := p.settle(t, "gunicorn_worker_requests_total", nil, float64(len(all)+gap))
+	if got := ms.sum("gunicorn_worker_requests_total", nil); got != float64(len(all)+gap) {
+		t.Errorf("requests_total = %v, the workers answered %d (the client saw %d)", got, len(all)+gap, len(all))
+		// What gpe-ebpf saw instead, to tell a lost record from a misread one.
+		for _, name := range []string{"gunicorn_worker_error_handling_total", "gunicorn_http_requests_total", "gpe_ebpf_events_total", "gpe_ebpf_events_lost_total"} {
+			for _, m := range ms.series(name, nil) {
+				t.Logf("%s%v = %v", name, m.GetLabel(), value(m))
+			}
+		}
 	}
 	var failedWant float64
 	for ep, statuses := range byStatus {
@@ -152,14 +176,14 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 		for st, n := range statuses {
 			answered += n
 			labels := map[string]string{"endpoint": ep, "status": strconv.Itoa(st)}
-			if got := ms.sum("gunicorn_http_requests_total", labels); got != float64(n) {
-				t.Errorf("http_requests_total%v = %v, client saw %d", labels, got, n)
+			if got := ms.sum("gunicorn_http_requests_total", labels); !within(got, n, n+gap) {
+				t.Errorf("http_requests_total%v = %v, client saw %d (+%d unread)", labels, got, n, gap)
 			}
 			if st >= 500 {
 				failedWant += float64(n)
 				el := map[string]string{"endpoint": ep, "error_type": fmt.Sprintf("http_%d", st)}
-				if got := ms.sum("gunicorn_worker_error_handling_total", el); got != float64(n) {
-					t.Errorf("error_handling_total%v = %v, want %d", el, got, n)
+				if got := ms.sum("gunicorn_worker_error_handling_total", el); !within(got, n, n+gap) {
+					t.Errorf("error_handling_total%v = %v, want %d (+%d unread)", el, got, n, gap)
 				}
 			}
 		}
@@ -168,8 +192,8 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 			// WSGI app raises): each is a failure with error_type no_response.
 			failedWant += float64(missing)
 			el := map[string]string{"endpoint": ep, "error_type": "no_response"}
-			if got := ms.sum("gunicorn_worker_error_handling_total", el); got != float64(missing) {
-				t.Errorf("error_handling_total%v = %v, want %d (requests without a response)", el, got, missing)
+			if got := ms.sum("gunicorn_worker_error_handling_total", el); !within(got, missing-gap, missing) {
+				t.Errorf("error_handling_total%v = %v, want %d (requests without a response; -%d unread)", el, got, missing, gap)
 			}
 		}
 		fl := map[string]string{"endpoint": ep}
@@ -180,12 +204,12 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 			}
 		}
 		want += float64(sent[ep] - answered)
-		if got := ms.sum("gunicorn_worker_failed_requests_total", fl); got != want {
-			t.Errorf("failed_requests_total{endpoint=%q} = %v, want %v", ep, got, want)
+		if got := ms.sum("gunicorn_worker_failed_requests_total", fl); !within(got, int(want)-gap, int(want)) {
+			t.Errorf("failed_requests_total{endpoint=%q} = %v, want %v (-%d unread)", ep, got, want, gap)
 		}
 	}
-	if got := ms.sum("gunicorn_worker_failed_requests_total", nil); got != failedWant {
-		t.Errorf("failed_requests_total = %v, want %v", got, failedWant)
+	if got := ms.sum("gunicorn_worker_failed_requests_total", nil); !within(got, int(failedWant)-gap, int(failedWant)) {
+		t.Errorf("failed_requests_total = %v, want %v (-%d unread)", got, failedWant, gap)
 	}
 	if got := ms.sum("gpe_ebpf_events_lost_total", nil); got != 0 {
 		t.Errorf("events lost: %v", got)
@@ -193,25 +217,23 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 
 	// Durations of the 30 ms endpoint.
 	sleep := map[string]string{"endpoint": "/sleep/{id}", "method": "GET"}
+	// Histograms are recorded when a request ends, which can follow its count.
+	ms = p.settle(t, "gunicorn_http_request_duration_seconds", sleep, float64(byStatus["/sleep/{id}"][200]))
 	var ourSum float64
 	var ourCount uint64
 	for _, m := range ms.series("gunicorn_http_request_duration_seconds", sleep) {
 		ourSum += m.GetHistogram().GetSampleSum()
 		ourCount += m.GetHistogram().GetSampleCount()
 	}
-	if ourCount != uint64(byStatus["/sleep/{id}"][200]) {
-		t.Errorf("/sleep/30 histogram count %d, want %d", ourCount, byStatus["/sleep/{id}"][200])
+	if n := byStatus["/sleep/{id}"][200]; !within(float64(ourCount), n, n+gap) {
+		t.Errorf("/sleep/30 histogram count %d, want %d (+%d unread)", ourCount, n, gap)
 	}
 	if n := ms.bucket("gunicorn_http_request_duration_seconds", sleep, 0.025); n != 0 {
 		t.Errorf("%d /sleep/30 requests observed at or below 25 ms", n)
 	}
 	report := fmt.Sprintf("%s: sent %d, client responses %d, counted %v", wc.name, sumInts(sent), len(all), ms.sum("gunicorn_worker_requests_total", nil))
 	if wc.accessLog {
-		entries := g.Access(t)
 		report += fmt.Sprintf(", access-log lines %d", len(entries))
-		if len(entries) != len(all) {
-			t.Errorf("access log has %d lines, the client saw %d responses", len(entries), len(all))
-		}
 		var logSum float64
 		var logDur []float64
 		for _, e := range entries {
@@ -246,6 +268,23 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 		}
 	}
 	t.Log(report)
+}
+
+// accessLogSettled reads the access log once it has at least want lines and no line came in
+// the last 300 ms (a worker writes its line after the response), or after 3 s.
+func accessLogSettled(t *testing.T, g *gunicorn, want int) []accessEntry {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	entries := g.Access(t)
+	for time.Now().Before(deadline) {
+		time.Sleep(300 * time.Millisecond)
+		next := g.Access(t)
+		if len(next) == len(entries) && len(next) >= want {
+			return next
+		}
+		entries = next
+	}
+	return entries
 }
 
 func sumInts(m map[string]int) int {

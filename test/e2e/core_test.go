@@ -47,6 +47,9 @@ func TestSyncEndToEnd(t *testing.T) {
 	if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": "/ok", "status": "200"}); got != nOK {
 		t.Errorf("http_requests_total{/ok,200} = %v, want %d", got, nOK)
 	}
+	// Histograms are recorded when a request ends (its socket gone), which can follow its
+	// count by a round trip and a reader poll.
+	ms = p.settle(t, "gunicorn_worker_request_duration_seconds", nil, float64(nOK+nFail+nSlow))
 	slow := map[string]string{"endpoint": "/slow", "method": "GET"}
 	if n := ms.bucket("gunicorn_http_request_duration_seconds", slow, 0.05); n != 0 {
 		t.Errorf("%d /slow requests at or below 0.05s, want 0", n)

@@ -81,6 +81,9 @@ func TestSplitRequestAndLargeBody(t *testing.T) {
 	if got := ms.sum("gunicorn_http_requests_total", map[string]string{"method": "POST", "endpoint": "/upload", "status": "200"}); got != 1 {
 		t.Errorf("POST /upload counted %v times, want 1", got)
 	}
+	// The size histograms are recorded when the request ends (the socket is gone), which can
+	// follow the count (the status line) by a round trip and a reader poll.
+	ms = p.waitMetric(t, "gunicorn_worker_request_size_bytes", nil, 1)
 	var in float64
 	for _, m := range ms.series("gunicorn_worker_request_size_bytes", nil) {
 		in += m.GetHistogram().GetSampleSum()
@@ -117,8 +120,10 @@ func TestSendfileDuration(t *testing.T) {
 	if got < 10<<20 {
 		t.Fatalf("read %d bytes, want 10 MB", got)
 	}
-	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, 1)
+	// The duration is recorded once the connection is gone (the worker closed it and the
+	// client acknowledged), which can be a moment after the client read the last byte.
 	ep := map[string]string{"endpoint": "/file/{id}", "method": "GET"}
+	ms := p.waitMetric(t, "gunicorn_http_request_duration_seconds", ep, 1)
 	series := ms.series("gunicorn_http_request_duration_seconds", ep)
 	if len(series) != 1 || series[0].GetHistogram().GetSampleCount() != 1 {
 		t.Fatalf("no single /file/{id} observation: %v", series)
