@@ -249,7 +249,7 @@ func (a *agent) attach(info proc.Info) error {
 	}
 	a.agg.AddMaster(m, info.Started, proc.App(info.Cmdline))
 	// Listed after the master is tracked, so a worker forked meanwhile is seen either way.
-	kids, err := proc.Children(m)
+	kids, err := proc.Host.Children(m)
 	if err != nil {
 		return err
 	}
@@ -373,7 +373,7 @@ func (a *agent) sample(s *proc.Sampler) {
 // discover attaches every Gunicorn master not observed yet. Masters that exit are dropped
 // by their exit event.
 func (a *agent) discover() {
-	masters, err := proc.Masters()
+	masters, err := proc.Host.Masters()
 	if err != nil {
 		a.log.Warn("discover masters", "error", err)
 		return
@@ -426,7 +426,7 @@ func (a *agent) multiprocLive(pid int) bool {
 	if a.agg.IsLive(uint32(pid)) {
 		return true
 	}
-	stat, err := os.ReadFile(filepath.Join(proc.Root, strconv.Itoa(pid), "stat"))
+	stat, err := os.ReadFile(filepath.Join(proc.Host.Root, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return false
 	}
