@@ -15,7 +15,7 @@ import (
 	"github.com/shirou/gopsutil/v4/process"
 )
 
-// FS is a /proc tree: the host's (Host), or a fixture in tests.
+// FS is a /proc tree: the host's (Host), or a fixture in tests. Sampler always reads the host's.
 type FS struct {
 	// Root is where the tree is mounted, "/proc" for the host's.
 	Root string
@@ -34,12 +34,6 @@ type Info struct {
 
 // ErrNoProcess is wrapped when a PID names no process.
 var ErrNoProcess = errors.New("no such process")
-
-// Read returns a process of the host's /proc; see FS.Read.
-func Read(pid uint32) (Info, error) { return Host.Read(pid) }
-
-// Alive says whether pid is a running process of the host; see FS.Alive.
-func Alive(pid uint32) bool { return Host.Alive(pid) }
 
 func (fs FS) pidDir(pid uint32) string {
 	return filepath.Join(fs.Root, strconv.FormatUint(uint64(pid), 10))
