@@ -15,17 +15,16 @@ import (
 
 const app = "app:app"
 
-func workerOf(t *testing.T, s aggregate.Snapshot, pid uint32) aggregate.WorkerSnapshot {
-	t.Helper()
+// workers are the snapshot's workers by PID; a missing one is a zero WorkerSnapshot, which
+// no test's expectation matches.
+func workers(s aggregate.Snapshot) map[uint32]aggregate.WorkerSnapshot {
+	out := make(map[uint32]aggregate.WorkerSnapshot)
 	for _, m := range s.Masters {
 		for _, w := range m.Workers {
-			if w.PID == pid {
-				return w
-			}
+			out[w.PID] = w
 		}
 	}
-	t.Fatalf("no worker %d in the snapshot", pid)
-	return aggregate.WorkerSnapshot{}
+	return out
 }
 
 func wantKinds(t *testing.T, k *fakeKernel, want map[uint32]string) {
@@ -51,7 +50,7 @@ func TestAttach(t *testing.T) {
 		t.Fatalf("snapshot masters %+v, want %d (%s) with 2 live workers", s.Masters, m1, app)
 	}
 	for pid, id := range map[uint32]string{w2: "worker_1_1700000020", w1: "worker_2_1700000021"} {
-		if w := workerOf(t, s, pid); w.ID != id || w.State != aggregate.StateRunning {
+		if w := workers(s)[pid]; w.ID != id || w.State != aggregate.StateRunning {
 			t.Errorf("worker %d: id %s state %s, want %s running", pid, w.ID, w.State, id)
 		}
 	}
@@ -63,11 +62,7 @@ func TestAttach(t *testing.T) {
 // TestForkAndExit: a fork of the master is a new worker, a worker's exit marks it exited,
 // and neither ends Run.
 func TestForkAndExit(t *testing.T) {
-	f := newProcFixture(t)
-	f.gunicorn(m1, app, w1, w2)
-	cfg := testConfig(f)
-	cfg.PID = m1
-	r := start(t, cfg)
+	_, r := startPID(t, w1, w2)
 
 	r.k.feed(t, probes.Event{Kind: probes.KindFork, TGID: w3, Other: m1, ProcKind: probes.ProcWorker})
 	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w1, Master: m1, ProcKind: probes.ProcWorker})
@@ -75,10 +70,10 @@ func TestForkAndExit(t *testing.T) {
 		t.Errorf("live workers %v, want %v", got, want)
 	}
 	s := r.a.Aggregator().Snapshot(0)
-	if w := workerOf(t, s, w1); w.State != aggregate.StateExited {
+	if w := workers(s)[w1]; w.State != aggregate.StateExited {
 		t.Errorf("worker %d state %s, want exited", w1, w.State)
 	}
-	if w := workerOf(t, s, w3); !strings.HasPrefix(w.ID, "worker_3_") {
+	if w := workers(s)[w3]; !strings.HasPrefix(w.ID, "worker_3_") {
 		t.Errorf("forked worker id %s, want age 3", w.ID)
 	}
 	if s.Masters[0].Exits[aggregate.ExitGraceful] != 1 {
@@ -91,16 +86,10 @@ func TestForkAndExit(t *testing.T) {
 
 // TestMasterExits: with --pid, the master's exit ends Run (exit 0), and Run closes the kernel.
 func TestMasterExits(t *testing.T) {
-	f := newProcFixture(t)
-	f.gunicorn(m1, app, w1, w2)
-	cfg := testConfig(f)
-	cfg.PID = m1
-	r := start(t, cfg)
+	_, r := startPID(t, w1, w2)
 
 	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: m1, ProcKind: probes.ProcMaster})
-	if err := r.wait(t); err != nil {
-		t.Errorf("Run: %v, want nil", err)
-	}
+	r.wantEnd(t)
 	if !r.k.isClosed() {
 		t.Errorf("Run returned without closing the kernel")
 	}
@@ -112,16 +101,10 @@ func TestMasterExits(t *testing.T) {
 // TestMasterGoneUnseen: a master whose exit record was lost is dropped when /proc no longer
 // shows it (here a zombie), untracked, and --pid then ends as after an exit.
 func TestMasterGoneUnseen(t *testing.T) {
-	f := newProcFixture(t)
-	f.gunicorn(m1, app, w1)
-	cfg := testConfig(f)
-	cfg.PID = m1
-	r := start(t, cfg)
+	f, r := startPID(t, w1)
 
 	f.setStat(m1, 1, 10, "Z")
-	if err := r.wait(t); err != nil {
-		t.Errorf("Run: %v, want nil", err)
-	}
+	r.wantEnd(t)
 	if _, ok := r.k.kinds()[m1]; ok {
 		t.Errorf("master %d still tracked", m1)
 	}
@@ -159,9 +142,7 @@ func TestPIDFileNewMaster(t *testing.T) {
 		t.Errorf("new master %+v, want other:app with one worker", s.Masters[0])
 	}
 	r.stop()
-	if err := r.wait(t); err != nil {
-		t.Errorf("Run after cancel: %v", err)
-	}
+	r.wantEnd(t)
 }
 
 // TestDiscover: --discover attaches the masters it finds, adds one that starts later, drops
@@ -203,11 +184,7 @@ func TestDiscover(t *testing.T) {
 // TestUSR2: a worker that execs is the new master of a USR2 upgrade; the old master's exit
 // then does not end Run, the new master's does.
 func TestUSR2(t *testing.T) {
-	f := newProcFixture(t)
-	f.gunicorn(m1, app, w1)
-	cfg := testConfig(f)
-	cfg.PID = m1
-	r := start(t, cfg)
+	f, r := startPID(t, w1)
 
 	// The master forks the new master, which execs gunicorn again.
 	r.k.feed(t, probes.Event{Kind: probes.KindFork, TGID: w3, Other: m1, ProcKind: probes.ProcWorker})
@@ -237,18 +214,12 @@ func TestUSR2(t *testing.T) {
 	}
 
 	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w3, ProcKind: probes.ProcMaster})
-	if err := r.wait(t); err != nil {
-		t.Errorf("Run: %v, want nil", err)
-	}
+	r.wantEnd(t)
 }
 
 // TestReaderStops: a kernel reader that stops by itself is an error of Run.
 func TestReaderStops(t *testing.T) {
-	f := newProcFixture(t)
-	f.gunicorn(m1, app, w1)
-	cfg := testConfig(f)
-	cfg.PID = m1
-	r := start(t, cfg)
+	_, r := startPID(t, w1)
 	r.k.Close()
 	if err := r.wait(t); err == nil || !strings.Contains(err.Error(), "reader stopped") {
 		t.Errorf("Run: %v, want the reader's stop", err)
@@ -309,12 +280,8 @@ func TestTargets(t *testing.T) {
 // TestMultiprocLive: a live worker counts; an exited worker of ours does not, although /proc
 // still shows it; another running process counts; a zombie or a missing one does not.
 func TestMultiprocLive(t *testing.T) {
-	f := newProcFixture(t)
-	f.gunicorn(m1, app, w1, w2)
+	f, r := startPID(t, w1, w2)
 	f.add(other, 1, 5, "cron")
-	cfg := testConfig(f)
-	cfg.PID = m1
-	r := start(t, cfg)
 	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w2, Master: m1, ProcKind: probes.ProcWorker})
 
 	a := r.a

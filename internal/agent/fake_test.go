@@ -254,6 +254,24 @@ func (r *running) wait(t *testing.T) error {
 	}
 }
 
+// wantEnd checks that Run returns nil.
+func (r *running) wantEnd(t *testing.T) {
+	t.Helper()
+	if err := r.wait(t); err != nil {
+		t.Errorf("Run: %v, want nil", err)
+	}
+}
+
+// startPID runs an agent on --pid m1, a master of app with workers.
+func startPID(t *testing.T, workers ...uint32) (*procFixture, *running) {
+	t.Helper()
+	f := newProcFixture(t)
+	f.gunicorn(m1, app, workers...)
+	cfg := testConfig(f)
+	cfg.PID = m1
+	return f, start(t, cfg)
+}
+
 // returned says whether Run has returned.
 func (r *running) returned() bool {
 	select {
