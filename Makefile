@@ -7,12 +7,12 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages: the BPF toolchain (only `make generate` needs it), the real components the
 # tests run (Gunicorn and its worker libraries, Redis, load generators) and the checkers of
-# the deployment files.
+# the deployment files (prometheus brings promtool, which checks the alerting rules).
 DEB_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev \
 	gunicorn python3-gevent python3-eventlet python3-tornado python3-uvicorn \
-	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl
+	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl prometheus
 
-.PHONY: all deps generate build test test-unit test-e2e test-deploy demo bench lint vmlinux clean
+.PHONY: all deps generate build image test test-unit test-e2e test-deploy demo bench lint vmlinux clean
 
 all: build
 
@@ -31,6 +31,12 @@ generate:
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/gpe-ebpf ./cmd/gpe-ebpf
+
+# The container image, stamped with the same version and commit as `make build`.
+# IMAGE=registry.example/gpe-ebpf:v1 make image to name it.
+IMAGE ?= gpe-ebpf:$(VERSION)
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(COMMIT) -t $(IMAGE) .
 
 # Everything, the privileged end-to-end tests included (they need root; under CI=true a
 # missing prerequisite fails instead of skipping).
