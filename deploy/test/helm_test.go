@@ -418,12 +418,18 @@ func TestHelmChartRefuses(t *testing.T) {
 		{"both monitors", map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "podMonitor": map[string]any{"enabled": true}}, "not both"},
 		{"service monitor without service", map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "service": map[string]any{"enabled": false}}, "needs service.enabled"},
 		{"no service account name", map[string]any{"serviceAccount": map[string]any{"create": false}}, "serviceAccount.name is required"},
+		// values.schema.json: a misspelt value is an error, not silently ignored.
+		{"misspelt value", map[string]any{"serviceMonitor": map[string]any{"enable": true}}, "enable"},
+		{"unknown top-level value", map[string]any{"tolerance": []any{}}, "tolerance"},
+		{"port not a number", map[string]any{"metricsPort": "http"}, "metricsPort"},
+		{"probe scheme", map[string]any{"probes": map[string]any{"scheme": "tcp"}}, "scheme"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := renderChart("gpe-ebpf", tc.vals)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("render with %v: error %v, want one containing %q", tc.vals, err, tc.want)
+				t.Fatalf("render with %v: error %v, want one containing %q", tc.vals, err, tc.want)
 			}
+			t.Logf("%v", err)
 		})
 	}
 }
