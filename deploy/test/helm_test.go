@@ -1,6 +1,10 @@
 package deploytest
 
 import (
+	"fmt"
+	"io"
+	"log"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -9,6 +13,7 @@ import (
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/engine"
@@ -29,7 +34,9 @@ const (
 // loader and template engine, in strict mode (a reference to a value that does not
 // exist is an error, not an empty string).
 func renderChart(release string, vals map[string]any) (map[string]string, error) {
-	ch, err := loader.Load(filepath.Join(repoRoot, chartPath))
+	var ch *chart.Chart
+	var err error
+	quietly(func() { ch, err = loader.Load(filepath.Join(repoRoot, chartPath)) })
 	if err != nil {
 		return nil, err
 	}
@@ -41,6 +48,14 @@ func renderChart(release string, vals map[string]any) (map[string]string, error)
 	return engine.Engine{Strict: true}.Render(ch, rv)
 }
 
+// quietly runs f with the standard logger discarded: Helm's loader logs every symbolic
+// link it follows, and the chart's files/ links to deploy/prometheus.
+func quietly(f func()) {
+	log.SetOutput(io.Discard)
+	defer log.SetOutput(os.Stderr)
+	f()
+}
+
 // chartObjects is what the chart rendered, decoded into typed objects.
 type chartObjects struct {
 	ds    *appsv1.DaemonSet
@@ -48,6 +63,7 @@ type chartObjects struct {
 	svc   *corev1.Service
 	sm    *monitoringv1.ServiceMonitor
 	pm    *monitoringv1.PodMonitor
+	pr    *monitoringv1.PrometheusRule
 	notes string
 }
 
@@ -91,6 +107,8 @@ func loadChart(t *testing.T, release string, vals map[string]any) chartObjects {
 				obj = setOnce(t, name, &objs.sm)
 			case "monitoring.coreos.com/v1 PodMonitor":
 				obj = setOnce(t, name, &objs.pm)
+			case "monitoring.coreos.com/v1 PrometheusRule":
+				obj = setOnce(t, name, &objs.pr)
 			default:
 				t.Fatalf("%s document %d: unexpected %s %s", name, i, meta.APIVersion, meta.Kind)
 			}
@@ -147,7 +165,8 @@ func container(t *testing.T, ds *appsv1.DaemonSet) corev1.Container {
 
 // TestHelmLint runs Helm's chart linter (what `helm lint --strict` runs): warnings fail too.
 func TestHelmLint(t *testing.T) {
-	l := lint.All(filepath.Join(repoRoot, chartPath), nil, releaseNamespace, false)
+	var l support.Linter
+	quietly(func() { l = lint.All(filepath.Join(repoRoot, chartPath), nil, releaseNamespace, false) })
 	for _, m := range l.Messages {
 		if m.Severity >= support.WarningSev {
 			t.Errorf("helm lint: %s", m)
@@ -170,8 +189,8 @@ func TestHelmChartMatchesDaemonSet(t *testing.T) {
 		if objs.sa == nil || objs.svc == nil {
 			t.Fatalf("want a ServiceAccount and a Service by default (sa %v, svc %v)", objs.sa != nil, objs.svc != nil)
 		}
-		if objs.sm != nil || objs.pm != nil {
-			t.Error("a ServiceMonitor or PodMonitor by default: they need the Prometheus Operator's CRDs")
+		if objs.sm != nil || objs.pm != nil || objs.pr != nil {
+			t.Error("a ServiceMonitor, PodMonitor or PrometheusRule by default: they need the Prometheus Operator's CRDs")
 		}
 		for kind, ns := range map[string]string{"DaemonSet": ds.Namespace, "ServiceAccount": objs.sa.Namespace, "Service": objs.svc.Namespace} {
 			if ns != releaseNamespace {
@@ -401,6 +420,38 @@ func TestHelmChartPodMonitor(t *testing.T) {
 	same(t, "PodMonitor path", ep.Path, "/metrics")
 	same(t, "PodMonitor interval", string(ep.Interval), "30s")
 	same(t, "PodMonitor scheme", ep.Scheme.String(), "http")
+}
+
+// TestHelmChartPrometheusRule: the chart's PrometheusRule holds exactly the groups of the
+// rule files in deploy/prometheus (files/ links there), annotation templates untouched.
+func TestHelmChartPrometheusRule(t *testing.T) {
+	for _, migration := range []bool{false, true} {
+		objs := loadChart(t, "gpe-ebpf", map[string]any{
+			"prometheusRule": map[string]any{"enabled": true, "migration": migration, "labels": map[string]any{"release": "kps"}},
+		})
+		pr := objs.pr
+		if pr == nil {
+			t.Fatal("no PrometheusRule with prometheusRule.enabled")
+		}
+		if pr.Namespace != releaseNamespace || pr.Labels["release"] != "kps" {
+			t.Errorf("PrometheusRule namespace %q labels %v: want the release's namespace and prometheusRule.labels", pr.Namespace, pr.Labels)
+		}
+		var want []monitoringv1.RuleGroup
+		for _, rs := range ruleSets {
+			if strings.Contains(rs.rules, "migration") && !migration {
+				continue
+			}
+			var f struct {
+				Groups []monitoringv1.RuleGroup `json:"groups"`
+			}
+			decodeStrict(t, rs.rules, &f)
+			want = append(want, f.Groups...)
+		}
+		same(t, fmt.Sprintf("PrometheusRule groups (migration %v)", migration), pr.Spec.Groups, want)
+		if !strings.Contains(pr.Spec.Groups[1].Rules[0].Annotations["summary"], "{{ $labels.instance }}") {
+			t.Errorf("alert annotations were templated by Helm: %q", pr.Spec.Groups[1].Rules[0].Annotations["summary"])
+		}
+	}
 }
 
 // TestHelmChartRefuses: combinations that cannot work fail at render time, with a message.
