@@ -23,6 +23,11 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		case " $$missing " in *" prometheus "*) \
+			echo "prometheus is installed for promtool only: its server is disabled (it would take port 9090)"; \
+			systemctl disable prometheus.service >/dev/null 2>&1 || true; \
+			systemctl stop prometheus.service >/dev/null 2>&1 || true;; \
+		esac; \
 	else echo "all Debian packages present"; fi
 	@command -v $(GO) >/dev/null || { echo "Go is required (https://go.dev/dl/); it is not a Debian package here"; exit 1; }
 
