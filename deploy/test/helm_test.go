@@ -95,23 +95,18 @@ func loadChart(t *testing.T, release string, vals map[string]any) chartObjects {
 			if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
 				t.Fatalf("%s document %d: %v\n%s", name, i, err, doc)
 			}
-			var obj any
-			switch meta.APIVersion + " " + meta.Kind {
-			case "apps/v1 DaemonSet":
-				obj = setOnce(t, name, &objs.ds)
-			case "v1 ServiceAccount":
-				obj = setOnce(t, name, &objs.sa)
-			case "v1 Service":
-				obj = setOnce(t, name, &objs.svc)
-			case "monitoring.coreos.com/v1 ServiceMonitor":
-				obj = setOnce(t, name, &objs.sm)
-			case "monitoring.coreos.com/v1 PodMonitor":
-				obj = setOnce(t, name, &objs.pm)
-			case "monitoring.coreos.com/v1 PrometheusRule":
-				obj = setOnce(t, name, &objs.pr)
-			default:
+			alloc := map[string]func() any{
+				"apps/v1 DaemonSet": func() any { return setOnce(t, name, &objs.ds) },
+				"v1 ServiceAccount": func() any { return setOnce(t, name, &objs.sa) },
+				"v1 Service":        func() any { return setOnce(t, name, &objs.svc) },
+				"monitoring.coreos.com/v1 ServiceMonitor": func() any { return setOnce(t, name, &objs.sm) },
+				"monitoring.coreos.com/v1 PodMonitor":     func() any { return setOnce(t, name, &objs.pm) },
+				"monitoring.coreos.com/v1 PrometheusRule": func() any { return setOnce(t, name, &objs.pr) },
+			}[meta.APIVersion+" "+meta.Kind]
+			if alloc == nil {
 				t.Fatalf("%s document %d: unexpected %s %s", name, i, meta.APIVersion, meta.Kind)
 			}
+			obj := alloc()
 			if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
 				t.Fatalf("%s document %d (%s): %v\n%s", name, i, meta.Kind, err, doc)
 			}
