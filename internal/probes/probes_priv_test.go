@@ -611,3 +611,44 @@ func need(t *testing.T, what string, err error) {
 	}
 	t.Skipf("%s: %v", what, err)
 }
+
+// TestProgramStats: while the kernel counts (kernel.bpf_stats_enabled 1), ProgramStats reports
+// each loaded program and the runs of the socket hooks a request made; with it 0, nothing.
+func TestProgramStats(t *testing.T) {
+	p := loadAsWorker(t, HooksSocket)
+	if b, err := os.ReadFile(statsSysctl); err == nil && strings.TrimSpace(string(b)) == "0" {
+		if stats, on, err := p.ProgramStats(); err != nil || on || stats != nil {
+			t.Errorf("with kernel.bpf_stats_enabled 0: %v, %v, %v; want nothing", stats, on, err)
+		}
+	}
+	// The sysctl, not BPF_ENABLE_STATS (which counts without changing what the sysctl says):
+	// it is what ProgramStats goes by. Put back as it was.
+	old, err := os.ReadFile(statsSysctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(statsSysctl, []byte("1"), 0o644); err != nil {
+		t.Fatalf("turn kernel.bpf_stats_enabled on: %v", err)
+	}
+	defer os.WriteFile(statsSysctl, old, 0o644)
+	ln := tcpListen(t)
+	cl, srv := tcpConnect(t, ln)
+	defer unix.Close(cl)
+	unix.Sendto(cl, []byte("GET /counted HTTP/1.1\r\n\r\n"), 0, nil)
+	unix.Recvfrom(srv, make([]byte, 512), 0)
+	unix.Close(srv)
+	stats, on, err := p.ProgramStats()
+	if err != nil || !on {
+		t.Fatalf("ProgramStats: %v, on %v", err, on)
+	}
+	byName := map[string]ProgramStat{}
+	for _, st := range stats {
+		byName[st.Name] = st
+	}
+	if len(byName) != len(p.progs) {
+		t.Errorf("stats of %d programs, %d loaded: %+v", len(byName), len(p.progs), stats)
+	}
+	if st := byName[gpeProgOnSockRecv]; st.Runs == 0 || st.Runtime <= 0 {
+		t.Errorf("on_sock_recv after a request: %+v, want runs and run time", st)
+	}
+}
