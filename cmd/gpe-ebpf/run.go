@@ -116,6 +116,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("load BPF programs: %w", err)
 	}
 	defer p.Close()
+	logger.Info("BPF programs loaded", "hooks", p.Hooks())
 
 	a := &agent{
 		cfg: cfg, log: logger, probes: p, agg: aggregate.New(cfg.Aggregate),
@@ -135,7 +136,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// and gpe-ebpf's Go and process collectors.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Discover, ExpectedWorkers: cfg.Workers, Version: version},
+		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: p},
 			a.agg, p.Lost, aggregate.MonotonicNow),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
