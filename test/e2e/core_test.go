@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -30,6 +31,14 @@ func TestSyncEndToEnd(t *testing.T) {
 
 	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, nOK+nFail+nSlow)
 	t.Logf("requests sent %d, counted %v", nOK+nFail+nSlow, ms.sum("gunicorn_worker_requests_total", nil))
+	// auto is socket on the 6.3+ kernels the suite runs on.
+	mode := os.Getenv("GPE_HOOKS")
+	if mode == "" || mode == "auto" {
+		mode = "socket"
+	}
+	if got := ms.sum("gpe_ebpf_hooks_info", map[string]string{"mode": mode}); got != 1 {
+		t.Errorf("gpe_ebpf_hooks_info{mode=%q} = %v, want 1 (%v)", mode, got, ms.series("gpe_ebpf_hooks_info", nil))
+	}
 	time.Sleep(300 * time.Millisecond) // nothing more may arrive
 	ms = p.scrape(t)
 	if got := ms.sum("gunicorn_worker_requests_total", nil); got != nOK+nFail+nSlow {
