@@ -720,22 +720,21 @@ static __always_inline int socket_call(int send, struct call *call)
 	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
 	__u64 nr = GPE_SYSCALL_NR(r);
 	__u64 a1 = GPE_SYSCALL_ARG1(r);
-	__u64 *buf = &call->buf;
 	__u32 op = send ? OP_SEND : OP_RECV;
 	if (send) {
 		switch (nr) {
 		case GPE_NR_sendto:
 		case GPE_NR_write:
-			*buf = a1;
+			call->buf = a1;
 			break;
 		case GPE_NR_sendmsg:
-			*buf = msghdr_base(a1);
+			call->buf = msghdr_base(a1);
 			break;
 		case GPE_NR_writev:
-			*buf = iov_base(a1);
+			call->buf = iov_base(a1);
 			break;
 		case GPE_NR_sendfile:
-			*buf = 0;
+			call->buf = 0;
 			op = OP_SENDFILE;
 			break;
 		default:
@@ -745,13 +744,13 @@ static __always_inline int socket_call(int send, struct call *call)
 		switch (nr) {
 		case GPE_NR_recvfrom:
 		case GPE_NR_read:
-			*buf = a1;
+			call->buf = a1;
 			break;
 		case GPE_NR_recvmsg:
-			*buf = msghdr_base(a1);
+			call->buf = msghdr_base(a1);
 			break;
 		case GPE_NR_readv:
-			*buf = iov_base(a1);
+			call->buf = iov_base(a1);
 			break;
 		default:
 			return 0;

@@ -18,12 +18,7 @@ import (
 // requireRoot skips, or under CI=true fails: loading BPF needs root (CAP_BPF, CAP_PERFMON).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if err := CheckPrivileges(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("this test loads BPF programs and needs root: %v", err)
-		}
-		t.Skipf("this test loads BPF programs and needs root: %v", err)
-	}
+	need(t, "this test loads BPF programs and needs root", CheckPrivileges())
 }
 
 // hookModes are the modes the state-machine tests run in: both feed the same code (on_io in
@@ -600,7 +595,7 @@ func perfList(t *testing.T) (tracepoints, raw []string) {
 	return tracepoints, raw
 }
 
-// need skips, or under CI=true fails, when a tool a test needs is missing.
+// need skips, or under CI=true fails, when what a test needs (root, a tool) is missing.
 func need(t *testing.T, what string, err error) {
 	t.Helper()
 	if err == nil {
