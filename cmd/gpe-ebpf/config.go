@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -106,7 +107,7 @@ var flagGroups = []struct {
 	{"Metrics endpoint", []string{"metrics-port", "bind-address", "metrics-path", "tls-cert-file", "tls-key-file", "web.config.file"}},
 	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "sample-interval", "multiproc-dir"}},
 	{"Redis forwarding", []string{"redis-enabled", "redis-host", "redis-port", "redis-db", "redis-password", "redis-key-prefix", "redis-forward-interval", "redis-instance"}},
-	{"Kernel side", []string{"ring-buffer-size", "wakeup-bytes"}},
+	{"Kernel side", []string{"hooks", "ring-buffer-size", "wakeup-bytes"}},
 	{"Logging and other", []string{"log-level", "log-format", "version", "help"}},
 }
 
@@ -139,6 +140,7 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs.IntVar(intervalSecs, "redis-forward-interval", int(cfg.Redis.Interval/time.Second), "seconds between forwards")
 	fs.StringVar(&cfg.Redis.Instance, "redis-instance", cfg.Redis.Instance, "instance name in the Redis keys; the default is the host name")
 
+	fs.StringVar(&cfg.Probes.Hooks, "hooks", cfg.Probes.Hooks, "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), syscall (Linux 5.17+; every syscall on the host takes the slow path) or auto (socket where the kernel has it)")
 	fs.Uint32Var(ringBytes, "ring-buffer-size", cfg.Probes.RingBufferBytes, "ring buffer size in bytes (a power of two, at least the page size)")
 	fs.Uint64Var(&cfg.Probes.WakeupBytes, "wakeup-bytes", cfg.Probes.WakeupBytes, "batch ring-buffer wake-ups: > 0 drains the ring every 100ms (a record waits at most that long); 0 wakes the reader for every record")
 
@@ -232,6 +234,7 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 		{cfg.Agent.Aggregate.MaxEndpoints < 1, "invalid --max-endpoints: must be at least 1"},
 		{endpointMode != string(aggregate.EndpointNormalized) && endpointMode != string(aggregate.EndpointRaw), fmt.Sprintf("invalid --endpoint-mode %q: normalized or raw", endpointMode)},
 		{cfg.Agent.SampleInterval < 100*time.Millisecond, "invalid --sample-interval: at least 100ms"},
+		{!slices.Contains(probes.HookModes, cfg.Probes.Hooks), fmt.Sprintf("invalid --hooks %q: auto, socket or syscall", cfg.Probes.Hooks)},
 		{ringBytes < 4096 || ringBytes&(ringBytes-1) != 0, fmt.Sprintf("invalid --ring-buffer-size %d: a power of two of at least 4096", ringBytes)},
 		{intervalSecs < 1, fmt.Sprintf("invalid --redis-forward-interval (REDIS_FORWARD_INTERVAL) %d: at least 1 second", intervalSecs)},
 		{cfg.LogLevel != "debug" && cfg.LogLevel != "info" && cfg.LogLevel != "warn" && cfg.LogLevel != "error", fmt.Sprintf("invalid --log-level %q: debug, info, warn or error", cfg.LogLevel)},

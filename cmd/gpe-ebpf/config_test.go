@@ -99,3 +99,16 @@ func TestRedisEnabledValues(t *testing.T) {
 		}
 	}
 }
+
+// TestHooksFlag: --hooks reaches the probes' config as given, auto by default.
+func TestHooksFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{{nil, "auto"}, {[]string{"--hooks", "socket"}, "socket"}, {[]string{"--hooks", "syscall"}, "syscall"}} {
+		cfg, err := parseConfig(append([]string{"--pid", "1"}, tc.args...), env(), io.Discard)
+		if err != nil || cfg.Probes.Hooks != tc.want {
+			t.Errorf("%v: hooks %q, %v; want %q", tc.args, cfg.Probes.Hooks, err, tc.want)
+		}
+	}
+}

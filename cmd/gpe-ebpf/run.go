@@ -39,6 +39,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("load BPF programs: %w", err)
 	}
 	defer p.Close()
+	logger.Info("BPF programs loaded", "hooks", p.Hooks())
 	if err := a.Attach(p); err != nil {
 		return err
 	}
@@ -49,7 +50,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// and gpe-ebpf's Go and process collectors.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version},
+		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}},
 			agg, p.Lost, aggregate.MonotonicNow),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -121,4 +122,16 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		agentDone = nil
 		return stop(err)
 	}
+}
+
+// programStats hands the probes' run counters to the exporter, which knows no probes.
+type programStats struct{ p *probes.Probes }
+
+func (s programStats) ProgramStats() ([]export.ProgramStat, bool, error) {
+	stats, on, err := s.p.ProgramStats()
+	out := make([]export.ProgramStat, len(stats))
+	for i, st := range stats {
+		out[i] = export.ProgramStat{Name: st.Name, Runs: st.Runs, Runtime: st.Runtime}
+	}
+	return out, on, err
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -23,6 +24,26 @@ type CollectorConfig struct {
 	ExpectedWorkers int
 	// Version is gpe-ebpf's version for gpe_ebpf_build_info.
 	Version string
+	// Hooks is the kernel side's hook mode, for gpe_ebpf_hooks_info ("" exports none).
+	Hooks string
+	// Programs reads the BPF programs' run counters at scrape time, for gpe_ebpf_program_*
+	// (nil exports none).
+	Programs ProgramStats
+}
+
+// ProgramStats is where the collector reads the kernel's per-program run counters: the probes,
+// or a fake in tests.
+type ProgramStats interface {
+	// ProgramStats returns each program's counters, and on = false while the kernel does not
+	// count (kernel.bpf_stats_enabled is 0): the series are then left out, not frozen.
+	ProgramStats() (stats []ProgramStat, on bool, err error)
+}
+
+// ProgramStat is one BPF program's run counters, as the kernel keeps them.
+type ProgramStat struct {
+	Name    string        // the program's name in bpf/gpe.bpf.c
+	Runs    uint64        // times it ran
+	Runtime time.Duration // CPU time it ran for
 }
 
 // Collector is an unchecked-free prometheus.Collector over a Source: every scrape takes one
@@ -36,7 +57,8 @@ type Collector struct {
 	workerRequests, workerDuration, workerMemory, workerCPU, workerUptime, workerState,
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
 	httpRequests, httpDuration, reqSize, respSize, inFlight, busy, masterWorkers,
-	masterExpected, exits, masterInfo, events, lostDesc, buildInfo *prometheus.Desc
+	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
+	progSeconds *prometheus.Desc
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -72,6 +94,9 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.events = d("gpe_ebpf_events_total", "Ring-buffer records read, by kind.", []string{"kind"}, nil)
 	c.lostDesc = d("gpe_ebpf_events_lost_total", "Records the kernel side could not submit to the ring buffer.", nil, nil)
 	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version and Go version; always 1.", []string{"version", "goversion"}, nil)
+	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+) or syscall; always 1.", []string{"mode"}, nil)
+	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
+	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	return c
 }
 
@@ -81,7 +106,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
 		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.reqSize, c.respSize,
 		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
-		c.lostDesc, c.buildInfo} {
+		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds} {
 		ch <- d
 	}
 }
@@ -100,8 +125,31 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.NewInvalidMetric(c.lostDesc, err)
 		}
 	}
+	if c.cfg.Hooks != "" {
+		ch <- prometheus.MustNewConstMetric(c.hooksInfo, prometheus.GaugeValue, 1, c.cfg.Hooks)
+	}
+	c.collectPrograms(ch)
 	for i := range s.Masters {
 		c.collectMaster(ch, &s.Masters[i])
+	}
+}
+
+// collectPrograms sends the run counters of the BPF programs, if the kernel counts them.
+func (c *Collector) collectPrograms(ch chan<- prometheus.Metric) {
+	if c.cfg.Programs == nil {
+		return
+	}
+	stats, on, err := c.cfg.Programs.ProgramStats()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.progRuns, err)
+		return
+	}
+	if !on {
+		return
+	}
+	for _, st := range stats {
+		ch <- prometheus.MustNewConstMetric(c.progRuns, prometheus.CounterValue, float64(st.Runs), st.Name)
+		ch <- prometheus.MustNewConstMetric(c.progSeconds, prometheus.CounterValue, st.Runtime.Seconds(), st.Name)
 	}
 }
 

@@ -2,6 +2,7 @@ package export
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"os"
 	"runtime"
@@ -102,7 +103,7 @@ func gather(t *testing.T, cfg CollectorConfig) []byte {
 // TestGolden checks the whole exposition against testdata/golden.prom (go test -update to
 // rewrite it after a deliberate change).
 func TestGolden(t *testing.T) {
-	got := gather(t, CollectorConfig{ExpectedWorkers: 2})
+	got := gather(t, CollectorConfig{ExpectedWorkers: 2, Hooks: "socket", Programs: countingPrograms})
 	const path = "testdata/golden.prom"
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
@@ -120,7 +121,7 @@ func TestGolden(t *testing.T) {
 
 // TestPromlint: the exposition has no problem promtool would report.
 func TestPromlint(t *testing.T) {
-	for _, cfg := range []CollectorConfig{{}, {MasterLabel: true, ExpectedWorkers: 4}} {
+	for _, cfg := range []CollectorConfig{{}, {MasterLabel: true, ExpectedWorkers: 4, Hooks: "syscall", Programs: countingPrograms}} {
 		problems, err := promlint.New(bytes.NewReader(gather(t, cfg))).Lint()
 		if err != nil {
 			t.Fatal(err)
@@ -173,6 +174,62 @@ func TestContractMetrics(t *testing.T) {
 		if !strings.Contains(out, s+"\n") {
 			t.Errorf("missing %s", s)
 		}
+	}
+}
+
+// fakePrograms stands for the probes' ProgramStats.
+type fakePrograms struct {
+	stats []ProgramStat
+	on    bool
+	err   error
+}
+
+func (f fakePrograms) ProgramStats() ([]ProgramStat, bool, error) { return f.stats, f.on, f.err }
+
+// countingPrograms is a kernel with kernel.bpf_stats_enabled on.
+var countingPrograms = fakePrograms{on: true, stats: []ProgramStat{
+	{Name: "on_fork", Runs: 3, Runtime: 4500 * time.Nanosecond},
+	{Name: "on_sock_send", Runs: 120000, Runtime: 36 * time.Millisecond},
+}}
+
+// TestProgramMetrics: the programs' run counters are exported while the kernel counts them,
+// left out while kernel.bpf_stats_enabled is off or without probes, and a failed read fails
+// the scrape's program series rather than exporting a wrong value.
+func TestProgramMetrics(t *testing.T) {
+	const runs = `gpe_ebpf_program_runs_total{program="on_sock_send"} 120000` + "\n"
+	const secs = `gpe_ebpf_program_run_seconds_total{program="on_sock_send"} 0.036` + "\n"
+	for _, tc := range []struct {
+		name     string
+		programs ProgramStats
+		want     bool // the series are there
+	}{
+		{"counting", countingPrograms, true},
+		{"bpf_stats_enabled off", fakePrograms{on: false}, false},
+		{"no probes", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := string(gather(t, CollectorConfig{Programs: tc.programs}))
+			for _, s := range []string{runs, secs, `gpe_ebpf_program_runs_total{program="on_fork"} 3` + "\n", `gpe_ebpf_program_run_seconds_total{program="on_fork"} 4.5e-06` + "\n"} {
+				if got := strings.Contains(out, s); got != tc.want {
+					t.Errorf("series %q present: %v, want %v", strings.TrimSpace(s), got, tc.want)
+				}
+			}
+		})
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(CollectorConfig{Programs: fakePrograms{on: true, err: errors.New("bad fd")}}, scenario(t), nil, func() uint64 { return 0 }))
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "bad fd") {
+		t.Errorf("gather with a failing program read: %v, want the error", err)
+	}
+}
+
+// TestHooksInfo: the hook mode is one info series, absent when the collector is not told.
+func TestHooksInfo(t *testing.T) {
+	if out := string(gather(t, CollectorConfig{Hooks: "syscall"})); !strings.Contains(out, `gpe_ebpf_hooks_info{mode="syscall"} 1`+"\n") {
+		t.Errorf("no gpe_ebpf_hooks_info{mode=\"syscall\"} 1 in:\n%s", out)
+	}
+	if out := string(gather(t, CollectorConfig{})); strings.Contains(out, "gpe_ebpf_hooks_info") {
+		t.Error("gpe_ebpf_hooks_info without a mode")
 	}
 }
 

@@ -108,6 +108,8 @@ const (
 	gpeProgOnSignal       = "on_signal"
 	gpeProgOnSockRecv     = "on_sock_recv"
 	gpeProgOnSockSend     = "on_sock_send"
+	gpeProgOnSysRecv      = "on_sys_recv"
+	gpeProgOnSysSend      = "on_sys_send"
 	gpeProgOnTcpDestroy   = "on_tcp_destroy"
 	gpeVarNextSeq         = "next_seq"
 	gpeVarTcpInConns      = "tcp_in_conns"
@@ -165,6 +167,8 @@ type gpeProgramSpecs struct {
 	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnSysRecv    *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
+	OnSysSend    *ebpf.ProgramSpec `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
 }
 
@@ -255,6 +259,8 @@ type gpePrograms struct {
 	OnSignal     *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
+	OnSysRecv    *ebpf.Program `ebpf:"on_sys_recv"`
+	OnSysSend    *ebpf.Program `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
 }
 
@@ -267,6 +273,8 @@ func (p *gpePrograms) Close() error {
 		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
+		p.OnSysRecv,
+		p.OnSysSend,
 		p.OnTcpDestroy,
 	)
 }

@@ -43,7 +43,7 @@ import (
 func launch(t *testing.T, env []string, args ...string) *gpe {
 	t.Helper()
 	p := &gpe{Port: freePort(t), out: new(safeBuffer), done: make(chan struct{})}
-	args = append([]string{"--metrics-port", strconv.Itoa(p.Port), "--bind-address", "127.0.0.1", "--sample-interval", "500ms", "--log-level", "debug"}, args...)
+	args = append(defaultArgs(p.Port), args...)
 	p.cmd = exec.Command(binPath, args...)
 	p.cmd.Env = append(cleanEnv(), env...)
 	p.cmd.Stdout = p.out

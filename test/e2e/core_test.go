@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strconv"
 	"syscall"
@@ -41,6 +42,13 @@ func TestSyncEndToEnd(t *testing.T) {
 
 	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, nOK+nFail+nSlow)
 	t.Logf("requests sent %d, counted %v", nOK+nFail+nSlow, ms.sum("gunicorn_worker_requests_total", nil))
+	// One mode is loaded: the one asked for, or for auto whichever this kernel has.
+	hooks := ms.series("gpe_ebpf_hooks_info", nil)
+	if mode := os.Getenv("GPE_HOOKS"); len(hooks) != 1 || value(hooks[0]) != 1 ||
+		(mode != "" && mode != "auto" && label(hooks[0], "mode") != mode) ||
+		(label(hooks[0], "mode") != "socket" && label(hooks[0], "mode") != "syscall") {
+		t.Errorf("gpe_ebpf_hooks_info: %v, want one series of value 1 naming the mode (GPE_HOOKS=%q)", hooks, mode)
+	}
 	time.Sleep(300 * time.Millisecond) // nothing more may arrive
 	ms = p.scrape(t)
 	if got := ms.sum("gunicorn_worker_requests_total", nil); got != nOK+nFail+nSlow {
