@@ -135,7 +135,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// and gpe-ebpf's Go and process collectors.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Discover, ExpectedWorkers: cfg.Workers, Version: version},
+		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Discover, ExpectedWorkers: cfg.Workers, Version: version, Revision: commit},
 			a.agg, p.Lost, aggregate.MonotonicNow),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -168,6 +168,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			return usageError{fmt.Errorf("redis: %w", err)}
 		}
 		reg.MustRegister(fwd.Collectors()...)
+		fwd.NotifyForwarded(a.agg.BeginForward)
 	}
 
 	l, err := export.Listen(ctx, cfg.Server, logger)
@@ -191,7 +192,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, logger), logger); err != nil {
+		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, func() bool { return len(a.agg.Masters()) > 0 }, logger), logger); err != nil {
 			errc <- fmt.Errorf("serve metrics: %w", err)
 		}
 	}()
