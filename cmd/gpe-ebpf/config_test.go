@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// TestPrecedence: a flag beats its environment variable, which beats the default (CONTRACT §5).
+// TestPrecedence: a flag beats its environment variable, which beats the default (README "Configuration").
 func TestPrecedence(t *testing.T) {
 	cert, key := selfSigned(t)
 	cert2, key2 := selfSigned(t)
@@ -106,14 +106,14 @@ func TestIgnoreRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"/healthz", "/-/{probe}"}; !reflect.DeepEqual(cfg.Aggregate.IgnoreRoutes, want) {
-		t.Errorf("IgnoreRoutes %q, want %q", cfg.Aggregate.IgnoreRoutes, want)
+	if want := []string{"/healthz", "/-/{probe}"}; !reflect.DeepEqual(cfg.Agent.Aggregate.IgnoreRoutes, want) {
+		t.Errorf("IgnoreRoutes %q, want %q", cfg.Agent.Aggregate.IgnoreRoutes, want)
 	}
-	if want := []string{"/users/{id}"}; !reflect.DeepEqual(cfg.Aggregate.Routes, want) {
-		t.Errorf("Routes %q, want %q", cfg.Aggregate.Routes, want)
+	if want := []string{"/users/{id}"}; !reflect.DeepEqual(cfg.Agent.Aggregate.Routes, want) {
+		t.Errorf("Routes %q, want %q", cfg.Agent.Aggregate.Routes, want)
 	}
 	cfg, err = parseConfig([]string{"--pid", "1"}, env(), io.Discard)
-	if err != nil || len(cfg.Aggregate.IgnoreRoutes) != 0 {
-		t.Errorf("default IgnoreRoutes %q (%v), want none", cfg.Aggregate.IgnoreRoutes, err)
+	if err != nil || len(cfg.Agent.Aggregate.IgnoreRoutes) != 0 {
+		t.Errorf("default IgnoreRoutes %q (%v), want none", cfg.Agent.Aggregate.IgnoreRoutes, err)
 	}
 }

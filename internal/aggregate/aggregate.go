@@ -30,7 +30,7 @@ type Config struct {
 	Now func() time.Time
 }
 
-// DefaultConfig returns the defaults of CONTRACT §2 and §4.
+// DefaultConfig returns the defaults of README "Configuration".
 func DefaultConfig() Config {
 	return Config{
 		StaleAfter:   60 * time.Second,

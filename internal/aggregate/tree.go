@@ -123,7 +123,7 @@ func (a *Aggregator) removeMasterLocked(pid uint32) {
 }
 
 // SeedWorkers records the workers already running when gpe-ebpf attached, numbered by start
-// time as CONTRACT §2 says.
+// time as README "Metrics" says.
 func (a *Aggregator) SeedWorkers(masterPID uint32, pids []uint32, started []time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -144,7 +144,7 @@ func TestMasterLabel(t *testing.T) {
 	}
 }
 
-// TestContractMetrics: every metric of CONTRACT §2 and §3 is exported with its type.
+// TestContractMetrics: every metric of README "Metrics" is exported with its type.
 func TestContractMetrics(t *testing.T) {
 	out := string(gather(t, CollectorConfig{ExpectedWorkers: 2}))
 	want := map[string]string{
