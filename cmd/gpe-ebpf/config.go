@@ -105,7 +105,7 @@ var flagGroups = []struct {
 }{
 	{"Attaching", []string{"pid", "pid-file", "discover", "force"}},
 	{"Metrics endpoint", []string{"metrics-port", "bind-address", "metrics-path", "tls-cert-file", "tls-key-file", "web.config.file"}},
-	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "sample-interval", "multiproc-dir"}},
+	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "ignore-route", "sample-interval", "multiproc-dir"}},
 	{"Redis forwarding", []string{"redis-enabled", "redis-host", "redis-port", "redis-db", "redis-password", "redis-key-prefix", "redis-forward-interval", "redis-instance"}},
 	{"Kernel side", []string{"hooks", "ring-buffer-size", "wakeup-bytes"}},
 	{"Logging and other", []string{"log-level", "log-format", "version", "help"}},
@@ -131,6 +131,7 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs.IntVar(&cfg.Agent.Aggregate.MaxEndpoints, "max-endpoints", cfg.Agent.Aggregate.MaxEndpoints, "distinct endpoint values per master; the rest become \"other\"")
 	fs.StringVar(endpointMode, "endpoint-mode", string(cfg.Agent.Aggregate.EndpointMode), "normalized (ids become {id}) or raw")
 	fs.StringArrayVar(routes, "route", nil, "route template such as /users/{id}/orders/{order} (repeatable); wins over the id heuristic")
+	fs.StringArrayVar(&cfg.Agent.Aggregate.IgnoreRoutes, "ignore-route", nil, "route template of requests not to count, such as /healthz (repeatable); counted in gpe_ebpf_ignored_requests_total")
 	fs.DurationVar(&cfg.Agent.SampleInterval, "sample-interval", cfg.Agent.SampleInterval, "how often worker memory and CPU are sampled")
 	fs.StringVar(&cfg.Multiproc, "multiproc-dir", "", "serve the app's prometheus_client multiprocess files from this directory too")
 
@@ -248,6 +249,11 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 	for _, r := range routes {
 		if !strings.HasPrefix(r, "/") {
 			return cfg, usagef("invalid --route %q: must start with /", r)
+		}
+	}
+	for _, r := range cfg.Agent.Aggregate.IgnoreRoutes {
+		if !strings.HasPrefix(r, "/") {
+			return cfg, usagef("invalid --ignore-route %q: must start with /", r)
 		}
 	}
 	for _, f := range []struct{ flag, path string }{

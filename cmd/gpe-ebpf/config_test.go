@@ -112,3 +112,21 @@ func TestHooksFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestIgnoreRoutes: --ignore-route is repeatable and reaches the aggregator's config.
+func TestIgnoreRoutes(t *testing.T) {
+	cfg, err := parseConfig([]string{"--pid", "1", "--ignore-route", "/healthz", "--ignore-route", "/-/{probe}", "--route", "/users/{id}"}, env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/healthz", "/-/{probe}"}; !reflect.DeepEqual(cfg.Agent.Aggregate.IgnoreRoutes, want) {
+		t.Errorf("IgnoreRoutes %q, want %q", cfg.Agent.Aggregate.IgnoreRoutes, want)
+	}
+	if want := []string{"/users/{id}"}; !reflect.DeepEqual(cfg.Agent.Aggregate.Routes, want) {
+		t.Errorf("Routes %q, want %q", cfg.Agent.Aggregate.Routes, want)
+	}
+	cfg, err = parseConfig([]string{"--pid", "1"}, env(), io.Discard)
+	if err != nil || len(cfg.Agent.Aggregate.IgnoreRoutes) != 0 {
+		t.Errorf("default IgnoreRoutes %q (%v), want none", cfg.Agent.Aggregate.IgnoreRoutes, err)
+	}
+}

@@ -52,6 +52,7 @@ func realMain(args []string, lookup func(string) (string, bool), stdout, stderr 
 	}
 	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	redis.SetLogger(redisLogger{logger})
+	warnLegacyEnv(lookup, logger)
 	return exitCode(stderr, run(ctx, cfg, logger))
 }
 

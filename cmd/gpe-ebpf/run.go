@@ -50,7 +50,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// and gpe-ebpf's Go and process collectors.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}},
+		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}, Revision: commit},
 			agg, p.Lost, aggregate.MonotonicNow),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -80,6 +80,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			return stop(usageError{fmt.Errorf("redis: %w", err)})
 		}
 		reg.MustRegister(fwd.Collectors()...)
+		fwd.NotifyForwarded(agg.BeginForward)
 	}
 
 	l, err := export.Listen(ctx, cfg.Server, logger)
@@ -100,7 +101,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, logger), logger); err != nil {
+		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, func() bool { return len(agg.Masters()) > 0 }, logger), logger); err != nil {
 			errc <- fmt.Errorf("serve metrics: %w", err)
 		}
 	}()

@@ -10,14 +10,20 @@ import (
 
 // Config holds what the aggregator needs to know; build it with DefaultConfig.
 type Config struct {
-	// StaleAfter is how long the series of an exited worker stay before they are dropped.
+	// StaleAfter is how long the series of an exited worker stay at most.
 	StaleAfter time.Duration
+	// ServedToDrop is how many expositions (scrapes, or gatherings for Redis) must have shown a
+	// worker exited before its series are dropped, ahead of StaleAfter; 0 waits for StaleAfter.
+	ServedToDrop int
 	// MaxEndpoints bounds the distinct endpoint values per master; the rest become "other".
 	MaxEndpoints int
 	// EndpointMode is normalized (ids become {id}) or raw.
 	EndpointMode EndpointMode
 	// Routes are templates such as /users/{id}/orders/{order}; they win over the heuristic.
 	Routes []string
+	// IgnoreRoutes are templates, matched like Routes, of requests that are not counted (health
+	// checks, probes) except in gpe_ebpf_ignored_requests_total.
+	IgnoreRoutes []string
 	// MonoToWall converts an event's CLOCK_MONOTONIC nanoseconds into wall-clock time.
 	MonoToWall func(ns uint64) time.Time
 	// Now is the wall clock (replaced in tests).
@@ -28,6 +34,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		StaleAfter:   60 * time.Second,
+		ServedToDrop: 2,
 		MaxEndpoints: 200,
 		EndpointMode: EndpointNormalized,
 		MonoToWall:   MonotonicToWall(),
@@ -52,6 +59,12 @@ type Aggregator struct {
 	free     []*request // finished requests, reused by newRequest
 	events   [len(probes.KindNames)]uint64
 	unpaired uint64
+	// exits numbers the worker exits handled; a snapshot's ExitMark is its value then, so an
+	// exposition made from it showed exactly the exited workers whose exitSeq is at most that.
+	exits uint64
+	// forwarding is set by the first BeginForward: from then on an exited worker's series also
+	// wait until an exposition showing its exit reached Redis.
+	forwarding bool
 }
 
 // New returns an empty aggregator.
@@ -124,6 +137,47 @@ func (a *Aggregator) SetUsage(pid uint32, rss uint64, cpuPercent float64) {
 	defer a.mu.Unlock()
 	if w, ok := a.workers[pid]; ok && w.state != StateExited {
 		w.rss, w.cpu = rss, cpuPercent
+	}
+}
+
+// Served records that an exposition made from a snapshot with ExitMark mark was served (to a
+// scrape or to the Redis forwarder). The series of a worker go once ServedToDrop expositions
+// showed it exited (and, when forwarding, one of them reached Redis): by then its exited state
+// and final counters have been seen, and dropping them keeps the series of a server whose
+// workers churn (max_requests) near those of its live workers.
+func (a *Aggregator) Served(mark uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for pid, w := range a.workers {
+		if w.state == StateExited && w.exitSeq <= mark {
+			w.served++
+			a.dropServed(pid, w)
+		}
+	}
+}
+
+// BeginForward is called before the exposition for Redis is gathered; the function it returns
+// is called once that exposition is written to Redis.
+func (a *Aggregator) BeginForward() (written func()) {
+	a.mu.Lock()
+	a.forwarding = true
+	mark := a.exits
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for pid, w := range a.workers {
+			if w.state == StateExited && w.exitSeq <= mark {
+				w.forwarded = true
+				a.dropServed(pid, w)
+			}
+		}
+	}
+}
+
+func (a *Aggregator) dropServed(pid uint32, w *worker) {
+	if a.cfg.ServedToDrop > 0 && w.served >= a.cfg.ServedToDrop && (w.forwarded || !a.forwarding) {
+		delete(a.workers, pid)
 	}
 }
 

@@ -28,6 +28,7 @@ type request struct {
 	seq       uint32
 	line      []byte // the request line so far, until labelled
 	labeled   bool
+	ignored   bool // endpoint is an --ignore-route template: counted in ignored only
 	method    string
 	endpoint  string
 	startNS   uint64
@@ -43,7 +44,8 @@ func (r *request) label(n *normalizer) {
 	if r.labeled {
 		return
 	}
-	r.method, r.endpoint = n.label(r.line)
+	l := n.label(r.line)
+	r.method, r.endpoint, r.ignored = l.method, l.endpoint, l.ignored
 	r.labeled, r.line = true, r.line[:0] // the buffer stays for the request's reuse
 }
 
@@ -151,8 +153,11 @@ func (a *Aggregator) count(w *worker, r *request) {
 	if r.counted || r.status == 0 || r.gone {
 		return
 	}
-	r.counted = true
 	r.label(w.master.norm)
+	if a.ignore(w, r) {
+		return
+	}
+	r.counted = true
 	w.requests++
 	w.master.http[httpKey{r.method, r.endpoint, r.status}]++
 	if r.status >= 500 {
@@ -162,8 +167,24 @@ func (a *Aggregator) count(w *worker, r *request) {
 
 func (a *Aggregator) fail(w *worker, r *request, errorType string) {
 	r.label(w.master.norm)
+	if a.ignore(w, r) {
+		return
+	}
 	w.failed[failKey{r.method, r.endpoint}]++
 	w.errors[errKey{r.method, r.endpoint, errorType}]++
+}
+
+// ignore counts a request to an --ignore-route template in ignored, once, and says whether it
+// was one. Such requests still count in in-flight and busy time: they occupy the worker.
+func (a *Aggregator) ignore(w *worker, r *request) bool {
+	if !r.ignored {
+		return false
+	}
+	if !r.counted {
+		r.counted = true
+		w.master.ignored[r.endpoint]++
+	}
+	return true
 }
 
 // reqLine appends a piece of a request line that arrived in several reads.
@@ -223,6 +244,10 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 		return
 	}
 	a.count(w, r)
+	r.label(w.master.norm)
+	if r.ignored {
+		return // nor in the histograms
+	}
 	end := ev.LastWriteNS
 	if end < ev.StartNS {
 		end = ev.StartNS
@@ -231,7 +256,6 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 	w.duration.observe(d)
 	w.reqSize.observe(float64(ev.BytesIn))
 	w.respSize.observe(float64(ev.BytesOut))
-	r.label(w.master.norm)
 	rk := routeKey{r.method, r.endpoint}
 	h, ok := w.master.routes[rk]
 	if !ok {

@@ -16,6 +16,9 @@ type Snapshot struct {
 	// exporter serves a zero for a kind never read without knowing the probes.
 	EventKinds []string
 	Unpaired   uint64 // request records whose start or end was not seen
+	// ExitMark identifies the worker exits this snapshot shows; pass it to Served once an
+	// exposition made from it is served.
+	ExitMark uint64
 }
 
 // MasterSnapshot is one master and its workers.
@@ -28,6 +31,7 @@ type MasterSnapshot struct {
 	Exits       map[string]uint64
 	HTTP        []HTTPCount
 	Routes      []RouteHistogram
+	Ignored     map[string]uint64 // requests not counted, by --ignore-route template
 	Workers     []WorkerSnapshot
 }
 
@@ -77,7 +81,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
-	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), Unpaired: a.unpaired}
+	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), Unpaired: a.unpaired, ExitMark: a.exits}
 	for k := probes.KindFork; int(k) < len(a.events); k++ {
 		s.EventKinds = append(s.EventKinds, k.String())
 		if n := a.events[k]; n > 0 {
@@ -114,7 +118,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	for _, m := range a.masters {
 		ms := MasterSnapshot{
 			PID: m.pid, App: m.app, Restarts: m.restarts,
-			Signals: copyMap(m.signals), Exits: copyMap(m.exits),
+			Signals: copyMap(m.signals), Exits: copyMap(m.exits), Ignored: copyMap(m.ignored),
 			Workers: byMaster[m],
 		}
 		sort.Slice(ms.Workers, func(i, j int) bool { return ms.Workers[i].ID < ms.Workers[j].ID })

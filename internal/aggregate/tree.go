@@ -40,6 +40,9 @@ type worker struct {
 	quitByMaster bool
 	oom          bool
 	restart      bool // its spawn was counted as a restart
+	exitSeq      uint64
+	served       int  // expositions that showed it exited
+	forwarded    bool // one of them reached Redis
 
 	requests  uint64
 	duration  Histogram
@@ -68,6 +71,7 @@ type master struct {
 	exits        map[string]uint64
 	http         map[httpKey]uint64
 	routes       map[routeKey]*Histogram
+	ignored      map[string]uint64 // by --ignore-route template
 	norm         *normalizer
 }
 
@@ -91,7 +95,11 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 		exits:   make(map[string]uint64),
 		http:    make(map[httpKey]uint64),
 		routes:  make(map[routeKey]*Histogram),
-		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.MaxEndpoints),
+		ignored: make(map[string]uint64),
+		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.IgnoreRoutes, a.cfg.MaxEndpoints),
+	}
+	for _, r := range a.cfg.IgnoreRoutes {
+		m.ignored[r] = 0 // served from the start, so rate() has a first point
 	}
 	a.masters[pid] = m
 	return m
@@ -235,7 +243,8 @@ func (a *Aggregator) exit(ev *probes.Event) {
 	if !(w.quitByMaster || m.quitting) {
 		m.exitCredits++
 	}
-	w.state, w.stateSince, w.exitedAt = StateExited, now, a.cfg.Now()
+	a.exits++
+	w.state, w.stateSince, w.exitedAt, w.exitSeq = StateExited, now, a.cfg.Now(), a.exits
 	w.rss, w.cpu = 0, 0
 }
 

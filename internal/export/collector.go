@@ -14,6 +14,9 @@ import (
 // Source is what the collector reads: the aggregator, or a fake in tests.
 type Source interface {
 	Snapshot(monoNow uint64) aggregate.Snapshot
+	// Served is told, after a collection, the ExitMark of the snapshot it served, so that the
+	// series of an exited worker go once they have been seen (aggregate.Config.ServedToDrop).
+	Served(exitMark uint64)
 }
 
 // CollectorConfig says how series are labelled.
@@ -22,8 +25,8 @@ type CollectorConfig struct {
 	MasterLabel bool
 	// ExpectedWorkers, when > 0, is exported as gunicorn_master_workers_expected (--workers).
 	ExpectedWorkers int
-	// Version is gpe-ebpf's version for gpe_ebpf_build_info.
-	Version string
+	// Version and Revision (the commit) are gpe-ebpf's, for gpe_ebpf_build_info.
+	Version, Revision string
 	// Hooks is the kernel side's hook mode, for gpe_ebpf_hooks_info ("" exports none).
 	Hooks string
 	// Programs reads the BPF programs' run counters at scrape time, for gpe_ebpf_program_*
@@ -58,7 +61,7 @@ type Collector struct {
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
 	httpRequests, httpDuration, reqSize, respSize, inFlight, busy, masterWorkers,
 	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
-	progSeconds *prometheus.Desc
+	progSeconds, attached, ignored *prometheus.Desc
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -93,7 +96,9 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.masterInfo = d("gunicorn_master_info", "An observed Gunicorn master and its application argument; always 1.", []string{"master_pid", "app"}, nil)
 	c.events = d("gpe_ebpf_events_total", "Ring-buffer records read, by kind.", []string{"kind"}, nil)
 	c.lostDesc = d("gpe_ebpf_events_lost_total", "Records the kernel side could not submit to the ring buffer.", nil, nil)
-	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version and Go version; always 1.", []string{"version", "goversion"}, nil)
+	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version, commit, Go version and platform; always 1.", []string{"version", "revision", "goversion", "goos", "goarch"}, nil)
+	c.attached = d("gpe_ebpf_masters_attached", "Gunicorn masters observed now (0 while --pid-file waits for one).", nil, nil)
+	c.ignored = d("gpe_ebpf_ignored_requests_total", "Requests matching an --ignore-route template, counted nowhere else.", l("route"), nil)
 	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+) or syscall; always 1.", []string{"mode"}, nil)
 	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
@@ -106,7 +111,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
 		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.reqSize, c.respSize,
 		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
-		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds} {
+		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored} {
 		ch <- d
 	}
 }
@@ -114,7 +119,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect takes one snapshot and sends its series.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Snapshot(c.monoNow())
-	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, runtime.Version())
+	defer c.src.Served(s.ExitMark)
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, c.cfg.Revision, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	ch <- prometheus.MustNewConstMetric(c.attached, prometheus.GaugeValue, float64(len(s.Masters)))
 	for _, kind := range s.EventKinds {
 		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[kind]), kind)
 	}
@@ -188,6 +195,9 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 	}
 	for _, r := range m.Routes {
 		hist(c.httpDuration, r.Duration, r.Method, r.Endpoint)
+	}
+	for route, n := range m.Ignored {
+		counter(c.ignored, float64(n), route)
 	}
 	for i := range m.Workers {
 		w := &m.Workers[i]

@@ -27,6 +27,7 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	base := time.Unix(1_700_000_000, 0)
 	now := base.Add(100 * time.Second)
 	cfg := aggregate.DefaultConfig()
+	cfg.IgnoreRoutes = []string{"/healthz", "/-/{probe}"}
 	cfg.Now = func() time.Time { return now }
 	cfg.MonoToWall = func(ns uint64) time.Time { return base.Add(time.Duration(ns)) }
 	a := aggregate.New(cfg)
@@ -54,6 +55,7 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 		ts = end + 2
 	}
 	req(101, 5, 1, "GET /ok", 200, 2*time.Millisecond)
+	req(101, 5, 1, "GET /healthz", 200, time.Millisecond) // ignored: only in gpe_ebpf_ignored_requests_total
 	req(101, 5, 1, "GET /users/12345", 200, 30*time.Millisecond)
 	req(102, 6, 1, "POST /upload", 201, 300*time.Millisecond)
 	req(102, 6, 1, "GET /fail", 500, 5*time.Millisecond)
@@ -83,7 +85,7 @@ func gather(t *testing.T, cfg CollectorConfig) []byte {
 	a := scenario(t)
 	reg := prometheus.NewPedanticRegistry()
 	lost := func() (uint64, error) { return 0, nil }
-	cfg.Version = "test"
+	cfg.Version, cfg.Revision = "test", "0123abc"
 	reg.MustRegister(NewCollector(cfg, a, lost, func() uint64 { return uint64(20 * time.Second) }))
 	fams, err := reg.Gather()
 	if err != nil {
@@ -96,8 +98,9 @@ func gather(t *testing.T, cfg CollectorConfig) []byte {
 			t.Fatal(err)
 		}
 	}
-	// The Go version changes with the toolchain; the golden file does not.
-	return bytes.ReplaceAll(buf.Bytes(), []byte(`goversion="`+runtime.Version()+`"`), []byte(`goversion="GO"`))
+	// The Go version and the platform change with the toolchain; the golden file does not.
+	return bytes.ReplaceAll(buf.Bytes(), []byte(`goarch="`+runtime.GOARCH+`",goos="`+runtime.GOOS+`",goversion="`+runtime.Version()+`"`),
+		[]byte(`goarch="ARCH",goos="OS",goversion="GO"`))
 }
 
 // TestGolden checks the whole exposition against testdata/golden.prom (go test -update to
@@ -230,6 +233,61 @@ func TestHooksInfo(t *testing.T) {
 	}
 	if out := string(gather(t, CollectorConfig{})); strings.Contains(out, "gpe_ebpf_hooks_info") {
 		t.Error("gpe_ebpf_hooks_info without a mode")
+	}
+}
+
+// TestExitedWorkerDroppedAfterTwoScrapes: the scenario's exited workers are in two scrapes
+// (their exited state and final counters), then their series are gone; the live workers and
+// gunicorn_http_* stay as they were.
+func TestExitedWorkerDroppedAfterTwoScrapes(t *testing.T) {
+	a := scenario(t)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(CollectorConfig{Version: "test"}, a, nil, func() uint64 { return uint64(20 * time.Second) }))
+	exited := []string{"worker_1_1700000001", "worker_2_1700000002", "worker_3_1700000010"}
+	live := []string{"worker_4_1700000010", "worker_5_1700000010"}
+	var httpFirst string
+	for scrape := 1; scrape <= 3; scrape++ {
+		var buf bytes.Buffer
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+		var httpLines []string
+		for _, f := range fams {
+			if err := enc.Encode(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := buf.String()
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "gunicorn_http_") {
+				httpLines = append(httpLines, line)
+			}
+		}
+		for _, id := range exited {
+			seen := strings.Contains(out, `worker_id="`+id+`"`)
+			if want := scrape <= 2; seen != want {
+				t.Errorf("scrape %d: series of exited %s present=%v, want %v", scrape, id, seen, want)
+			}
+			if scrape <= 2 && !strings.Contains(out, `gunicorn_worker_state{state="exited",timestamp="1700000010",worker_id="`+id+`"} 0`) {
+				t.Errorf("scrape %d: %s not shown exited", scrape, id)
+			}
+		}
+		if scrape <= 2 && !strings.Contains(out, `gunicorn_worker_requests_total{worker_id="worker_2_1700000002"} 2`+"\n") {
+			t.Errorf("scrape %d: final requests_total of worker_2 not shown", scrape)
+		}
+		for _, id := range live {
+			if !strings.Contains(out, `gunicorn_worker_state{state="running",timestamp="1700000010",worker_id="`+id+`"} 1`) {
+				t.Errorf("scrape %d: live %s missing", scrape, id)
+			}
+		}
+		h := strings.Join(httpLines, "\n")
+		if scrape == 1 {
+			httpFirst = h
+		} else if h != httpFirst {
+			t.Errorf("scrape %d: gunicorn_http_* changed when exited workers went:\n%s", scrape, diff(httpFirst, h))
+		}
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 )
 
@@ -124,11 +126,21 @@ func TestSyncEndToEnd(t *testing.T) {
 	if got := ms.sum("gunicorn_master_signals_total", map[string]string{"signal": "hup"}); got != 1 {
 		t.Errorf("signals_total{hup} = %v, want 1", got)
 	}
+	// Each old worker is shown exited in two scrapes, then its series go: look for each in any.
+	seenExited := make(map[string]bool)
 	waitFor(t, 10*time.Second, "the old workers to exit", func() bool {
 		ms = p.scrape(t)
+		for _, m := range ms.series("gunicorn_worker_state", map[string]string{"state": "exited"}) {
+			seenExited[label(m, "worker_id")] = true
+		}
 		return len(ms.series("gunicorn_worker_state", map[string]string{"state": "running"})) == 2 &&
-			len(ms.series("gunicorn_worker_state", map[string]string{"state": "exited"})) == 2
+			len(seenExited) == 2
 	})
+	for id := range oldIDs {
+		if !seenExited[id] {
+			t.Errorf("old worker %s never shown exited", id)
+		}
+	}
 	for _, m := range ms.series("gunicorn_worker_state", map[string]string{"state": "running"}) {
 		if oldIDs[label(m, "worker_id")] {
 			t.Errorf("worker %s still running after HUP", label(m, "worker_id"))
@@ -152,12 +164,14 @@ func TestSyncEndToEnd(t *testing.T) {
 		t.Fatalf("no gunicorn_worker_info for pid %d", victim)
 	}
 	syscall.Kill(victim, syscall.SIGKILL)
-	ms = p.waitMetric(t, "gunicorn_master_worker_restarts_total", nil, 3)
-	waitFor(t, 5*time.Second, "the killed worker's state to be exited", func() bool {
+	var st []*dto.Metric // the killed worker's state, from a scrape that showed it exited
+	waitFor(t, 5*time.Second, "the killed worker's state to be exited and its replacement", func() bool {
 		ms = p.scrape(t)
-		return len(ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID, "state": "exited"})) == 1
+		if len(ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID, "state": "exited"})) == 1 {
+			st = ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID})
+		}
+		return st != nil && ms.sum("gunicorn_master_worker_restarts_total", nil) == 3
 	})
-	st := ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID})
 	if len(st) != 1 || value(st[0]) != 0 {
 		t.Errorf("state of killed worker %s: %v, want one exited series with value 0", victimID, st)
 	}
