@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 )
 
 // TestPrecedence: a flag beats its environment variable, which beats the default (README "Configuration").
@@ -128,5 +130,20 @@ func TestIgnoreRoutes(t *testing.T) {
 	cfg, err = parseConfig([]string{"--pid", "1"}, env(), io.Discard)
 	if err != nil || len(cfg.Agent.Aggregate.IgnoreRoutes) != 0 {
 		t.Errorf("default IgnoreRoutes %q (%v), want none", cfg.Agent.Aggregate.IgnoreRoutes, err)
+	}
+}
+
+// TestReady: /-/ready wants a master, except under --discover, where serving is enough.
+func TestReady(t *testing.T) {
+	agg := aggregate.New(aggregate.DefaultConfig())
+	if ready(false, agg)() {
+		t.Error("ready with no master and no --discover")
+	}
+	if !ready(true, agg)() {
+		t.Error("not ready under --discover on a node without Gunicorn")
+	}
+	agg.AddMaster(100, time.Now(), "app:app")
+	if !ready(false, agg)() {
+		t.Error("not ready with a master")
 	}
 }

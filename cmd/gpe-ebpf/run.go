@@ -101,7 +101,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, func() bool { return len(agg.Masters()) > 0 }, logger), logger); err != nil {
+		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, ready(cfg.Agent.Discover, agg), logger), logger); err != nil {
 			errc <- fmt.Errorf("serve metrics: %w", err)
 		}
 	}()
@@ -135,4 +135,11 @@ func (s programStats) ProgramStats() ([]export.ProgramStat, bool, error) {
 		out[i] = export.ProgramStat{Name: st.Name, Runs: st.Runs, Runtime: st.Runtime}
 	}
 	return out, on, err
+}
+
+// ready is /-/ready's test: attached to a master; with --discover, serving at all (the first
+// scan ran before the server started), since a node that runs no Gunicorn is in order and
+// an unready DaemonSet pod would hold back every rolling update.
+func ready(discover bool, agg *aggregate.Aggregator) func() bool {
+	return func() bool { return discover || len(agg.Masters()) > 0 }
 }
