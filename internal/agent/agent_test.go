@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -297,5 +298,46 @@ func TestMultiprocLive(t *testing.T) {
 	f.setStat(other, 1, 5, "Z")
 	if a.MultiprocLive(other) || a.MultiprocLive(4190999) || a.MultiprocLive(-1) {
 		t.Errorf("a zombie, a missing or an invalid pid is live")
+	}
+}
+
+// TestContainer: a master in a container (its own PID namespace and a docker cgroup) and its
+// workers, those at attach and one forked later, are recorded with the PIDs they see and the
+// container; the multiprocess files they name by those PIDs count as theirs.
+func TestContainer(t *testing.T) {
+	const id = "3f1c2d4e5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f"
+	f := newProcFixture(t)
+	f.gunicorn(m1, app, w1)
+	inside := func(pid, nspid uint32) {
+		f.write(fmt.Sprintf("%d/status", pid), fmt.Sprintf("Name:\tgunicorn\nNSpid:\t%d\t%d\n", pid, nspid))
+		f.write(fmt.Sprintf("%d/cgroup", pid), "0::/system.slice/docker-"+id+".scope\n")
+	}
+	inside(m1, 1)
+	inside(w1, 7)
+	cfg := testConfig(f)
+	cfg.PID = m1
+	r := start(t, cfg)
+	f.add(w2, m1, 30, "gunicorn")
+	inside(w2, 8)
+	r.k.feed(t, probes.Event{Kind: probes.KindFork, TGID: w2, Other: m1, Master: m1, ProcKind: probes.ProcWorker})
+
+	s := r.a.Aggregator().Snapshot(0)
+	if m := s.Masters[0]; m.ContainerID != id || m.PodUID != "" {
+		t.Errorf("master container %q pod %q, want %q and none", m.ContainerID, m.PodUID, id)
+	}
+	got := map[uint32]uint32{}
+	for _, w := range s.Masters[0].Workers {
+		got[w.PID] = w.ContainerPID
+	}
+	if got[w1] != 7 || got[w2] != 8 {
+		t.Errorf("container PIDs %v, want %d→7 and %d→8", got, w1, w2)
+	}
+	a := r.a
+	if !a.MultiprocLive(1) || !a.MultiprocLive(7) || !a.MultiprocLive(8) {
+		t.Errorf("the files of the master (1) or a worker (7, 8) as they name themselves are not live")
+	}
+	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w2, Master: m1, ProcKind: probes.ProcWorker})
+	if a.MultiprocLive(8) {
+		t.Errorf("the exited worker's file (8) is still live")
 	}
 }

@@ -31,8 +31,18 @@ func (a *Agent) attach(info proc.Info) error {
 		started = append(started, k.Started)
 	}
 	a.agg.SeedWorkers(m, pids, started)
+	a.noteContainer(m)
+	for _, w := range pids {
+		a.noteContainer(w)
+	}
 	a.log.Info("attached to master", "master_pid", m, "app", proc.App(info.Cmdline), "workers", pids)
 	return nil
+}
+
+// noteContainer records where a process of ours runs (README "Gunicorn in containers").
+func (a *Agent) noteContainer(pid uint32) {
+	c := a.proc.Container(pid)
+	a.agg.SetContainer(pid, c.PID, c.ID, c.PodUID)
 }
 
 // read turns kernel events into aggregate updates until the Kernel is closed. A master's
@@ -54,11 +64,13 @@ func (a *Agent) read() {
 		case ev.Kind == probes.KindExit && ev.ProcKind == probes.ProcMaster:
 			a.noteGone(ev.TGID)
 		case ev.Kind == probes.KindExec && ev.ProcKind == probes.ProcWorker:
+			a.noteContainer(ev.TGID)
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
 		case ev.Kind == probes.KindSignal && ev.ProcKind == probes.ProcWorker:
 			a.log.Debug("worker signalled", "master_pid", ev.Master, "worker_pid", ev.TGID, "sender_pid", ev.Other,
 				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
 		case ev.Kind == probes.KindFork:
+			a.noteContainer(ev.TGID)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
 		case ev.Kind == probes.KindExit:
 			a.log.Debug("worker exited", "master_pid", ev.Master, "worker_pid", ev.TGID, "status", ev.Code)
@@ -164,6 +176,11 @@ func (a *Agent) MultiprocLive(pid int) bool {
 	}
 	if a.agg.IsLive(uint32(pid)) {
 		return true
+	}
+	// Gunicorn in a container names its files by the PIDs it sees (README "Gunicorn in
+	// containers"), which are not the host's.
+	if live, known := a.agg.ContainerPIDLive(uint32(pid)); known {
+		return live
 	}
 	ppid, ok := a.proc.Running(uint32(pid))
 	if !ok {

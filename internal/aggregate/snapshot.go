@@ -25,6 +25,8 @@ type Snapshot struct {
 type MasterSnapshot struct {
 	PID         uint32
 	App         string
+	ContainerID string // the container runtime's ID, from the master's cgroup; "" outside one
+	PodUID      string // the Kubernetes pod UID, from the master's cgroup; "" outside a pod
 	LiveWorkers int
 	Restarts    uint64
 	Signals     map[string]uint64
@@ -57,22 +59,23 @@ type LabeledCount struct {
 
 // WorkerSnapshot is one worker.
 type WorkerSnapshot struct {
-	ID          string
-	PID         uint32
-	State       string
-	StateSince  time.Time
-	Started     time.Time
-	Uptime      float64 // seconds; frozen at exit
-	Requests    uint64
-	Duration    Histogram
-	ReqSize     Histogram
-	RespSize    Histogram
-	Failed      []LabeledCount
-	Errors      []LabeledCount
-	InFlight    int
-	BusySeconds float64
-	RSS         uint64
-	CPUPercent  float64
+	ID           string
+	PID          uint32
+	ContainerPID uint32 // the PID the worker sees itself: PID outside a container
+	State        string
+	StateSince   time.Time
+	Started      time.Time
+	Uptime       float64 // seconds; frozen at exit
+	Requests     uint64
+	Duration     Histogram
+	ReqSize      Histogram
+	RespSize     Histogram
+	Failed       []LabeledCount
+	Errors       []LabeledCount
+	InFlight     int
+	BusySeconds  float64
+	RSS          uint64
+	CPUPercent   float64
 }
 
 // Snapshot copies the current state. monoNow is the current CLOCK_MONOTONIC time in
@@ -91,13 +94,16 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	byMaster := make(map[*master][]WorkerSnapshot)
 	for _, w := range a.workers {
 		ws := WorkerSnapshot{
-			ID: w.id, PID: w.pid, State: w.state, StateSince: w.stateSince, Started: w.started,
+			ID: w.id, PID: w.pid, ContainerPID: w.pid, State: w.state, StateSince: w.stateSince, Started: w.started,
 			Requests: w.requests, Duration: w.duration.clone(), ReqSize: w.reqSize.clone(),
 			RespSize: w.respSize.clone(), InFlight: w.inFlight, RSS: w.rss, CPUPercent: w.cpu,
 		}
 		end := now
 		if w.state == StateExited {
 			end = w.stateSince
+		}
+		if w.containerPID != 0 {
+			ws.ContainerPID = w.containerPID
 		}
 		ws.Uptime = end.Sub(w.started).Seconds()
 		busy := w.busyNS
@@ -117,7 +123,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	}
 	for _, m := range a.masters {
 		ms := MasterSnapshot{
-			PID: m.pid, App: m.app, Restarts: m.restarts,
+			PID: m.pid, App: m.app, ContainerID: m.containerID, PodUID: m.podUID, Restarts: m.restarts,
 			Signals: copyMap(m.signals), Exits: copyMap(m.exits), Ignored: copyMap(m.ignored),
 			Workers: byMaster[m],
 		}

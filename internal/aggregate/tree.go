@@ -41,8 +41,9 @@ type worker struct {
 	oom          bool
 	restart      bool // its spawn was counted as a restart
 	exitSeq      uint64
-	served       int  // expositions that showed it exited
-	forwarded    bool // one of them reached Redis
+	served       int    // expositions that showed it exited
+	forwarded    bool   // one of them reached Redis
+	containerPID uint32 // the PID it sees itself, inside a container; 0 if not known
 
 	requests  uint64
 	duration  Histogram
@@ -73,6 +74,9 @@ type master struct {
 	routes       map[routeKey]*Histogram
 	ignored      map[string]uint64 // by --ignore-route template
 	norm         *normalizer
+	containerPID uint32 // as for a worker
+	containerID  string // its container runtime's ID, from its cgroup
+	podUID       string // its Kubernetes pod, from its cgroup
 }
 
 // AddMaster starts observing a master. app is its WSGI/ASGI application argument, if known.
@@ -103,6 +107,43 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 	}
 	a.masters[pid] = m
 	return m
+}
+
+// SetContainer records where a process of ours runs: the PID it sees itself (a container's
+// PID namespace) and, for a master, the container and pod its cgroup names. Anything else
+// is ignored.
+func (a *Aggregator) SetContainer(pid, containerPID uint32, containerID, podUID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m, ok := a.masters[pid]; ok {
+		m.containerPID, m.containerID, m.podUID = containerPID, containerID, podUID
+	}
+	if w, ok := a.workers[pid]; ok {
+		w.containerPID = containerPID
+	}
+}
+
+// ContainerPIDLive says whether a PID as seen inside a container (containerPID differs from
+// the host PID) is one of our masters or live workers (live, known), one of our exited
+// workers (not live, known), or none of ours (known false). With masters in several
+// containers the same number can stand for several processes: any live one wins.
+func (a *Aggregator) ContainerPIDLive(containerPID uint32) (live, known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range a.masters {
+		if m.containerPID == containerPID && m.pid != containerPID {
+			return true, true
+		}
+	}
+	for _, w := range a.workers {
+		if w.containerPID == containerPID && w.pid != containerPID {
+			if w.state != StateExited {
+				return true, true
+			}
+			known = true
+		}
+	}
+	return false, known
 }
 
 // RemoveMaster stops observing a master and drops its workers and series at once.

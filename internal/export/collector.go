@@ -81,7 +81,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.workerState = d("gunicorn_worker_state", "Worker state (running, quitting, aborting, exited; exited has value 0); timestamp is the unix second of the last state change.", l("worker_id", "state", "timestamp"), nil)
 	c.workerFailed = d("gunicorn_worker_failed_requests_total", "Requests answered with a 5xx status, or that ended with no response at all.", l("worker_id", "method", "endpoint"), nil)
 	c.workerErrors = d("gunicorn_worker_error_handling_total", "Failed requests by error type: http_<code>, no_response, worker_timeout, worker_exit.", l("worker_id", "method", "endpoint", "error_type"), nil)
-	c.workerInfo = d("gunicorn_worker_info", "Joins worker_id to the worker's PID; always 1.", l("worker_id", "pid"), nil)
+	c.workerInfo = d("gunicorn_worker_info", "Joins worker_id to the worker's PID (the host's) and to the PID it sees itself (container_pid, different inside a container); always 1.", l("worker_id", "pid", "container_pid"), nil)
 	c.masterRestarts = d("gunicorn_master_worker_restarts_total", "Workers the master spawned to replace one that exited (reload, timeout, crash, max_requests).", base, nil)
 	c.masterSignals = d("gunicorn_master_signals_total", "Signals delivered to the master, named as Gunicorn names them.", l("signal"), nil)
 	c.httpRequests = d("gunicorn_http_requests_total", "Answered requests by method, endpoint and status code.", l("method", "endpoint", "status"), nil)
@@ -93,7 +93,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.masterWorkers = d("gunicorn_master_workers", "Live workers of the master.", base, nil)
 	c.masterExpected = d("gunicorn_master_workers_expected", "Workers the operator expects (--workers).", base, nil)
 	c.exits = d("gunicorn_worker_exits_total", "Worker exits by reason: graceful, error, timeout, oom, signal.", l("reason"), nil)
-	c.masterInfo = d("gunicorn_master_info", "An observed Gunicorn master and its application argument; always 1.", []string{"master_pid", "app"}, nil)
+	c.masterInfo = d("gunicorn_master_info", "An observed Gunicorn master, its application argument, and the container and Kubernetes pod its cgroup names (empty outside one); always 1.", []string{"master_pid", "app", "container_id", "pod_uid"}, nil)
 	c.events = d("gpe_ebpf_events_total", "Ring-buffer records read, by kind.", []string{"kind"}, nil)
 	c.lostDesc = d("gpe_ebpf_events_lost_total", "Records the kernel side could not submit to the ring buffer.", nil, nil)
 	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version, commit, Go version and platform; always 1.", []string{"version", "revision", "goversion", "goos", "goarch"}, nil)
@@ -178,7 +178,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		ch <- newHistogramMetric(d, h, lv(values...))
 	}
 
-	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App)
+	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App, m.ContainerID, m.PodUID)
 	counter(c.masterRestarts, float64(m.Restarts))
 	gauge(c.masterWorkers, float64(m.LiveWorkers))
 	if c.cfg.ExpectedWorkers > 0 {
@@ -214,7 +214,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 			state = 0
 		}
 		gauge(c.workerState, state, id, w.State, fmt.Sprint(w.StateSince.Unix()))
-		gauge(c.workerInfo, 1, id, strconv.FormatUint(uint64(w.PID), 10))
+		gauge(c.workerInfo, 1, id, strconv.FormatUint(uint64(w.PID), 10), strconv.FormatUint(uint64(w.ContainerPID), 10))
 		gauge(c.inFlight, float64(w.InFlight), id)
 		counter(c.busy, w.BusySeconds, id)
 		for _, f := range w.Failed {

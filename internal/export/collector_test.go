@@ -314,3 +314,34 @@ func diff(a, b string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestContainerLabels: a master in a container carries its container and pod, its workers
+// the PID they see themselves beside the host's.
+func TestContainerLabels(t *testing.T) {
+	a := aggregate.New(aggregate.DefaultConfig())
+	a.AddMaster(4000, time.Unix(1_700_000_000, 0), "app:app")
+	a.SeedWorkers(4000, []uint32{4001}, []time.Time{time.Unix(1_700_000_001, 0)})
+	a.SetContainer(4000, 1, "3f1c", "1a2b-uid")
+	a.SetContainer(4001, 7, "3f1c", "1a2b-uid")
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(CollectorConfig{}, a, func() (uint64, error) { return 0, nil }, func() uint64 { return 0 }))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	for _, f := range fams {
+		if err := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain)).Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := buf.String()
+	for _, want := range []string{
+		`gunicorn_master_info{app="app:app",container_id="3f1c",master_pid="4000",pod_uid="1a2b-uid"} 1`,
+		`gunicorn_worker_info{container_pid="7",pid="4001",worker_id="worker_1_1700000001"} 1`,
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("missing %s in:\n%s", want, out)
+		}
+	}
+}
