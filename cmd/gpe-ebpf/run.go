@@ -18,6 +18,7 @@ import (
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/export"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/listeners"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/multiproc"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
@@ -140,6 +141,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	// The listener gauges: every master's listening sockets, read from sock_diag at scrape time.
+	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
+	defer lr.Close()
+	reg.MustRegister(export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Discover}, a.agg.Masters, lr))
 	if cfg.Multiproc != "" {
 		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, a.multiprocLive, logger))
 	}
