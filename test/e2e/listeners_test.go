@@ -85,14 +85,22 @@ func (p *gpe) peakWhile(t *testing.T, done <-chan struct{}, name string, labels 
 	}
 }
 
+// startListening starts a 1-worker sync Gunicorn with args and gpe-ebpf on it, and waits for
+// its listener's backlog to be reported as backlog. It returns the listener's labels.
+func startListening(t *testing.T, backlog float64, args ...string) (*gunicorn, *gpe, map[string]string) {
+	t.Helper()
+	requireE2E(t)
+	g := startGunicorn(t, gunicornOpts{Workers: 1, Args: args})
+	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	lbl := map[string]string{"listener": g.Addr}
+	p.waitMetric(t, queueMax, lbl, backlog)
+	return g, p, lbl
+}
+
 // TestListenQueueTCP: 8 requests at once to one sync worker wait in the accept queue of a
 // listener with --backlog 64.
 func TestListenQueueTCP(t *testing.T) {
-	requireE2E(t)
-	g := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"--backlog", "64"}})
-	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	lbl := map[string]string{"listener": g.Addr}
-	p.waitMetric(t, queueMax, lbl, 64)
+	g, p, lbl := startListening(t, 64, "--backlog", "64")
 
 	done, errs := burst(slowClient(nil), 8, g.URL()+"/sleep/200")
 	peak := p.peakWhile(t, done, queueLength, lbl)
@@ -190,11 +198,7 @@ func busyWorker(t *testing.T, p *gpe, c *http.Client, url string) <-chan struct{
 // TestListenDrops: with --backlog 1 and the one worker busy, a burst of 50 connects
 // overflows the accept queue; the listener's drops rise by exactly the kernel's ListenDrops.
 func TestListenDrops(t *testing.T) {
-	requireE2E(t)
-	g := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"--backlog", "1"}})
-	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	lbl := map[string]string{"listener": g.Addr}
-	p.waitMetric(t, queueMax, lbl, 1)
+	g, p, lbl := startListening(t, 1, "--backlog", "1")
 	slow := busyWorker(t, p, slowClient(nil), g.URL()+"/sleep/2000")
 
 	kernel0 := netstatListenDrops(t, g.PID)
@@ -354,11 +358,7 @@ func TestListenNetns(t *testing.T) {
 // its listeners, then waits for the busy worker, which still holds the socket) loses its
 // listener series, logged once; gpe-ebpf keeps serving the rest.
 func TestListenClosed(t *testing.T) {
-	requireE2E(t)
-	g := startGunicorn(t, gunicornOpts{Workers: 1})
-	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	lbl := map[string]string{"listener": g.Addr}
-	p.waitMetric(t, queueMax, lbl, 2048) // Gunicorn's default backlog
+	g, p, _ := startListening(t, 2048) // Gunicorn's default backlog
 	busyWorker(t, p, slowClient(nil), g.URL()+"/sleep/4000")
 
 	if err := syscall.Kill(g.PID, syscall.SIGTERM); err != nil {
