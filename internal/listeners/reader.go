@@ -1,6 +1,7 @@
 package listeners
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -59,12 +60,14 @@ type Reader struct {
 	conns      map[uint64]*netlink.Conn // by network namespace inode
 	unresolved map[uint32]bool          // masters already logged as unresolved
 	nsFailed   map[uint64]string        // last error logged per namespace
+	denied     map[uint64]bool          // namespaces we may not enter (no CAP_SYS_ADMIN)
+	deniedLog  bool                     // the missing capability was logged
 }
 
 // NewReader returns a reader; Close releases its netlink sockets.
 func NewReader(cfg Config, logger *slog.Logger) *Reader {
 	r := &Reader{cfg: cfg, log: logger, conns: make(map[uint64]*netlink.Conn),
-		unresolved: make(map[uint32]bool), nsFailed: make(map[uint64]string)}
+		unresolved: make(map[uint32]bool), nsFailed: make(map[uint64]string), denied: make(map[uint64]bool)}
 	// thread-self: /proc/self/ns/net is the main thread's, which may differ in theory.
 	if ino, err := nsInode(filepath.Join(cfg.ProcRoot, "thread-self", "ns", "net")); err == nil {
 		r.self = ino
@@ -110,36 +113,7 @@ func (r *Reader) Read(pids []uint32) map[uint32][]Listener {
 
 	out := make(map[uint32][]Listener)
 	for ns, ms := range byNS {
-		diag, err := r.dump(ns, ms[0].pid)
-		if err != nil {
-			if r.nsFailed[ns] != err.Error() {
-				r.nsFailed[ns] = err.Error()
-				r.log.Debug("listeners: sock_diag", "netns", ns, "err", err)
-			}
-		} else {
-			delete(r.nsFailed, ns)
-		}
-		for _, m := range ms {
-			var ls []Listener
-			for ino := range m.sockets {
-				if s, ok := diag[ino]; ok {
-					ls = append(ls, Listener{Name: s.name, Unix: s.unix, Inode: ino,
-						QueueLength: s.rqueue, QueueMax: s.wqueue, Drops: s.drops, HasDrops: s.hasDrops})
-				}
-			}
-			if len(ls) == 0 {
-				r.unresolvedOnce(m.pid, fmt.Sprintf("none of its %d sockets (%d fds) is a listener in network namespace %d", len(m.sockets), m.fds, ns))
-				continue
-			}
-			delete(r.unresolved, m.pid)
-			sort.Slice(ls, func(i, j int) bool {
-				if ls[i].Name != ls[j].Name {
-					return ls[i].Name < ls[j].Name
-				}
-				return ls[i].Inode < ls[j].Inode
-			})
-			out[m.pid] = ls
-		}
+		r.readNS(ns, ms, out)
 	}
 
 	// Forget namespaces and masters no longer asked about.
@@ -147,7 +121,16 @@ func (r *Reader) Read(pids []uint32) map[uint32][]Listener {
 		if _, ok := byNS[ns]; !ok {
 			c.Close()
 			delete(r.conns, ns)
+		}
+	}
+	for ns := range r.nsFailed {
+		if _, ok := byNS[ns]; !ok {
 			delete(r.nsFailed, ns)
+		}
+	}
+	for ns := range r.denied {
+		if _, ok := byNS[ns]; !ok {
+			delete(r.denied, ns)
 		}
 	}
 	asked := make(map[uint32]bool, len(pids))
@@ -160,6 +143,58 @@ func (r *Reader) Read(pids []uint32) map[uint32][]Listener {
 		}
 	}
 	return out
+}
+
+// readNS dumps the listeners of namespace ns and matches them with the sockets of its
+// masters ms.
+func (r *Reader) readNS(ns uint64, ms []master, out map[uint32][]Listener) {
+	var diag map[uint64]diagSocket
+	var err error
+	if r.denied[ns] {
+		err = fmt.Errorf("may not enter network namespace %d", ns)
+	} else {
+		diag, err = r.dump(ns, ms[0].pid)
+	}
+	if errors.Is(err, os.ErrPermission) && !r.denied[ns] {
+		// Not retried at every scrape: entering fails the same way until the namespace
+		// goes away.
+		r.denied[ns] = true
+		if !r.deniedLog {
+			r.deniedLog = true
+			r.log.Info("listeners: entering another network namespace needs CAP_SYS_ADMIN (setns); the listener series of masters there are left out", "netns", ns, "err", err)
+		}
+	}
+	if err == nil {
+		delete(r.nsFailed, ns)
+	} else if r.nsFailed[ns] != err.Error() {
+		r.nsFailed[ns] = err.Error()
+		r.log.Debug("listeners: sock_diag", "netns", ns, "err", err)
+	}
+	for _, m := range ms {
+		var ls []Listener
+		for ino := range m.sockets {
+			if s, ok := diag[ino]; ok {
+				ls = append(ls, Listener{Name: s.name, Unix: s.unix, Inode: ino,
+					QueueLength: s.rqueue, QueueMax: s.wqueue, Drops: s.drops, HasDrops: s.hasDrops})
+			}
+		}
+		if len(ls) == 0 {
+			why := fmt.Sprintf("none of its %d sockets (%d fds) is a listener in network namespace %d", len(m.sockets), m.fds, ns)
+			if err != nil {
+				why = err.Error()
+			}
+			r.unresolvedOnce(m.pid, why)
+			continue
+		}
+		delete(r.unresolved, m.pid)
+		sort.Slice(ls, func(i, j int) bool {
+			if ls[i].Name != ls[j].Name {
+				return ls[i].Name < ls[j].Name
+			}
+			return ls[i].Inode < ls[j].Inode
+		})
+		out[m.pid] = ls
+	}
 }
 
 func (r *Reader) unresolvedOnce(pid uint32, why string) {

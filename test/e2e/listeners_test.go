@@ -288,31 +288,39 @@ func netnsOf(t *testing.T, pid int) string {
 	return s
 }
 
-// TestListenNetns: two masters on the same address 127.0.0.1:P, one in a network namespace
-// of its own (Gunicorn in a container, gpe-ebpf on the host), each seen with its own backlog
-// and its own queue under --discover.
-func TestListenNetns(t *testing.T) {
-	requireE2E(t)
+// startGunicornNetns starts a 1-worker Gunicorn in a network namespace of its own (through a
+// gunicorn on PATH that execs the real one under unshare --net: the same PID throughout),
+// listening on tcp (inside the namespace) and on a Unix socket, which the harness reaches from
+// the host to see it answer.
+func startGunicornNetns(t *testing.T, tcp string, args ...string) (*gunicorn, string) {
+	t.Helper()
 	gunicornPath, err := exec.LookPath("gunicorn")
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"--backlog", "64"}})
-
-	// A gunicorn on PATH that starts the real one in a new network namespace (same PID
-	// throughout: every step execs). It also listens on a Unix socket, which the harness
-	// reaches from the host to see it answer.
 	bin := t.TempDir()
 	wrapper := fmt.Sprintf("#!/bin/sh\nexec unshare --net -- /bin/sh -c 'ip link set lo up && exec %s \"$@\"' gunicorn \"$@\"\n", gunicornPath)
 	if err := os.WriteFile(filepath.Join(bin, "gunicorn"), []byte(wrapper), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	path := os.Getenv("PATH")
+	os.Setenv("PATH", bin+string(os.PathListSeparator)+path)
+	defer os.Setenv("PATH", path)
 	sock := filepath.Join(t.TempDir(), "netns.sock")
-	inner := startGunicorn(t, gunicornOpts{Workers: 1, Bind: "unix:" + sock, Args: []string{"-b", host.Addr, "--backlog", "16"}})
-	if a, b := netnsOf(t, host.PID), netnsOf(t, inner.PID); a == b {
-		t.Fatalf("both masters in network namespace %s: the test would prove nothing", a)
+	g := startGunicorn(t, gunicornOpts{Workers: 1, Bind: "unix:" + sock, Args: append([]string{"-b", tcp}, args...)})
+	if a, b := netnsOf(t, os.Getpid()), netnsOf(t, g.PID); a == b {
+		t.Fatalf("Gunicorn in our network namespace %s: the test would prove nothing", a)
 	}
+	return g, sock
+}
+
+// TestListenNetns: two masters on the same address 127.0.0.1:P, one in a network namespace
+// of its own (Gunicorn in a container, gpe-ebpf on the host), each seen with its own backlog
+// and its own queue under --discover.
+func TestListenNetns(t *testing.T) {
+	requireE2E(t)
+	host := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"--backlog", "64"}})
+	inner, sock := startGunicornNetns(t, host.Addr, "--backlog", "16")
 
 	p := startGPE(t, "--discover")
 	hostL := map[string]string{"master_pid": strconv.Itoa(host.PID), "listener": host.Addr}
@@ -415,5 +423,42 @@ func TestListenNoListener(t *testing.T) {
 	}
 	if n := strings.Count(p.out.String(), "not resolved"); n != 1 {
 		t.Errorf("unresolved listener logged %d times, want once", n)
+	}
+}
+
+// TestListenNetnsNoCapability: without CAP_SYS_ADMIN gpe-ebpf cannot enter another network
+// namespace: that master's listener series are left out and the missing capability is said
+// once, while a master in gpe-ebpf's own namespace is still read (no privilege needed).
+func TestListenNetnsNoCapability(t *testing.T) {
+	requireE2E(t)
+	host := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"--backlog", "64"}})
+	inner, _ := startGunicornNetns(t, host.Addr, "--backlog", "16")
+
+	// gpe-ebpf run through setpriv, its bounding set without CAP_SYS_ADMIN.
+	wrapper := filepath.Join(t.TempDir(), "gpe-ebpf")
+	script := fmt.Sprintf("#!/bin/sh\nexec setpriv --bounding-set=-sys_admin -- %s \"$@\"\n", binPath)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := func() *gpe {
+		bin := binPath
+		binPath = wrapper
+		defer func() { binPath = bin }()
+		return startGPE(t, "--discover")
+	}()
+
+	hostL := map[string]string{"master_pid": strconv.Itoa(host.PID), "listener": host.Addr}
+	p.waitMetric(t, queueMax, hostL, 64)
+	ms := p.waitScrape(t, 10*time.Second, "the namespaced master to be attached", func(ms metrics) bool {
+		return len(ms.series("gunicorn_master_info", map[string]string{"master_pid": strconv.Itoa(inner.PID)})) == 1
+	})
+	for i := 0; i < 3; i++ {
+		ms = p.scrape(t)
+	}
+	if s := ms.series(queueMax, map[string]string{"master_pid": strconv.Itoa(inner.PID)}); len(s) != 0 {
+		t.Errorf("listener series of a master gpe-ebpf could not enter the namespace of: %v", s)
+	}
+	if n := strings.Count(p.out.String(), "needs CAP_SYS_ADMIN"); n != 1 {
+		t.Errorf("missing CAP_SYS_ADMIN said %d times, want once:\n%s", n, p.out.String())
 	}
 }
