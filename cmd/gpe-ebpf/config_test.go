@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// TestPrecedence: a flag beats its environment variable, which beats the default (CONTRACT §5).
+// TestPrecedence: a flag beats its environment variable, which beats the default (README "Configuration").
 func TestPrecedence(t *testing.T) {
 	cert, key := selfSigned(t)
 	cert2, key2 := selfSigned(t)

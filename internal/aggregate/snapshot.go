@@ -9,10 +9,13 @@ import (
 
 // Snapshot is a consistent copy of everything exported, taken under one lock.
 type Snapshot struct {
-	Taken    time.Time
-	Masters  []MasterSnapshot
-	Events   map[string]uint64 // records read, by kind
-	Unpaired uint64            // request records whose start or end was not seen
+	Taken   time.Time
+	Masters []MasterSnapshot
+	Events  map[string]uint64 // records read, by kind; a kind never read is absent
+	// EventKinds names every kind of record, read or not, in the kernel's order, so that the
+	// exporter serves a zero for a kind never read without knowing the probes.
+	EventKinds []string
+	Unpaired   uint64 // request records whose start or end was not seen
 }
 
 // MasterSnapshot is one master and its workers.
@@ -74,10 +77,11 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
-	s := Snapshot{Taken: now, Events: make(map[string]uint64), Unpaired: a.unpaired}
-	for k, n := range a.events {
-		if n > 0 {
-			s.Events[probes.Kind(k).String()] = n
+	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), Unpaired: a.unpaired}
+	for k := probes.KindFork; int(k) < len(a.events); k++ {
+		s.EventKinds = append(s.EventKinds, k.String())
+		if n := a.events[k]; n > 0 {
+			s.Events[k.String()] = n
 		}
 	}
 	byMaster := make(map[*master][]WorkerSnapshot)

@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
 // Source is what the collector reads: the aggregator, or a fake in tests.
@@ -91,8 +90,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Snapshot(c.monoNow())
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, runtime.Version())
-	for k := probes.KindFork; int(k) < len(probes.KindNames); k++ {
-		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[k.String()]), k.String())
+	for _, kind := range s.EventKinds {
+		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[kind]), kind)
 	}
 	if c.lost != nil {
 		if n, err := c.lost(); err == nil {
@@ -168,5 +167,3 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		}
 	}
 }
-
-func goVersion() string { return runtime.Version() }

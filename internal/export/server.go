@@ -30,7 +30,7 @@ type ServerConfig struct {
 	RetryDelays []time.Duration
 }
 
-// DefaultServerConfig is CONTRACT §5's defaults.
+// DefaultServerConfig is the defaults of README "Configuration".
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
 		BindAddress: "0.0.0.0", Port: 9090, MetricsPath: "/metrics",
