@@ -58,7 +58,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// The listener gauges: every master's listening sockets, read from sock_diag at scrape time.
 	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
 	defer lr.Close()
-	reg.MustRegister(export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Discover}, a.agg.Masters, lr))
+	reg.MustRegister(export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover}, agg.Masters, lr))
 	if cfg.Multiproc != "" {
 		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, a.MultiprocLive, logger))
 	}
