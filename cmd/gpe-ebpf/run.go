@@ -15,6 +15,7 @@ import (
 	"github.com/gpe-ebpf/gpe-ebpf/internal/agent"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/export"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/listeners"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/multiproc"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/redisfwd"
@@ -55,6 +56,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	// The listener gauges: every master's listening sockets, read from sock_diag at scrape time.
+	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
+	defer lr.Close()
+	reg.MustRegister(export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover}, agg.Masters, lr))
 	if cfg.Multiproc != "" {
 		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, a.MultiprocLive, logger))
 	}
