@@ -24,6 +24,7 @@ type MasterSnapshot struct {
 	App         string
 	LiveWorkers int
 	Restarts    uint64
+	Queue       Histogram // time from a connection's establishment to a worker's first read
 	Signals     map[string]uint64
 	Exits       map[string]uint64
 	HTTP        []HTTPCount
@@ -113,7 +114,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	}
 	for _, m := range a.masters {
 		ms := MasterSnapshot{
-			PID: m.pid, App: m.app, Restarts: m.restarts,
+			PID: m.pid, App: m.app, Restarts: m.restarts, Queue: m.queue.clone(),
 			Signals: copyMap(m.signals), Exits: copyMap(m.exits),
 			Workers: byMaster[m],
 		}

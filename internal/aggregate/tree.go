@@ -69,6 +69,7 @@ type master struct {
 	http         map[httpKey]uint64
 	routes       map[routeKey]*Histogram
 	norm         *normalizer
+	queue        Histogram // gunicorn_request_queue_seconds
 }
 
 // AddMaster starts observing a master. app is its WSGI/ASGI application argument, if known.
@@ -91,6 +92,7 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 		exits:   make(map[string]uint64),
 		http:    make(map[httpKey]uint64),
 		routes:  make(map[routeKey]*Histogram),
+		queue:   newHistogram(DurationBuckets),
 		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.MaxEndpoints),
 	}
 	a.masters[pid] = m
