@@ -10,6 +10,9 @@
  *   tp_btf/signal_generate       a signal is queued for a tracked process (sender recorded)
  *   tracepoint/oom/mark_victim   the OOM killer picked a tracked process
  *   tp_btf/tcp_destroy_sock      a worker's TCP connection is gone (closed or reset): the request ends
+ *   tp_btf/inet_sock_set_state   a connection to a tracked master's TCP listener is established
+ *                                (SYN_RECV → ESTABLISHED): the start of its wait in the accept
+ *                                queue, which a worker's first read of it ends
  * Socket mode (--hooks socket, the default where the kernel has them):
  *   tp_btf/sock_recv_length      a read from a socket returned (recvfrom, recvmsg, read, readv)
  *   tp_btf/sock_send_length      a write to a socket returned (sendto, sendmsg, write, writev,
@@ -136,6 +139,8 @@ struct conn {
 	__u8 flags;    /* GPE_FLAG_* */
 	__u8 unix_sock; /* AF_UNIX: no hook sees the close; user space checks the fd (probes.go) */
 	__u32 ino;      /* AF_UNIX: the socket's inode number, what /proc/<pid>/fd/<fd> links to */
+	__u64 est_ns;   /* TCP: when the kernel established it, if to a tracked listener; sent with
+			 * the first request's START (the accept-queue wait), then 0 */
 };
 
 enum line_phase {
@@ -181,6 +186,34 @@ struct {
 	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+/*
+ * The TCP ports the tracked masters listen on (probes.go writes them at attach): one byte per
+ * port, so the check of an established connection is one memory read.
+ */
+struct listen_ports {
+	__u8 on[65536];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct listen_ports);
+} listen_ports SEC(".maps");
+
+/*
+ * When the kernel established each connection to a tracked listener, keyed by its socket,
+ * until a worker's first read takes it (adopt): the time the connection waited in the accept
+ * queue. LRU, so that connections no worker ever reads (the client left, or a port of another
+ * network namespace) age out.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} established SEC(".maps");
 
 /* TCP connections put in conns (an upper bound: LRU evictions are not counted down). While it
  * is 0, a TCP socket's end needs no hash lookup. */
@@ -422,7 +455,10 @@ static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct
 	e->fd = k->fd;
 	e->seq = c->seq;
 	e->start_ns = c->start_ns;
-	e->last_write_ns = 0;
+	/* A START's last_write_ns is the connection's establishment (gpe.h), once. */
+	e->last_write_ns = kind == GPE_EV_REQ_START ? c->est_ns : 0;
+	if (kind == GPE_EV_REQ_START)
+		c->est_ns = 0;
 	e->bytes_in = c->bytes_in;
 	e->bytes_out = 0;
 	e->status = 0;
@@ -789,6 +825,12 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 has
 		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
 		c = bpf_map_lookup_elem(&conns, &key);
 	} else {
+		__u64 key = (__u64)sk;
+		__u64 *est = bpf_map_lookup_elem(&established, &key);
+		if (est) {
+			fresh.est_ns = *est;
+			bpf_map_delete_elem(&established, &key);
+		}
 		c = new_tcp(sk, hash, &fresh);
 	}
 	if (!c)
@@ -1024,6 +1066,27 @@ int BPF_PROG(on_tcp_destroy, struct sock *sk)
 	struct conn_key k = c->owner;
 	end_request(&k, c, GPE_END_CLOSE, bpf_ktime_get_ns());
 	drop_tcp(sk, in);
+	return 0;
+}
+
+/*
+ * A TCP state change, anywhere on the host (about ten per connection). Only a passive open
+ * reaching ESTABLISHED (the handshake's last ACK; the connection now waits in its listener's
+ * accept queue) on a tracked listener's port goes further. It runs in softirq, in whatever
+ * process the packet arrived: the socket is the key.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != GPE_TCP_ESTABLISHED || oldstate != GPE_TCP_SYN_RECV)
+		return 0;
+	__u32 zero = 0;
+	struct listen_ports *lp = bpf_map_lookup_elem(&listen_ports, &zero);
+	if (!lp || !lp->on[sk->__sk_common.skc_num])
+		return 0;
+	__u64 key = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&established, &key, &now, BPF_ANY);
 	return 0;
 }
 

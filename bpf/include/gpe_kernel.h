@@ -57,6 +57,7 @@ struct socket {
 
 struct sock_common {
 	unsigned int skc_hash; /* in an anonymous union in the kernel: CO-RE finds it there */
+	unsigned short skc_num; /* the local port, host order (in an anonymous union too) */
 	unsigned short skc_family;
 };
 
@@ -150,6 +151,8 @@ struct linux_binprm;
 #define GPE_AF_INET 2
 #define GPE_AF_INET6 10
 #define GPE_IPPROTO_TCP 6
+#define GPE_TCP_ESTABLISHED 1 /* enum tcp_state */
+#define GPE_TCP_SYN_RECV 3
 #define GPE_MSG_PEEK 2
 #define GPE_S_IFMT 0170000
 #define GPE_S_IFSOCK 0140000

@@ -21,6 +21,8 @@ type Kernel interface {
 	Track(tgid, master uint32, kind probes.ProcKind) error
 	// Untrack removes a process from the kernel's table.
 	Untrack(tgid uint32) error
+	// SetListenPorts sets the TCP ports whose connections are timed in the accept queue.
+	SetListenPorts(ports []uint16) error
 	// Read blocks until the next event; it returns probes.ErrClosed after Close.
 	Read(ev *probes.Event) error
 	// Close releases the kernel side and makes a blocked Read return.
@@ -77,6 +79,7 @@ type Agent struct {
 	agg   *aggregate.Aggregator
 	k     Kernel
 	first []proc.Info // the masters New checked, attached by Attach
+	ports []uint16    // the listening ports last given to the kernel (watchListeners)
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32
@@ -134,6 +137,7 @@ func (a *Agent) Attach(k Kernel) error {
 	if a.cfg.Discover {
 		a.discover()
 	}
+	a.watchListeners()
 	return nil
 }
 
@@ -176,6 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.cfg.PIDFile != "" {
 				a.followPIDFile()
 			}
+			a.watchListeners()
 		case pid := <-a.masterGone:
 			a.log.Info("master exited", "master_pid", pid)
 			if len(a.agg.Masters()) > 0 || a.cfg.Discover {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -339,5 +340,27 @@ func TestContainer(t *testing.T) {
 	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w2, Master: m1, ProcKind: probes.ProcWorker})
 	if a.MultiprocLive(8) {
 		t.Errorf("the exited worker's file (8) is still live")
+	}
+}
+
+// TestListenPorts: the kernel is given the TCP ports the master listens on (its fds' sockets
+// in LISTEN in its net/tcp), once at attach.
+func TestListenPorts(t *testing.T) {
+	f := newProcFixture(t)
+	f.gunicorn(m1, app, w1)
+	if err := os.MkdirAll(filepath.Join(f.root, strconv.Itoa(m1), "fd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("socket:[4242]", filepath.Join(f.root, strconv.Itoa(m1), "fd", "5")); err != nil {
+		t.Fatal(err)
+	}
+	f.write(strconv.Itoa(m1)+"/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"+
+		"   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n"+
+		"   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 17 1 0 100 0 0 10 0\n")
+	cfg := testConfig(f)
+	cfg.PID = m1
+	r := start(t, cfg)
+	if got := r.k.listenPorts(); !slices.Equal(got, []uint16{8000}) {
+		t.Errorf("listening ports given to the kernel: %v, want [8000] (not another process's 22)", got)
 	}
 }

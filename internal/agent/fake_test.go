@@ -36,6 +36,7 @@ type fakeKernel struct {
 	tracked map[uint32]probes.ProcKind
 	masters map[uint32]uint32 // a worker's master
 	reads   int
+	ports   []uint16 // SetListenPorts
 }
 
 func newFakeKernel() *fakeKernel {
@@ -50,6 +51,19 @@ func (k *fakeKernel) Track(tgid, master uint32, kind probes.ProcKind) error {
 	defer k.mu.Unlock()
 	k.tracked[tgid], k.masters[tgid] = kind, master
 	return nil
+}
+
+func (k *fakeKernel) SetListenPorts(ports []uint16) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.ports = append([]uint16{}, ports...)
+	return nil
+}
+
+func (k *fakeKernel) listenPorts() []uint16 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.ports
 }
 
 func (k *fakeKernel) Untrack(tgid uint32) error {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
@@ -43,6 +44,33 @@ func (a *Agent) attach(info proc.Info) error {
 func (a *Agent) noteContainer(pid uint32) {
 	c := a.proc.Container(pid)
 	a.agg.SetContainer(pid, c.PID, c.ID, c.PodUID)
+}
+
+// watchListeners gives the kernel the TCP ports the observed masters listen on, so that the
+// connections to them are timed from their establishment to a worker's first read (README
+// "Seeing the queue"). Masters come and go, and a USR2 upgrade's new master inherits its
+// listeners, so the set is made again at each rescan.
+func (a *Agent) watchListeners() {
+	var ports []uint16
+	for _, m := range a.agg.Masters() {
+		p, err := a.proc.ListenPorts(m)
+		if err != nil {
+			a.log.Debug("listening ports", "master_pid", m, "error", err)
+			continue
+		}
+		ports = append(ports, p...)
+	}
+	slices.Sort(ports)
+	ports = slices.Compact(ports)
+	if a.ports != nil && slices.Equal(ports, a.ports) {
+		return
+	}
+	if err := a.k.SetListenPorts(ports); err != nil {
+		a.log.Warn("set listening ports", "ports", ports, "error", err)
+		return
+	}
+	a.ports = append([]uint16{}, ports...)
+	a.log.Debug("listening ports timed in the accept queue", "ports", ports)
 }
 
 // read turns kernel events into aggregate updates until the Kernel is closed. A master's

@@ -73,6 +73,10 @@ func (a *Aggregator) reqStart(ev *probes.Event) {
 		a.ending[reqKey{k, old.seq}] = old
 	}
 	a.inflight[k] = a.newRequest(ev.Seq, ev.StartNS, ev.Line)
+	if ev.EstablishedNS != 0 && ev.StartNS >= ev.EstablishedNS {
+		// The connection's first request: how long it waited in the accept queue.
+		w.master.queue.observe(float64(ev.StartNS-ev.EstablishedNS) / 1e9)
+	}
 	w.inFlight++
 	if w.inFlight == 1 {
 		w.busySince = ev.StartNS

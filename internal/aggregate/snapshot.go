@@ -29,6 +29,7 @@ type MasterSnapshot struct {
 	PodUID      string // the Kubernetes pod UID, from the master's cgroup; "" outside a pod
 	LiveWorkers int
 	Restarts    uint64
+	Queue       Histogram // time from a connection's establishment to a worker's first read
 	Signals     map[string]uint64
 	Exits       map[string]uint64
 	HTTP        []HTTPCount
@@ -123,7 +124,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	}
 	for _, m := range a.masters {
 		ms := MasterSnapshot{
-			PID: m.pid, App: m.app, ContainerID: m.containerID, PodUID: m.podUID, Restarts: m.restarts,
+			PID: m.pid, App: m.app, ContainerID: m.containerID, PodUID: m.podUID, Restarts: m.restarts, Queue: m.queue.clone(),
 			Signals: copyMap(m.signals), Exits: copyMap(m.exits), Ignored: copyMap(m.ignored),
 			Workers: byMaster[m],
 		}

@@ -74,9 +74,10 @@ type master struct {
 	routes       map[routeKey]*Histogram
 	ignored      map[string]uint64 // by --ignore-route template
 	norm         *normalizer
-	containerPID uint32 // as for a worker
-	containerID  string // its container runtime's ID, from its cgroup
-	podUID       string // its Kubernetes pod, from its cgroup
+	containerPID uint32    // as for a worker
+	containerID  string    // its container runtime's ID, from its cgroup
+	podUID       string    // its Kubernetes pod, from its cgroup
+	queue        Histogram // gunicorn_request_queue_seconds
 }
 
 // AddMaster starts observing a master. app is its WSGI/ASGI application argument, if known.
@@ -99,6 +100,7 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 		exits:   make(map[string]uint64),
 		http:    make(map[httpKey]uint64),
 		routes:  make(map[routeKey]*Histogram),
+		queue:   newHistogram(DurationBuckets),
 		ignored: make(map[string]uint64),
 		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.IgnoreRoutes, a.cfg.MaxEndpoints),
 	}

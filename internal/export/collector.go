@@ -61,7 +61,7 @@ type Collector struct {
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
 	httpRequests, httpDuration, reqSize, respSize, inFlight, busy, masterWorkers,
 	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
-	progSeconds, attached, ignored *prometheus.Desc
+	progSeconds, attached, ignored, queue *prometheus.Desc
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -85,6 +85,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.masterRestarts = d("gunicorn_master_worker_restarts_total", "Workers the master spawned to replace one that exited (reload, timeout, crash, max_requests).", base, nil)
 	c.masterSignals = d("gunicorn_master_signals_total", "Signals delivered to the master, named as Gunicorn names them.", l("signal"), nil)
 	c.httpRequests = d("gunicorn_http_requests_total", "Answered requests by method, endpoint and status code.", l("method", "endpoint", "status"), nil)
+	c.queue = d("gunicorn_request_queue_seconds", "Time a TCP connection waited in the listener's accept queue: from the kernel establishing it to a worker's first read of its first request.", base, nil)
 	c.httpDuration = d("gunicorn_http_request_duration_seconds", "Request duration by method and endpoint.", l("method", "endpoint"), nil)
 	c.reqSize = d("gunicorn_worker_request_size_bytes", "Bytes read for the request.", l("worker_id"), nil)
 	c.respSize = d("gunicorn_worker_response_size_bytes", "Bytes written for the response.", l("worker_id"), nil)
@@ -111,7 +112,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
 		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.reqSize, c.respSize,
 		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
-		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored} {
+		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored, c.queue} {
 		ch <- d
 	}
 }
@@ -180,6 +181,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 
 	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App, m.ContainerID, m.PodUID)
 	counter(c.masterRestarts, float64(m.Restarts))
+	hist(c.queue, m.Queue)
 	gauge(c.masterWorkers, float64(m.LiveWorkers))
 	if c.cfg.ExpectedWorkers > 0 {
 		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))

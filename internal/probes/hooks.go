@@ -74,7 +74,8 @@ type hook struct {
 	group, name, prog string
 }
 
-// commonHooks are attached in both modes: the process tree and the end of a TCP connection.
+// commonHooks are attached in both modes: the process tree, the end of a TCP connection, and
+// the establishment of one to a tracked listener (the accept-queue wait).
 var commonHooks = []hook{
 	{"", "sched_process_fork", gpeProgOnFork},
 	{"", "sched_process_exec", gpeProgOnExec},
@@ -82,6 +83,7 @@ var commonHooks = []hook{
 	{"", "signal_generate", gpeProgOnSignal},
 	{"oom", "mark_victim", gpeProgOnOom},
 	{"", "tcp_destroy_sock", gpeProgOnTcpDestroy},
+	{"", "inet_sock_set_state", gpeProgOnTcpState},
 }
 
 // modeHooks are the socket-call hooks of each mode. Only the chosen mode's programs are

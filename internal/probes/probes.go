@@ -189,6 +189,20 @@ func (p *Probes) Untrack(tgid uint32) error {
 	return nil
 }
 
+// SetListenPorts makes ports the TCP ports of the tracked masters' listeners: a connection
+// established to one of them is timed until a worker's first read of it, the wait in the
+// accept queue (KindReqStart's EstablishedNS). Any other port is not.
+func (p *Probes) SetListenPorts(ports []uint16) error {
+	var v gpeListenPorts
+	for _, port := range ports {
+		v.On[port] = 1
+	}
+	if err := p.objs.ListenPorts.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set listening ports: %w", err)
+	}
+	return nil
+}
+
 // filterAdd changes the count of tracked processes in tgid's slot of the kernel's filter, with
 // the same atomic add the BPF programs use on it.
 func (p *Probes) filterAdd(tgid uint32, d int32) {

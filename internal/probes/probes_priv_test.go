@@ -523,13 +523,13 @@ func TestHookModeAttachments(t *testing.T) {
 	want := map[string]struct{ tracepoints, raw, progs []string }{
 		HooksSocket: {
 			tracepoints: []string{"mark_victim"},
-			raw:         []string{"sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "sock_recv_length", "sock_send_length", "tcp_destroy_sock"},
-			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sock_recv", "on_sock_send", "on_tcp_destroy"},
+			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "sock_recv_length", "sock_send_length", "tcp_destroy_sock"},
+			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sock_recv", "on_sock_send", "on_tcp_destroy", "on_tcp_state"},
 		},
 		HooksSyscall: {
 			tracepoints: []string{"mark_victim", "sys_exit_recvfrom", "sys_exit_recvmsg", "sys_exit_sendfile64", "sys_exit_sendmsg", "sys_exit_sendto"},
-			raw:         []string{"sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "tcp_destroy_sock"},
-			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sys_recv", "on_sys_send", "on_tcp_destroy"},
+			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "tcp_destroy_sock"},
+			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sys_recv", "on_sys_send", "on_tcp_destroy", "on_tcp_state"},
 		},
 	}
 	forEachMode(t, func(t *testing.T, mode string) {
