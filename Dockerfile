@@ -3,6 +3,7 @@
 # gpe-ebpf container image.
 #
 #   docker build -t gpe-ebpf:latest .
+#   make image          # the same, with VERSION and REVISION from git (see the Makefile)
 #
 # The generated BPF objects (*_bpfel.o and their Go bindings) are committed, so
 # the build needs neither clang nor kernel headers: a plain static Go build.
@@ -16,8 +17,14 @@ COPY go.mod go.sum ./
 RUN go mod download
 
 COPY . .
+# Stamped into the binary as `make build` does (gpe-ebpf --version, gpe_ebpf_build_info).
+# Declared after the module download so that a new version does not invalidate that layer.
+ARG VERSION=dev
+ARG REVISION=unknown
 ENV CGO_ENABLED=0
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /gpe-ebpf ./cmd/gpe-ebpf
+RUN CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${REVISION}" \
+    -o /gpe-ebpf ./cmd/gpe-ebpf
 
 # ---- final stage ----
 # distroless/static (not :nonroot): gpe-ebpf loads BPF programs, attaches to
@@ -28,6 +35,11 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /gpe-ebpf ./cmd/gpe-ebp
 # rather than scratch because it brings CA certificates (Redis over TLS),
 # tzdata and an /etc/passwd, and still has no shell or package manager.
 FROM gcr.io/distroless/static-debian12:latest
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="gpe-ebpf" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /gpe-ebpf /usr/local/bin/gpe-ebpf
 USER 0:0
 EXPOSE 9090

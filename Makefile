@@ -7,13 +7,14 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages: the BPF toolchain (only `make generate` needs it), the real components the
 # tests run (Gunicorn and its worker libraries, Redis, load generators) and the checkers of
-# the deployment files, and the kernel matrix's emulators and root-filesystem builder.
+# the deployment files (prometheus brings promtool, which checks the alerting rules), and the
+# kernel matrix's emulators and root-filesystem builder.
 DEB_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev \
 	gunicorn python3-gevent python3-eventlet python3-tornado python3-uvicorn \
-	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl \
+	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl prometheus \
 	qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support debootstrap cpio
 
-.PHONY: all deps generate build test test-unit test-e2e test-deploy test-kernels demo bench lint vmlinux clean
+.PHONY: all deps generate build image test test-unit test-e2e test-deploy test-kernels demo bench lint vmlinux clean
 
 all: build
 
@@ -24,6 +25,11 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		case " $$missing " in *" prometheus "*) \
+			echo "prometheus is installed for promtool only: its server is disabled (it would take port 9090)"; \
+			systemctl disable prometheus.service >/dev/null 2>&1 || true; \
+			systemctl stop prometheus.service >/dev/null 2>&1 || true;; \
+		esac; \
 	else echo "all Debian packages present"; fi
 	@command -v $(GO) >/dev/null || { echo "Go is required (https://go.dev/dl/); it is not a Debian package here"; exit 1; }
 
@@ -33,6 +39,12 @@ generate:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/gpe-ebpf ./cmd/gpe-ebpf
 
+# The container image, stamped with the same version and commit as `make build`.
+# IMAGE=registry.example/gpe-ebpf:v1 make image to name it.
+IMAGE ?= gpe-ebpf:$(VERSION)
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(COMMIT) -t $(IMAGE) .
+
 # Everything, the privileged end-to-end tests included (they need root; under CI=true a
 # missing prerequisite fails instead of skipping).
 test: deps build lint test-unit test-e2e test-deploy test-kernels
@@ -40,8 +52,11 @@ test: deps build lint test-unit test-e2e test-deploy test-kernels
 test-unit:
 	$(GO) test -count=1 ./internal/... ./cmd/...
 
+# The end-to-end suite once per hook mode (GPE_HOOKS becomes every test's --hooks): socket, what
+# kernels 6.3+ run, then syscall, what 5.17-6.2 run.
 test-e2e:
-	$(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
+	GPE_HOOKS=socket $(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
+	GPE_HOOKS=syscall $(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
 
 # Debian's 6.1 and 6.12 kernels, amd64 and arm64, booted under qemu (emulation, no KVM) with the
 # freshly built gpe-ebpf: a table of kernel x arch x mode x result. The first run builds the

@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -114,28 +113,17 @@ func httpOK(url string) bool {
 type observer struct {
 	cmd     *exec.Cmd
 	port    int
-	stderr  *lockedBuffer
+	out     *os.File // its stdout and stderr, a temporary file the kernel keeps consistent
 	started time.Time
 	exited  chan struct{}
 	// ready is exec to the first answered /metrics; took is what its "attached" line says.
 	ready, took time.Duration
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+// output is what the observer has logged so far.
+func (o *observer) output() string {
+	b, _ := os.ReadFile(o.out.Name())
+	return string(b)
 }
 
 var tookRE = regexp.MustCompile(`msg=attached .*took=(\S+)`)
@@ -145,11 +133,15 @@ func startObserver(bin string, master int, extra ...string) (*observer, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &observer{port: port, stderr: &lockedBuffer{}}
+	out, err := os.CreateTemp("", "gpe-bench-observer-*.log")
+	if err != nil {
+		return nil, err
+	}
+	o := &observer{port: port, out: out}
 	args := append([]string{"--pid", strconv.Itoa(master), "--metrics-port", strconv.Itoa(port),
 		"--bind-address", "127.0.0.1"}, extra...)
 	o.cmd = exec.Command(bin, args...)
-	o.cmd.Stdout, o.cmd.Stderr = o.stderr, o.stderr
+	o.cmd.Stdout, o.cmd.Stderr = out, out
 	o.started = time.Now()
 	if err := o.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start gpe-ebpf: %w", err)
@@ -161,7 +153,9 @@ func startObserver(bin string, master int, extra ...string) (*observer, error) {
 	for time.Now().Before(deadline) {
 		select {
 		case <-o.exited:
-			return nil, fmt.Errorf("gpe-ebpf exited: %s", o.stderr.String())
+			msg := o.output()
+			o.stop()
+			return nil, fmt.Errorf("gpe-ebpf exited: %s", msg)
 		default:
 		}
 		resp, err := c.Get(o.metricsURL())
@@ -176,10 +170,11 @@ func startObserver(bin string, master int, extra ...string) (*observer, error) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	if o.ready == 0 {
+		msg := o.output()
 		o.stop()
-		return nil, fmt.Errorf("gpe-ebpf /metrics not answering after 30s: %s", o.stderr.String())
+		return nil, fmt.Errorf("gpe-ebpf /metrics not answering after 30s: %s", msg)
 	}
-	if m := tookRE.FindStringSubmatch(o.stderr.String()); m != nil {
+	if m := tookRE.FindStringSubmatch(o.output()); m != nil {
 		o.took, _ = time.ParseDuration(m[1])
 	}
 	return o, nil
@@ -198,6 +193,8 @@ func (o *observer) stop() {
 		_ = o.cmd.Process.Kill()
 		<-o.exited
 	}
+	o.out.Close()
+	os.Remove(o.out.Name())
 }
 
 // cpuTicks is utime+stime of a process, in clock ticks.

@@ -3,30 +3,41 @@
 /*
  * gpe.bpf.c: the kernel side of gpe-ebpf.
  *
- * Hooks (tracepoints and BTF tracepoints only; no kprobes, no fentry/fexit):
+ * Hooks (tracepoints and BTF tracepoints only; no kprobes, no fentry/fexit). Both modes:
  *   tp_btf/sched_process_fork    a tracked master forks: the child is a worker
  *   tp_btf/sched_process_exec    a tracked worker execs: USR2 upgrade, it becomes a master
  *   tp_btf/sched_process_exit    a tracked process's last thread exits, with its wait status
  *   tp_btf/signal_generate       a signal is queued for a tracked process (sender recorded)
  *   tracepoint/oom/mark_victim   the OOM killer picked a tracked process
+ *   tp_btf/tcp_destroy_sock      a worker's TCP connection is gone (closed or reset): the request ends
+ *   tp_btf/inet_sock_set_state   a connection to a tracked master's TCP listener is established
+ *                                (SYN_RECV → ESTABLISHED): the start of its wait in the accept
+ *                                queue, which a worker's first read of it ends
+ * Socket mode (--hooks socket, the default where the kernel has them):
  *   tp_btf/sock_recv_length      a read from a socket returned (recvfrom, recvmsg, read, readv)
  *   tp_btf/sock_send_length      a write to a socket returned (sendto, sendmsg, write, writev,
  *                                sendfile); with the two above, the HTTP request state machine
  *                                of each worker connection. The fd and the user buffer come from
  *                                the registers the task entered the syscall with.
- *   tp_btf/tcp_destroy_sock      a worker's TCP connection is gone (closed or reset): the request ends
+ * Syscall mode (--hooks syscall, kernels before 6.3):
+ *   tracepoint/syscalls/sys_exit_{recvfrom,recvmsg,sendto,sendmsg,sendfile64}
+ *                                the same state machine (on_io), fed from the syscall's return
+ *                                value and registers; the fd's socket from the task's fd table.
+ * User space (internal/probes) loads one mode's programs only, and attaches them.
  *
- * No syscall tracepoint: enabling any one puts every task's every syscall on the kernel's slow
- * path (BENCHMARKS.md: dd bs=1 paid 4% with no program attached at all). The socket hooks fire
- * only for socket I/O, and first read the calling process's slot of `filter`, returning at once
- * when no tracked process has a tgid in it, so the rest of the host pays one memory read.
+ * No syscall tracepoint in socket mode: enabling any one puts every task's every syscall on the
+ * kernel's slow path (BENCHMARKS.md: dd bs=1 paid 4% with no program attached at all). The
+ * socket hooks fire only for socket I/O. Every I/O hook first reads the calling process's slot
+ * of `filter`, returning at once when no tracked process has a tgid in it, so the rest of the
+ * host pays one memory read.
  *
  * Records (bpf/gpe.h): gpe_proc_event for process events, gpe_req_event / gpe_req_start for
  * requests, all behind the same 16-byte header, in one ring buffer. Submits that fail are
  * counted per CPU in `lost`.
  *
- * Minimum kernel: 6.3 (the sock_send_length/sock_recv_length tracepoints; bpf_loop is 5.17,
- * bpf_task_pt_regs 5.15), with BTF; tested on 6.18.
+ * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
+ * tracepoints); 5.17 in syscall mode (bpf_loop; bpf_task_pt_regs is 5.15, atomic fetch-and-add
+ * and compare-and-swap 5.12). Tested on 6.18.
  */
 #include "include/gpe_kernel.h"
 #include <bpf/bpf_helpers.h>
@@ -128,6 +139,8 @@ struct conn {
 	__u8 flags;    /* GPE_FLAG_* */
 	__u8 unix_sock; /* AF_UNIX: no hook sees the close; user space checks the fd (probes.go) */
 	__u32 ino;      /* AF_UNIX: the socket's inode number, what /proc/<pid>/fd/<fd> links to */
+	__u64 est_ns;   /* TCP: when the kernel established it, if to a tracked listener; sent with
+			 * the first request's START (the accept-queue wait), then 0 */
 };
 
 enum line_phase {
@@ -174,20 +187,49 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/*
+ * The TCP ports the tracked masters listen on (probes.go writes them at attach): one byte per
+ * port, so the check of an established connection is one memory read.
+ */
+struct listen_ports {
+	__u8 on[65536];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct listen_ports);
+} listen_ports SEC(".maps");
+
+/*
+ * When the kernel established each connection to a tracked listener, keyed by its socket,
+ * until a worker's first read takes it (adopt): the time the connection waited in the accept
+ * queue. LRU, so that connections no worker ever reads (the client left, or a port of another
+ * network namespace) age out.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} established SEC(".maps");
+
 /* TCP connections put in conns (an upper bound: LRU evictions are not counted down). While it
  * is 0, a TCP socket's end needs no hash lookup. */
 __u64 tcp_in_conns = 0;
 
-static __always_inline struct slot *slot_of(struct sock *sk)
+/* The slot of a socket whose sk_hash is hash. */
+static __always_inline struct slot *slot_of(__u32 hash)
 {
-	__u32 i = sk->__sk_common.skc_hash & (GPE_CONN_SLOTS - 1);
+	__u32 i = hash & (GPE_CONN_SLOTS - 1);
 	return bpf_map_lookup_elem(&slots, &i);
 }
 
-/* The TCP connection of sk, from its slot (*in, else 0) or else from conns. */
-static __always_inline struct conn *find_tcp(struct sock *sk, struct slot **in)
+/* The TCP connection of sk (sk_hash hash), from its slot (*in, else 0) or else from conns. */
+static __always_inline struct conn *find_tcp(struct sock *sk, __u32 hash, struct slot **in)
 {
-	struct slot *s = slot_of(sk);
+	struct slot *s = slot_of(hash);
 	*in = 0;
 	if (s && s->sk == (__u64)sk) {
 		*in = s;
@@ -214,9 +256,9 @@ static __always_inline void drop_tcp(struct sock *sk, struct slot *s)
 }
 
 /* A new TCP connection: its slot if free, else an entry in conns. */
-static __always_inline struct conn *new_tcp(struct sock *sk, struct conn *fresh)
+static __always_inline struct conn *new_tcp(struct sock *sk, __u32 hash, struct conn *fresh)
 {
-	struct slot *s = slot_of(sk);
+	struct slot *s = slot_of(hash);
 	if (s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0) {
 		s->c = *fresh;
 		return &s->c;
@@ -413,7 +455,10 @@ static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct
 	e->fd = k->fd;
 	e->seq = c->seq;
 	e->start_ns = c->start_ns;
-	e->last_write_ns = 0;
+	/* A START's last_write_ns is the connection's establishment (gpe.h), once. */
+	e->last_write_ns = kind == GPE_EV_REQ_START ? c->est_ns : 0;
+	if (kind == GPE_EV_REQ_START)
+		c->est_ns = 0;
 	e->bytes_in = c->bytes_in;
 	e->bytes_out = 0;
 	e->status = 0;
@@ -692,33 +737,41 @@ static __always_inline __u64 msghdr_base(__u64 msg)
 	return iov_base((__u64)m.msg_iov);
 }
 
+/* A socket call of a worker: its fd, where its bytes are (0 for sendfile), and its enum op
+ * (0 until socket_call has filled it in). */
+struct call {
+	__u64 buf;
+	__u32 fd;
+	__u32 op;
+};
+
 /*
  * Which socket call the current task is in, from the registers it entered the kernel with:
  * the fd (first argument) and where the bytes are. Returns 0 for a call whose bytes are not
  * looked at (recvmmsg, splice, io_uring, a kernel thread) or that is not of this direction.
  */
-static __always_inline int socket_call(int send, __u32 *fd, __u64 *buf, __u32 *op)
+static __always_inline int socket_call(int send, struct call *call)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
 	__u64 nr = GPE_SYSCALL_NR(r);
 	__u64 a1 = GPE_SYSCALL_ARG1(r);
-	*op = send ? OP_SEND : OP_RECV;
+	__u32 op = send ? OP_SEND : OP_RECV;
 	if (send) {
 		switch (nr) {
 		case GPE_NR_sendto:
 		case GPE_NR_write:
-			*buf = a1;
+			call->buf = a1;
 			break;
 		case GPE_NR_sendmsg:
-			*buf = msghdr_base(a1);
+			call->buf = msghdr_base(a1);
 			break;
 		case GPE_NR_writev:
-			*buf = iov_base(a1);
+			call->buf = iov_base(a1);
 			break;
 		case GPE_NR_sendfile:
-			*buf = 0;
-			*op = OP_SENDFILE;
+			call->buf = 0;
+			op = OP_SENDFILE;
 			break;
 		default:
 			return 0;
@@ -727,19 +780,20 @@ static __always_inline int socket_call(int send, __u32 *fd, __u64 *buf, __u32 *o
 		switch (nr) {
 		case GPE_NR_recvfrom:
 		case GPE_NR_read:
-			*buf = a1;
+			call->buf = a1;
 			break;
 		case GPE_NR_recvmsg:
-			*buf = msghdr_base(a1);
+			call->buf = msghdr_base(a1);
 			break;
 		case GPE_NR_readv:
-			*buf = iov_base(a1);
+			call->buf = iov_base(a1);
 			break;
 		default:
 			return 0;
 		}
 	}
-	*fd = (__u32)GPE_SYSCALL_ARG0(r);
+	call->fd = (__u32)GPE_SYSCALL_ARG0(r);
+	call->op = op;
 	return 1;
 }
 
@@ -759,8 +813,8 @@ static __always_inline __u32 unix_ino(struct sock *sk)
 
 /* A new connection of a worker: its first read. A request line (or a TLS handshake) starts a
  * request; anything else puts the connection in probation. */
-static __always_inline void adopt(struct conn_key *k, struct sock *sk, int tcp, __u64 buf,
-				  __s64 n, __u64 now)
+static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 hash, int tcp,
+				  __u64 buf, __s64 n, __u64 now)
 {
 	struct conn fresh = {.owner = *k};
 	struct conn *c;
@@ -771,7 +825,13 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, int tcp, 
 		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
 		c = bpf_map_lookup_elem(&conns, &key);
 	} else {
-		c = new_tcp(sk, &fresh);
+		__u64 key = (__u64)sk;
+		__u64 *est = bpf_map_lookup_elem(&established, &key);
+		if (est) {
+			fresh.est_ns = *est;
+			bpf_map_delete_elem(&established, &key);
+		}
+		c = new_tcp(sk, hash, &fresh);
 	}
 	if (!c)
 		return;
@@ -785,40 +845,38 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, int tcp, 
 	}
 }
 
-/* The request state machine, after a worker's socket call moved n bytes (or failed, n < 0). */
-static __always_inline int on_io(struct sock *sk, int ret, int send)
+/*
+ * The request state machine, after a socket call of process tgid (past the filter) moved n
+ * bytes on sk (or failed, n < 0). Both hook modes come here: sk is only a key and is read
+ * through BPF_CORE_READ, since in syscall mode it is a plain number, not a BTF pointer; its
+ * hash, family and protocol are read by the caller. call is the socket call, or zeros to be
+ * filled in here once the process is known to be a worker.
+ */
+static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u16 proto,
+				 __u32 tgid, __s64 n, int send, struct call *call)
 {
-	__s64 n = ret;
-	if (n == 0)
-		return 0;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	/* Every other process of the host stops here, without a map lookup. */
-	if (!maybe_tracked(tgid))
-		return 0;
 	/* UDP and the rest carry no HTTP/1, and no end would be seen. */
-	__u16 family = sk->__sk_common.skc_family;
 	__u64 key = (__u64)sk;
 	int tcp = 0;
 	struct slot *in = 0;
 	struct conn *c = 0;
 	if (family == GPE_AF_UNIX) {
 		c = bpf_map_lookup_elem(&conns, &key);
-	} else if ((family == GPE_AF_INET || family == GPE_AF_INET6) &&
-		   sk->sk_protocol == GPE_IPPROTO_TCP) {
+	} else if ((family == GPE_AF_INET || family == GPE_AF_INET6) && proto == GPE_IPPROTO_TCP) {
 		tcp = 1;
-		c = find_tcp(sk, &in);
+		c = find_tcp(sk, hash, &in);
 	} else {
 		return 0;
 	}
 	/* A connection this process was seen to own is a worker's; anything else asks. */
 	if ((!c || c->owner.tgid != tgid) && !is_worker(tgid))
 		return 0;
-	__u32 fd = 0, op = 0;
-	__u64 buf = 0;
-	if (!socket_call(send, &fd, &buf, &op))
+	if (!call->op && !socket_call(send, call))
 		return 0;
+	__u32 op = call->op;
+	__u64 buf = call->buf;
 	__u64 now = bpf_ktime_get_ns();
-	struct conn_key k = {.tgid = tgid, .fd = fd};
+	struct conn_key k = {.tgid = tgid, .fd = call->fd};
 	if (c && (c->owner.tgid != k.tgid || c->owner.fd != k.fd ||
 		  (c->unix_sock && op == OP_RECV && c->state != CONN_READING && unix_ino(sk) != c->ino))) {
 		/* The socket moved to another fd or process, or (Unix: no hook sees the close) the
@@ -841,7 +899,7 @@ static __always_inline int on_io(struct sock *sk, int ret, int send)
 
 	if (op == OP_RECV) {
 		if (!c)
-			adopt(&k, sk, tcp, buf, n, now);
+			adopt(&k, sk, hash, tcp, buf, n, now);
 		else if (c->state == CONN_READING) {
 			if (c->phase < LINE_DONE && c->line_len < GPE_LINE_MAX)
 				continue_line(&k, c, buf, n, now);
@@ -892,21 +950,105 @@ static __always_inline int on_io(struct sock *sk, int ret, int send)
 	return 0;
 }
 
+/* ---- socket mode (Linux 6.3+) ---- */
+
+/* A socket hook: every other process of the host stops at the filter, without a map lookup
+ * or a helper call. sk is a BTF pointer here: its fields are plain loads. */
+static __always_inline int sock_io(struct sock *sk, int ret, int send)
+{
+	if (ret == 0)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!maybe_tracked(tgid))
+		return 0;
+	struct call call = {};
+	return on_io(sk, sk->__sk_common.skc_hash, sk->__sk_common.skc_family, sk->sk_protocol,
+		     tgid, ret, send, &call);
+}
+
 /* Every read from a socket (recvfrom, recvmsg, read, readv), after it returned. */
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_sock_recv, struct sock *sk, int ret, int flags)
 {
 	if (flags & GPE_MSG_PEEK)
 		return 0;
-	return on_io(sk, ret, 0);
+	return sock_io(sk, ret, 0);
 }
 
 /* Every write to a socket (sendto, sendmsg, write, writev, and sendfile's pieces). */
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_sock_send, struct sock *sk, int ret, int flags)
 {
-	return on_io(sk, ret, 1);
+	return sock_io(sk, ret, 1);
 }
+
+/* ---- syscall mode (Linux 5.17 to 6.2, or --hooks syscall) ---- */
+
+/* The socket behind the current task's fd, or 0 if that fd is not a socket. */
+static __always_inline struct sock *fd_sock(__u32 fd)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xfffff]) != 0 || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & GPE_S_IFMT) != GPE_S_IFSOCK)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* Did the recvfrom or recvmsg the task is in only peek (MSG_PEEK)? */
+static __always_inline int recv_peeks(void)
+{
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 flags = GPE_SYSCALL_NR(r) == GPE_NR_recvmsg ? GPE_SYSCALL_ARG2(r) : GPE_SYSCALL_ARG3(r);
+	return (flags & GPE_MSG_PEEK) != 0;
+}
+
+/*
+ * A syscall's exit: the same state machine as the socket hooks, fed from the syscall's
+ * registers (the fd names the socket, through the task's fd table) and return value. The
+ * filter comes first here too, but the enabled tracepoint already put every syscall of every
+ * task on the kernel's slow path.
+ */
+static __always_inline int sys_io(struct sys_exit_ctx *ctx, int send)
+{
+	__s64 n = ctx->ret;
+	if (n == 0)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!maybe_tracked(tgid))
+		return 0;
+	struct call call = {};
+	if (!socket_call(send, &call) || (!send && recv_peeks()))
+		return 0;
+	struct sock *sk = fd_sock(call.fd);
+	if (!sk)
+		return 0;
+	return on_io(sk, BPF_CORE_READ(sk, __sk_common.skc_hash),
+		     BPF_CORE_READ(sk, __sk_common.skc_family), BPF_CORE_READ(sk, sk_protocol), tgid,
+		     n, send, &call);
+}
+
+/* The exits of recvfrom and recvmsg (probes.go attaches this program to both). */
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int on_sys_recv(struct sys_exit_ctx *ctx)
+{
+	return sys_io(ctx, 0);
+}
+
+/* The exits of sendto, sendmsg and sendfile64. */
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int on_sys_send(struct sys_exit_ctx *ctx)
+{
+	return sys_io(ctx, 1);
+}
+
+/* ---- both modes ---- */
 
 /*
  * A worker's TCP connection is destroyed once it is closed on both sides (or reset) and the
@@ -918,12 +1060,33 @@ SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(on_tcp_destroy, struct sock *sk)
 {
 	struct slot *in = 0;
-	struct conn *c = find_tcp(sk, &in);
+	struct conn *c = find_tcp(sk, sk->__sk_common.skc_hash, &in);
 	if (!c)
 		return 0;
 	struct conn_key k = c->owner;
 	end_request(&k, c, GPE_END_CLOSE, bpf_ktime_get_ns());
 	drop_tcp(sk, in);
+	return 0;
+}
+
+/*
+ * A TCP state change, anywhere on the host (about ten per connection). Only a passive open
+ * reaching ESTABLISHED (the handshake's last ACK; the connection now waits in its listener's
+ * accept queue) on a tracked listener's port goes further. It runs in softirq, in whatever
+ * process the packet arrived: the socket is the key.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != GPE_TCP_ESTABLISHED || oldstate != GPE_TCP_SYN_RECV)
+		return 0;
+	__u32 zero = 0;
+	struct listen_ports *lp = bpf_map_lookup_elem(&listen_ports, &zero);
+	if (!lp || !lp->on[sk->__sk_common.skc_num])
+		return 0;
+	__u64 key = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&established, &key, &now, BPF_ANY);
 	return 0;
 }
 

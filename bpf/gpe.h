@@ -65,7 +65,9 @@ struct gpe_req_event {
 	__u32 fd;
 	__u32 seq;        /* request number on this connection, so START/RESP/END pair up */
 	__u64 start_ns;   /* first request byte read */
-	__u64 last_write_ns; /* last response byte written (END) */
+	__u64 last_write_ns; /* END: last response byte written. START of a connection's first
+			      * request: when the kernel established the connection (accept-queue
+			      * wait = start_ns - this), 0 if not known */
 	__u64 bytes_in;   /* request bytes read (END) */
 	__u64 bytes_out;  /* response bytes written (END) */
 	__u16 status;     /* RESP and END: the final status, 0 if none was written */

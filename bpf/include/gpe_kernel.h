@@ -28,22 +28,36 @@ struct task_struct {
 	pid_t pid;
 	pid_t tgid;
 	u64 start_boottime;
+	struct files_struct *files; /* syscall mode: an fd's socket */
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
 };
 
 struct inode {
+	unsigned short i_mode;
 	unsigned long i_ino;
 };
 
 struct file {
 	struct inode *f_inode;
+	void *private_data; /* a socket file's struct socket */
 };
 
 struct socket {
 	struct file *file;
+	struct sock *sk;
 };
 
 struct sock_common {
 	unsigned int skc_hash; /* in an anonymous union in the kernel: CO-RE finds it there */
+	unsigned short skc_num; /* the local port, host order (in an anonymous union too) */
 	unsigned short skc_family;
 };
 
@@ -60,16 +74,20 @@ struct tcp_sock {
 };
 
 /* The user registers saved at syscall entry (bpf_task_pt_regs): the syscall number and its
- * first two arguments. */
+ * first arguments (the fourth only for recvfrom's flags, in syscall mode). */
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
-	unsigned long di;
+	unsigned long r10;
+	unsigned long dx;
 	unsigned long si;
+	unsigned long di;
 	unsigned long orig_ax;
 };
 #define GPE_SYSCALL_NR(r) BPF_CORE_READ(r, orig_ax)
 #define GPE_SYSCALL_ARG0(r) BPF_CORE_READ(r, di)
 #define GPE_SYSCALL_ARG1(r) BPF_CORE_READ(r, si)
+#define GPE_SYSCALL_ARG2(r) BPF_CORE_READ(r, dx)
+#define GPE_SYSCALL_ARG3(r) BPF_CORE_READ(r, r10)
 #elif defined(__TARGET_ARCH_arm64)
 struct user_pt_regs {
 	u64 regs[31];
@@ -81,6 +99,8 @@ struct pt_regs___gpe {
 #define GPE_SYSCALL_NR(r) BPF_CORE_READ((struct pt_regs___gpe *)(r), syscallno)
 #define GPE_SYSCALL_ARG0(r) BPF_CORE_READ((struct pt_regs___gpe *)(r), orig_x0)
 #define GPE_SYSCALL_ARG1(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[1])
+#define GPE_SYSCALL_ARG2(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[2])
+#define GPE_SYSCALL_ARG3(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[3])
 #else
 #error "gpe-ebpf is built for amd64 and arm64 only"
 #endif
@@ -131,6 +151,23 @@ struct linux_binprm;
 #define GPE_AF_INET 2
 #define GPE_AF_INET6 10
 #define GPE_IPPROTO_TCP 6
+#define GPE_TCP_ESTABLISHED 1 /* enum tcp_state */
+#define GPE_TCP_SYN_RECV 3
 #define GPE_MSG_PEEK 2
+#define GPE_S_IFMT 0170000
+#define GPE_S_IFSOCK 0140000
+
+/*
+ * The context of a syscalls/sys_exit_* tracepoint (syscall mode): the 8-byte common header,
+ * the syscall number, the return value. This layout is the tracepoint ABI
+ * (/sys/kernel/tracing/events/syscalls/sys_exit_recvfrom/format), not a kernel struct, so it
+ * is not relocated.
+ */
+struct sys_exit_ctx {
+	u64 common;
+	s32 syscall_nr;
+	u32 pad;
+	s64 ret;
+};
 
 #endif /* GPE_KERNEL_H */

@@ -7,12 +7,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/gpe-ebpf/gpe-ebpf/internal/agent"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/export"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
@@ -21,23 +23,16 @@ import (
 
 // Config is everything gpe-ebpf is told, built once from flags, then environment, then defaults.
 type Config struct {
-	PID       uint32
-	PIDFile   string
-	Discover  bool
-	Force     bool
+	Agent     agent.Config // the target, sampling, and the aggregate's labels
 	Workers   int
 	Multiproc string
-
-	SampleInterval time.Duration
-	RescanInterval time.Duration
 
 	LogLevel  string
 	LogFormat string
 
-	Server    export.ServerConfig
-	Aggregate aggregate.Config
-	Probes    probes.Config
-	Redis     redisfwd.Config
+	Server export.ServerConfig
+	Probes probes.Config
+	Redis  redisfwd.Config
 
 	ShowVersion bool
 }
@@ -50,10 +45,20 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
-// envFlag ties a flag to its environment variable (CONTRACT §5).
+// envFlag ties a flag to its environment variable (README "Configuration").
 type envFlag struct{ flag, env string }
 
-var envFlags = []envFlag{
+// redisConnEnv are the flags that address Redis, the same for gpe-ebpf and redis-collect
+// (redisConnFlags defines them).
+var redisConnEnv = []envFlag{
+	{"redis-host", "REDIS_HOST"},
+	{"redis-port", "REDIS_PORT"},
+	{"redis-db", "REDIS_DB"},
+	{"redis-password", "REDIS_PASSWORD"},
+	{"redis-key-prefix", "REDIS_KEY_PREFIX"},
+}
+
+var envFlags = append([]envFlag{
 	{"metrics-port", "PROMETHEUS_METRICS_PORT"},
 	{"bind-address", "PROMETHEUS_BIND_ADDRESS"},
 	{"tls-cert-file", "PROMETHEUS_SSL_CERTFILE"},
@@ -61,13 +66,36 @@ var envFlags = []envFlag{
 	{"multiproc-dir", "PROMETHEUS_MULTIPROC_DIR"},
 	{"workers", "GUNICORN_WORKERS"},
 	{"redis-enabled", "REDIS_ENABLED"},
-	{"redis-host", "REDIS_HOST"},
-	{"redis-port", "REDIS_PORT"},
-	{"redis-db", "REDIS_DB"},
-	{"redis-password", "REDIS_PASSWORD"},
-	{"redis-key-prefix", "REDIS_KEY_PREFIX"},
 	{"redis-forward-interval", "REDIS_FORWARD_INTERVAL"},
 	{"redis-instance", "REDIS_INSTANCE"},
+}, redisConnEnv...)
+
+// redisConnFlags defines the flags of redisConnEnv on fs, with the values in the pointers as
+// defaults.
+func redisConnFlags(fs *pflag.FlagSet, host *string, port, db *int, password, keyPrefix *string) {
+	fs.StringVar(host, "redis-host", *host, "Redis host")
+	fs.IntVar(port, "redis-port", *port, "Redis port")
+	fs.IntVar(db, "redis-db", *db, "Redis database")
+	fs.StringVar(password, "redis-password", *password, "Redis password")
+	fs.StringVar(keyPrefix, "redis-key-prefix", *keyPrefix, "prefix of every Redis key")
+}
+
+// applyEnv sets every flag of flags that the command line did not give from its environment
+// variable, when that is set and not empty.
+func applyEnv(fs *pflag.FlagSet, flags []envFlag, lookup func(string) (string, bool)) error {
+	for _, ef := range flags {
+		if fs.Changed(ef.flag) {
+			continue
+		}
+		v, ok := lookup(ef.env)
+		if !ok || v == "" {
+			continue
+		}
+		if err := fs.Set(ef.flag, v); err != nil {
+			return usagef("invalid value %q for environment variable %s: %v", v, ef.env, err)
+		}
+	}
+	return nil
 }
 
 // flagGroups orders --help.
@@ -77,9 +105,9 @@ var flagGroups = []struct {
 }{
 	{"Attaching", []string{"pid", "pid-file", "discover", "force"}},
 	{"Metrics endpoint", []string{"metrics-port", "bind-address", "metrics-path", "tls-cert-file", "tls-key-file", "web.config.file"}},
-	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "sample-interval", "multiproc-dir"}},
+	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "ignore-route", "sample-interval", "multiproc-dir"}},
 	{"Redis forwarding", []string{"redis-enabled", "redis-host", "redis-port", "redis-db", "redis-password", "redis-key-prefix", "redis-forward-interval", "redis-instance"}},
-	{"Kernel side", []string{"ring-buffer-size", "wakeup-bytes"}},
+	{"Kernel side", []string{"hooks", "ring-buffer-size", "wakeup-bytes"}},
 	{"Logging and other", []string{"log-level", "log-format", "version", "help"}},
 }
 
@@ -87,9 +115,9 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs := pflag.NewFlagSet("gpe-ebpf", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.IntVar(pid, "pid", 0, "PID of the Gunicorn master to observe")
-	fs.StringVar(&cfg.PIDFile, "pid-file", "", "file holding the master's PID, re-read to follow a replaced master")
-	fs.BoolVar(&cfg.Discover, "discover", false, "observe every Gunicorn master on the host (adds the master_pid label)")
-	fs.BoolVar(&cfg.Force, "force", false, "attach even if the process does not look like a Gunicorn master")
+	fs.StringVar(&cfg.Agent.PIDFile, "pid-file", "", "file holding the master's PID, re-read to follow a replaced master")
+	fs.BoolVar(&cfg.Agent.Discover, "discover", false, "observe every Gunicorn master on the host (adds the master_pid label)")
+	fs.BoolVar(&cfg.Agent.Force, "force", false, "attach even if the process does not look like a Gunicorn master")
 
 	fs.IntVar(&cfg.Server.Port, "metrics-port", cfg.Server.Port, "port of the metrics endpoint")
 	fs.StringVar(&cfg.Server.BindAddress, "bind-address", cfg.Server.BindAddress, "address of the metrics endpoint")
@@ -99,22 +127,21 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs.StringVar(&cfg.Server.WebConfigFile, "web.config.file", "", "exporter-toolkit web config (TLS, client certificates, basic auth)")
 
 	fs.IntVar(workers, "workers", 0, "workers expected; exported as gunicorn_master_workers_expected")
-	fs.DurationVar(&cfg.Aggregate.StaleAfter, "stale-after", cfg.Aggregate.StaleAfter, "drop the series of an exited worker after this long")
-	fs.IntVar(&cfg.Aggregate.MaxEndpoints, "max-endpoints", cfg.Aggregate.MaxEndpoints, "distinct endpoint values per master; the rest become \"other\"")
-	fs.StringVar(endpointMode, "endpoint-mode", string(cfg.Aggregate.EndpointMode), "normalized (ids become {id}) or raw")
+	fs.DurationVar(&cfg.Agent.Aggregate.StaleAfter, "stale-after", cfg.Agent.Aggregate.StaleAfter, "drop the series of an exited worker after this long")
+	fs.IntVar(&cfg.Agent.Aggregate.MaxEndpoints, "max-endpoints", cfg.Agent.Aggregate.MaxEndpoints, "distinct endpoint values per master; the rest become \"other\"")
+	fs.StringVar(endpointMode, "endpoint-mode", string(cfg.Agent.Aggregate.EndpointMode), "normalized (ids become {id}) or raw")
 	fs.StringArrayVar(routes, "route", nil, "route template such as /users/{id}/orders/{order} (repeatable); wins over the id heuristic")
-	fs.DurationVar(&cfg.SampleInterval, "sample-interval", cfg.SampleInterval, "how often worker memory and CPU are sampled")
+	fs.StringArrayVar(&cfg.Agent.Aggregate.IgnoreRoutes, "ignore-route", nil, "route template of requests not to count, such as /healthz (repeatable); counted in gpe_ebpf_ignored_requests_total")
+	fs.DurationVar(&cfg.Agent.SampleInterval, "sample-interval", cfg.Agent.SampleInterval, "how often worker memory and CPU are sampled")
 	fs.StringVar(&cfg.Multiproc, "multiproc-dir", "", "serve the app's prometheus_client multiprocess files from this directory too")
 
 	fs.StringVar(redisEnabled, "redis-enabled", "false", "forward the exposition to Redis (true/1/yes/on)")
-	fs.StringVar(&cfg.Redis.Host, "redis-host", cfg.Redis.Host, "Redis host")
-	fs.IntVar(&cfg.Redis.Port, "redis-port", cfg.Redis.Port, "Redis port")
-	fs.IntVar(&cfg.Redis.DB, "redis-db", cfg.Redis.DB, "Redis database")
-	fs.StringVar(&cfg.Redis.Password, "redis-password", "", "Redis password")
-	fs.StringVar(&cfg.Redis.KeyPrefix, "redis-key-prefix", cfg.Redis.KeyPrefix, "prefix of every Redis key")
+	r := &cfg.Redis
+	redisConnFlags(fs, &r.Host, &r.Port, &r.DB, &r.Password, &r.KeyPrefix)
 	fs.IntVar(intervalSecs, "redis-forward-interval", int(cfg.Redis.Interval/time.Second), "seconds between forwards")
 	fs.StringVar(&cfg.Redis.Instance, "redis-instance", cfg.Redis.Instance, "instance name in the Redis keys; the default is the host name")
 
+	fs.StringVar(&cfg.Probes.Hooks, "hooks", cfg.Probes.Hooks, "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), syscall (Linux 5.17+; every syscall on the host takes the slow path) or auto (socket where the kernel has it)")
 	fs.Uint32Var(ringBytes, "ring-buffer-size", cfg.Probes.RingBufferBytes, "ring buffer size in bytes (a power of two, at least the page size)")
 	fs.Uint64Var(&cfg.Probes.WakeupBytes, "wakeup-bytes", cfg.Probes.WakeupBytes, "batch ring-buffer wake-ups: > 0 drains the ring every 100ms (a record waits at most that long); 0 wakes the reader for every record")
 
@@ -127,12 +154,10 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 
 func defaultConfig() Config {
 	return Config{
-		SampleInterval: 5 * time.Second,
-		RescanInterval: 2 * time.Second,
-		Server:         export.DefaultServerConfig(),
-		Aggregate:      aggregate.DefaultConfig(),
-		Probes:         probes.DefaultConfig(),
-		Redis:          redisfwd.DefaultConfig(),
+		Agent:  agent.DefaultConfig(),
+		Server: export.DefaultServerConfig(),
+		Probes: probes.DefaultConfig(),
+		Redis:  redisfwd.DefaultConfig(),
 	}
 }
 
@@ -162,17 +187,8 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 	if fs.NArg() > 0 {
 		return cfg, usagef("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	for _, ef := range envFlags {
-		if fs.Changed(ef.flag) {
-			continue
-		}
-		v, ok := lookup(ef.env)
-		if !ok || v == "" {
-			continue
-		}
-		if err := fs.Set(ef.flag, v); err != nil {
-			return cfg, usagef("invalid value %q for environment variable %s: %v", v, ef.env, err)
-		}
+	if err := applyEnv(fs, envFlags, lookup); err != nil {
+		return cfg, err
 	}
 	if cfg.ShowVersion {
 		return cfg, nil
@@ -184,20 +200,16 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 	}
 	cfg.Redis.Interval = time.Duration(intervalSecs) * time.Second
 	cfg.Redis.MetricsPort = cfg.Server.Port
-	cfg.Aggregate.Routes = routes
-	cfg.Aggregate.EndpointMode = aggregate.EndpointMode(endpointMode)
+	cfg.Agent.Aggregate.Routes = routes
+	cfg.Agent.Aggregate.EndpointMode = aggregate.EndpointMode(endpointMode)
 	cfg.Probes.RingBufferBytes = ringBytes
 	cfg.Workers = workers
 
 	modes := 0
-	if pid != 0 {
-		modes++
-	}
-	if cfg.PIDFile != "" {
-		modes++
-	}
-	if cfg.Discover {
-		modes++
+	for _, set := range []bool{pid != 0, cfg.Agent.PIDFile != "", cfg.Agent.Discover} {
+		if set {
+			modes++
+		}
 	}
 	switch {
 	case modes == 0:
@@ -207,7 +219,7 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 	case pid < 0 || pid > 1<<22:
 		return cfg, usagef("invalid --pid %d", pid)
 	}
-	cfg.PID = uint32(pid)
+	cfg.Agent.PID = uint32(pid)
 
 	checks := []struct {
 		bad bool
@@ -219,10 +231,11 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 		{(cfg.Server.TLSCertFile == "") != (cfg.Server.TLSKeyFile == ""), "--tls-cert-file (PROMETHEUS_SSL_CERTFILE) and --tls-key-file (PROMETHEUS_SSL_KEYFILE) go together"},
 		{cfg.Server.TLSCertFile != "" && cfg.Server.WebConfigFile != "", "--tls-cert-file and --web.config.file are exclusive: put the certificate in the web config"},
 		{workers < 0, fmt.Sprintf("invalid --workers (GUNICORN_WORKERS) %d: must be 0 or more", workers)},
-		{cfg.Aggregate.StaleAfter <= 0, "invalid --stale-after: must be positive"},
-		{cfg.Aggregate.MaxEndpoints < 1, "invalid --max-endpoints: must be at least 1"},
+		{cfg.Agent.Aggregate.StaleAfter <= 0, "invalid --stale-after: must be positive"},
+		{cfg.Agent.Aggregate.MaxEndpoints < 1, "invalid --max-endpoints: must be at least 1"},
 		{endpointMode != string(aggregate.EndpointNormalized) && endpointMode != string(aggregate.EndpointRaw), fmt.Sprintf("invalid --endpoint-mode %q: normalized or raw", endpointMode)},
-		{cfg.SampleInterval < 100*time.Millisecond, "invalid --sample-interval: at least 100ms"},
+		{cfg.Agent.SampleInterval < 100*time.Millisecond, "invalid --sample-interval: at least 100ms"},
+		{!slices.Contains(probes.HookModes, cfg.Probes.Hooks), fmt.Sprintf("invalid --hooks %q: auto, socket or syscall", cfg.Probes.Hooks)},
 		{ringBytes < 4096 || ringBytes&(ringBytes-1) != 0, fmt.Sprintf("invalid --ring-buffer-size %d: a power of two of at least 4096", ringBytes)},
 		{intervalSecs < 1, fmt.Sprintf("invalid --redis-forward-interval (REDIS_FORWARD_INTERVAL) %d: at least 1 second", intervalSecs)},
 		{cfg.LogLevel != "debug" && cfg.LogLevel != "info" && cfg.LogLevel != "warn" && cfg.LogLevel != "error", fmt.Sprintf("invalid --log-level %q: debug, info, warn or error", cfg.LogLevel)},
@@ -236,6 +249,11 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 	for _, r := range routes {
 		if !strings.HasPrefix(r, "/") {
 			return cfg, usagef("invalid --route %q: must start with /", r)
+		}
+	}
+	for _, r := range cfg.Agent.Aggregate.IgnoreRoutes {
+		if !strings.HasPrefix(r, "/") {
+			return cfg, usagef("invalid --ignore-route %q: must start with /", r)
 		}
 	}
 	for _, f := range []struct{ flag, path string }{

@@ -5,9 +5,11 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 )
 
-// TestPrecedence: a flag beats its environment variable, which beats the default (CONTRACT §5).
+// TestPrecedence: a flag beats its environment variable, which beats the default (README "Configuration").
 func TestPrecedence(t *testing.T) {
 	cert, key := selfSigned(t)
 	cert2, key2 := selfSigned(t)
@@ -97,5 +99,51 @@ func TestRedisEnabledValues(t *testing.T) {
 		if cfg.Redis.Enabled != want {
 			t.Errorf("REDIS_ENABLED=%s: enabled %v, want %v", v, cfg.Redis.Enabled, want)
 		}
+	}
+}
+
+// TestHooksFlag: --hooks reaches the probes' config as given, auto by default.
+func TestHooksFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{{nil, "auto"}, {[]string{"--hooks", "socket"}, "socket"}, {[]string{"--hooks", "syscall"}, "syscall"}} {
+		cfg, err := parseConfig(append([]string{"--pid", "1"}, tc.args...), env(), io.Discard)
+		if err != nil || cfg.Probes.Hooks != tc.want {
+			t.Errorf("%v: hooks %q, %v; want %q", tc.args, cfg.Probes.Hooks, err, tc.want)
+		}
+	}
+}
+
+// TestIgnoreRoutes: --ignore-route is repeatable and reaches the aggregator's config.
+func TestIgnoreRoutes(t *testing.T) {
+	cfg, err := parseConfig([]string{"--pid", "1", "--ignore-route", "/healthz", "--ignore-route", "/-/{probe}", "--route", "/users/{id}"}, env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/healthz", "/-/{probe}"}; !reflect.DeepEqual(cfg.Agent.Aggregate.IgnoreRoutes, want) {
+		t.Errorf("IgnoreRoutes %q, want %q", cfg.Agent.Aggregate.IgnoreRoutes, want)
+	}
+	if want := []string{"/users/{id}"}; !reflect.DeepEqual(cfg.Agent.Aggregate.Routes, want) {
+		t.Errorf("Routes %q, want %q", cfg.Agent.Aggregate.Routes, want)
+	}
+	cfg, err = parseConfig([]string{"--pid", "1"}, env(), io.Discard)
+	if err != nil || len(cfg.Agent.Aggregate.IgnoreRoutes) != 0 {
+		t.Errorf("default IgnoreRoutes %q (%v), want none", cfg.Agent.Aggregate.IgnoreRoutes, err)
+	}
+}
+
+// TestReady: /-/ready wants a master, except under --discover, where serving is enough.
+func TestReady(t *testing.T) {
+	agg := aggregate.New(aggregate.DefaultConfig())
+	if ready(false, agg)() {
+		t.Error("ready with no master and no --discover")
+	}
+	if !ready(true, agg)() {
+		t.Error("not ready under --discover on a node without Gunicorn")
+	}
+	agg.AddMaster(100, time.Now(), "app:app")
+	if !ready(false, agg)() {
+		t.Error("not ready with a master")
 	}
 }

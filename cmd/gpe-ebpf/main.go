@@ -15,6 +15,8 @@ import (
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/agent"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
@@ -28,7 +30,8 @@ func main() {
 }
 
 // realMain is main without os.Exit, so tests can run it. It returns the exit code:
-// 0 done, 1 a runtime failure, 2 a usage, target or privilege error (CONTRACT §7).
+// 0 done, 1 a runtime failure, 2 a usage, target or privilege error (README "Failure
+// behaviour").
 func realMain(args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -49,6 +52,7 @@ func realMain(args []string, lookup func(string) (string, bool), stdout, stderr 
 	}
 	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	redis.SetLogger(redisLogger{logger})
+	warnLegacyEnv(lookup, logger)
 	return exitCode(stderr, run(ctx, cfg, logger))
 }
 
@@ -58,7 +62,8 @@ func exitCode(stderr io.Writer, err error) int {
 	}
 	fmt.Fprintf(stderr, "gpe-ebpf: %v\n", err)
 	var u usageError
-	if errors.As(err, &u) {
+	var target *agent.TargetError
+	if errors.As(err, &u) || errors.As(err, &target) {
 		return 2
 	}
 	return 1

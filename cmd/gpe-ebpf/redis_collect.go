@@ -19,11 +19,10 @@ func runRedisCollect(ctx context.Context, args []string, lookup func(string) (st
 	fs := pflag.NewFlagSet("gpe-ebpf redis-collect", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&cfg.Host, "redis-host", cfg.Host, "Redis host [env REDIS_HOST]")
-	fs.IntVar(&cfg.Port, "redis-port", cfg.Port, "Redis port [env REDIS_PORT]")
-	fs.IntVar(&cfg.DB, "redis-db", cfg.DB, "Redis database [env REDIS_DB]")
-	fs.StringVar(&cfg.Password, "redis-password", "", "Redis password [env REDIS_PASSWORD]")
-	fs.StringVar(&cfg.KeyPrefix, "redis-key-prefix", cfg.KeyPrefix, "prefix of the forwarders' keys [env REDIS_KEY_PREFIX]")
+	redisConnFlags(fs, &cfg.Host, &cfg.Port, &cfg.DB, &cfg.Password, &cfg.KeyPrefix)
+	for _, ef := range redisConnEnv {
+		fs.Lookup(ef.flag).Usage += " [env " + ef.env + "]"
+	}
 	fs.StringVar(&cfg.ListenAddress, "listen-address", cfg.ListenAddress, "where to serve the merged metrics")
 	fs.StringVar(&cfg.MetricsPath, "metrics-path", cfg.MetricsPath, "path of the merged metrics")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "bound on the Redis reads of one scrape")
@@ -39,15 +38,8 @@ func runRedisCollect(ctx context.Context, args []string, lookup func(string) (st
 		fmt.Fprint(stdout, fs.FlagUsages())
 		return nil
 	}
-	for _, ef := range []envFlag{{"redis-host", "REDIS_HOST"}, {"redis-port", "REDIS_PORT"}, {"redis-db", "REDIS_DB"}, {"redis-password", "REDIS_PASSWORD"}, {"redis-key-prefix", "REDIS_KEY_PREFIX"}} {
-		if fs.Changed(ef.flag) {
-			continue
-		}
-		if v, ok := lookup(ef.env); ok && v != "" {
-			if err := fs.Set(ef.flag, v); err != nil {
-				return usagef("invalid value %q for environment variable %s: %v", v, ef.env, err)
-			}
-		}
+	if err := applyEnv(fs, redisConnEnv, lookup); err != nil {
+		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return usagef("redis-collect: %v", err)

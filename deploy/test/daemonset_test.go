@@ -195,13 +195,20 @@ func TestDaemonSet(t *testing.T) {
 	})
 
 	t.Run("probes", func(t *testing.T) {
-		for name, p := range map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe} {
+		// Probes ask the endpoints made for them, not /metrics (a scrape costs a
+		// full collection): /-/healthy is "the process is up", /-/ready is
+		// "attached to at least one master".
+		for _, pr := range []struct {
+			name, path string
+			p          *corev1.Probe
+		}{{"readinessProbe", "/-/ready", c.ReadinessProbe}, {"livenessProbe", "/-/healthy", c.LivenessProbe}} {
+			name, p := pr.name, pr.p
 			if p == nil || p.HTTPGet == nil {
 				t.Errorf("%s: want an httpGet probe", name)
 				continue
 			}
-			if p.HTTPGet.Path != "/metrics" {
-				t.Errorf("%s path %q, want /metrics", name, p.HTTPGet.Path)
+			if p.HTTPGet.Path != pr.path {
+				t.Errorf("%s path %q, want %s", name, p.HTTPGet.Path, pr.path)
 			}
 			port := p.HTTPGet.Port
 			if port.IntValue() != 9090 && !slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool {

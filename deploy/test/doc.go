@@ -1,9 +1,12 @@
 // Package deploytest checks the deployment artefacts of gpe-ebpf: the
-// Dockerfile, the Kubernetes DaemonSet, the systemd unit, the Vagrantfile and
-// the Grafana dashboard.
+// Dockerfile, the Kubernetes DaemonSet, the Helm chart, the systemd unit, the
+// Vagrantfile, the Grafana dashboard and the Prometheus rules.
 //
 // It is a module of its own so that the main module does not depend on the
-// Kubernetes API types. Run it from this directory:
+// Kubernetes API types, Helm (whose loader, template engine and linter render
+// and check the chart here, as `helm lint` and `helm install --dry-run` would)
+// or the Prometheus Operator's types (which decode the chart's ServiceMonitor
+// and PodMonitor strictly). Run it from this directory:
 //
 //	go test ./... -count=1
 //
@@ -11,6 +14,6 @@
 // module's golden exposition, internal/export/testdata/golden.prom; the
 // environment variable GPE_GOLDEN points it at another file.
 //
-// Tests that need a tool (systemd-analyze, ruby) skip when it is missing,
-// except under CI=true, where they fail.
+// Tests that need a tool (systemd-analyze, ruby, promtool) skip when it is
+// missing, except under CI=true, where they fail.
 package deploytest

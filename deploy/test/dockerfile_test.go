@@ -90,9 +90,14 @@ func TestDockerfile(t *testing.T) {
 		}
 		var build string
 		cgoEnv := false
+		args := map[string]bool{} // ARGs declared in this stage before the go build
 		for _, in := range b.instr {
 			if in.cmd == "ENV" && strings.Contains(in.args, "CGO_ENABLED=0") {
 				cgoEnv = true
+			}
+			if in.cmd == "ARG" && build == "" {
+				name, _, _ := strings.Cut(in.args, "=")
+				args[strings.TrimSpace(name)] = true
 			}
 			if in.cmd == "RUN" && strings.Contains(in.args, "go build") {
 				build = in.args
@@ -104,9 +109,41 @@ func TestDockerfile(t *testing.T) {
 		if !cgoEnv && !strings.Contains(build, "CGO_ENABLED=0") {
 			t.Errorf("go build without CGO_ENABLED=0: %q", build)
 		}
-		for _, want := range []string{"-trimpath", `-ldflags "-s -w"`, "-o /gpe-ebpf", "./cmd/gpe-ebpf"} {
+		for _, want := range []string{"-trimpath", `-ldflags "-s -w `, "-o /gpe-ebpf", "./cmd/gpe-ebpf"} {
 			if !strings.Contains(build, want) {
 				t.Errorf("go build lacks %s: %q", want, build)
+			}
+		}
+		// The image's binary is stamped like `make build`'s: the build args VERSION
+		// and REVISION go into the same -X flags as the Makefile's LDFLAGS.
+		for arg, flag := range map[string]string{"VERSION": "-X main.version=${VERSION}", "REVISION": "-X main.commit=${REVISION}"} {
+			if !args[arg] {
+				t.Errorf("no ARG %s in the build stage before go build (an ARG before FROM is not seen inside a stage)", arg)
+			}
+			if !strings.Contains(build, flag) {
+				t.Errorf("go build lacks %s: %q", flag, build)
+			}
+		}
+		ldflags := regexp.MustCompile(`(?m)^LDFLAGS\s*:=(.*)$`).FindStringSubmatch(readRepoFile(t, "Makefile"))
+		if ldflags == nil {
+			t.Fatal("no LDFLAGS := in the Makefile")
+		}
+		for _, x := range []string{"-X main.version=$(VERSION)", "-X main.commit=$(COMMIT)"} {
+			if !strings.Contains(ldflags[1], x) {
+				t.Errorf("Makefile LDFLAGS %q lack %s: the Dockerfile's -X flags no longer match make build's", ldflags[1], x)
+			}
+		}
+	})
+
+	t.Run("make image", func(t *testing.T) {
+		// The Makefile's image target passes what make build stamps as the build args.
+		recipe := makeRecipe(t, readRepoFile(t, "Makefile"), "image")
+		if !strings.Contains(recipe, "docker build") {
+			t.Fatalf("make image does not run docker build: %q", recipe)
+		}
+		for _, want := range []string{"--build-arg VERSION=$(VERSION)", "--build-arg REVISION=$(COMMIT)"} {
+			if !strings.Contains(recipe, want) {
+				t.Errorf("make image lacks %s: %q", want, recipe)
 			}
 		}
 	})
@@ -179,4 +216,25 @@ func TestDockerfile(t *testing.T) {
 			}
 		}
 	})
+}
+
+// makeRecipe returns the recipe lines of a Makefile target, joined by newlines.
+func makeRecipe(t *testing.T, makefile, target string) string {
+	t.Helper()
+	var recipe []string
+	in := false
+	for _, line := range strings.Split(makefile, "\n") {
+		switch {
+		case strings.HasPrefix(line, target+":"):
+			in = true
+		case in && strings.HasPrefix(line, "\t"):
+			recipe = append(recipe, strings.TrimSpace(line))
+		case in:
+			in = false
+		}
+	}
+	if len(recipe) == 0 {
+		t.Fatalf("Makefile: no recipe for %s", target)
+	}
+	return strings.Join(recipe, "\n")
 }

@@ -962,3 +962,25 @@ func TestClientGone(t *testing.T) {
 		})
 	}
 }
+
+// TestQueueWait: a connection's first request carries when the kernel established it; the
+// wait until the worker read it goes into the master's queue histogram, once per connection
+// (a keep-alive request on it and a start without the time add nothing).
+func TestQueueWait(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	first := evStart(5*sec, 101, 3, 1, "GET /", 10)
+	first.EstablishedNS = 5*sec - 300*ms
+	second := evStart(6*sec, 102, 4, 2, "GET /", 10)
+	second.EstablishedNS = 6*sec - 2*ms
+	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID),
+		first, evResp(5*sec+ms, 101, 3, 1, 5*sec, 200, 10, 10),
+		evStart(5*sec+2*ms, 101, 3, 3, "GET /", 10), // keep-alive: no establishment
+		second)
+	q := masterOf(t, a.Snapshot(100*sec), masterPID).Queue
+	wantEq(t, "queued connections", q.Count, uint64(2))
+	wantEq(t, "waits in (1 ms, 2.5 ms]", inBucket(t, q, .0025), uint64(1))
+	wantEq(t, "waits in (0.25 s, 0.5 s]", inBucket(t, q, .5), uint64(1))
+	if d := q.Sum - 0.302; d < -1e-9 || d > 1e-9 {
+		t.Errorf("queue sum %v, want 0.302", q.Sum)
+	}
+}

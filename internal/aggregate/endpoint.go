@@ -55,24 +55,31 @@ func (r route) match(segs []string) bool {
 
 // normalizer maps request lines to (method, endpoint) labels and bounds their number.
 type normalizer struct {
-	mode   EndpointMode
-	routes []route
-	max    int
-	seen   map[string]struct{}
+	mode    EndpointMode
+	routes  []route
+	ignores []route // --ignore-route: requests to these are not counted
+	max     int
+	seen    map[string]struct{}
 	// cache maps whole request lines to their labels: a line always gets the same labels once
 	// seen has them, or once seen is full ("other"), so the answer can be kept. Bounded so
 	// that many distinct lines cost at most maxCache entries.
 	cache map[string]labels
 }
 
-type labels struct{ method, endpoint string }
+type labels struct {
+	method, endpoint string
+	ignored          bool // endpoint is the --ignore-route template it matched
+}
 
 const maxCache = 4096
 
-func newNormalizer(mode EndpointMode, routes []string, max int) *normalizer {
+func newNormalizer(mode EndpointMode, routes, ignores []string, max int) *normalizer {
 	n := &normalizer{mode: mode, max: max, seen: make(map[string]struct{}), cache: make(map[string]labels)}
 	for _, r := range routes {
 		n.routes = append(n.routes, parseRoute(r))
+	}
+	for _, r := range ignores {
+		n.ignores = append(n.ignores, parseRoute(r))
 	}
 	return n
 }
@@ -108,35 +115,41 @@ func splitLine(line []byte) (method, path string, ok bool) {
 	return m, path, true
 }
 
-// label turns a request line into bounded, valid label values.
-func (n *normalizer) label(line []byte) (method, endpoint string) {
+// label turns a request line into bounded, valid label values, or says which --ignore-route
+// template it matched.
+func (n *normalizer) label(line []byte) labels {
 	if l, ok := n.cache[string(line)]; ok {
-		return l.method, l.endpoint
+		return l
 	}
-	method, endpoint = n.labelSlow(line)
+	l := n.labelSlow(line)
 	if len(n.cache) < maxCache {
-		n.cache[string(line)] = labels{method, endpoint}
+		n.cache[string(line)] = l
 	}
-	return method, endpoint
+	return l
 }
 
-func (n *normalizer) labelSlow(line []byte) (method, endpoint string) {
+func (n *normalizer) labelSlow(line []byte) labels {
 	method, path, ok := splitLine(line)
 	if !ok {
-		return method, EndpointUnknown
+		return labels{method: method, endpoint: EndpointUnknown}
 	}
-	endpoint = n.endpoint(path)
+	endpoint, ignored := n.endpoint(path)
+	if ignored {
+		// Not a label value: it takes no place among --max-endpoints.
+		return labels{method: method, endpoint: endpoint, ignored: true}
+	}
 	if _, ok := n.seen[endpoint]; ok {
-		return method, endpoint
+		return labels{method: method, endpoint: endpoint}
 	}
 	if n.max > 0 && len(n.seen) >= n.max {
-		return method, EndpointOther
+		return labels{method: method, endpoint: EndpointOther}
 	}
 	n.seen[endpoint] = struct{}{}
-	return method, endpoint
+	return labels{method: method, endpoint: endpoint}
 }
 
-func (n *normalizer) endpoint(path string) string {
+// endpoint normalises a path; ignored says it matched the --ignore-route template returned.
+func (n *normalizer) endpoint(path string) (endpoint string, ignored bool) {
 	// Absolute form (proxies): drop scheme and authority. The kernel already cut ? and #.
 	if strings.HasPrefix(path, "http://") || strings.HasPrefix(path, "https://") {
 		rest := path[strings.Index(path, "//")+2:]
@@ -160,12 +173,17 @@ func (n *normalizer) endpoint(path string) string {
 		return r
 	}, path)
 	if path == "*" {
-		return path
+		return path, false
 	}
 	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for _, r := range n.ignores {
+		if r.match(segs) {
+			return r.template, true
+		}
+	}
 	for _, r := range n.routes {
 		if r.match(segs) {
-			return r.template
+			return r.template, false
 		}
 	}
 	if n.mode != EndpointRaw {
@@ -184,7 +202,7 @@ func (n *normalizer) endpoint(path string) string {
 			path = "/" + strings.Join(segs, "/") + trail
 		}
 	}
-	return truncate(path, MaxEndpointLen)
+	return truncate(path, MaxEndpointLen), false
 }
 
 // truncate cuts s to at most max bytes on a rune boundary.

@@ -88,8 +88,9 @@ func TestEndpointLabel(t *testing.T) {
 			if mode == "" {
 				mode = EndpointNormalized
 			}
-			n := newNormalizer(mode, tc.routes, 200)
-			method, endpoint := n.label([]byte(tc.line))
+			n := newNormalizer(mode, tc.routes, nil, 200)
+			l := n.label([]byte(tc.line))
+			method, endpoint := l.method, l.endpoint
 			wantEq(t, "method", method, tc.method)
 			wantEq(t, "endpoint", endpoint, tc.want)
 			if !utf8.ValidString(endpoint) {
@@ -106,7 +107,7 @@ func TestEndpointLabel(t *testing.T) {
 }
 
 func TestMaxEndpoints(t *testing.T) {
-	n := newNormalizer(EndpointNormalized, nil, 3)
+	n := newNormalizer(EndpointNormalized, nil, nil, 3)
 	for _, step := range []struct{ line, want string }{
 		{"GET /a", "/a"},
 		{"GET /b", "/b"},
@@ -120,8 +121,7 @@ func TestMaxEndpoints(t *testing.T) {
 		{"GET /users/3/x", EndpointOther},
 	} {
 		t.Run(step.line, func(t *testing.T) {
-			_, got := n.label([]byte(step.line))
-			wantEq(t, "endpoint", got, step.want)
+			wantEq(t, "endpoint", n.label([]byte(step.line)).endpoint, step.want)
 		})
 	}
 }

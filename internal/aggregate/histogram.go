@@ -1,6 +1,6 @@
 package aggregate
 
-// Bucket bounds from CONTRACT §2 and §3.
+// Bucket bounds from README "Metrics".
 var (
 	DurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 	SizeBuckets     = []float64{1024, 4096, 16384, 65536, 262144, 1048576, 4194304}

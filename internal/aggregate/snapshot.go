@@ -9,22 +9,32 @@ import (
 
 // Snapshot is a consistent copy of everything exported, taken under one lock.
 type Snapshot struct {
-	Taken    time.Time
-	Masters  []MasterSnapshot
-	Events   map[string]uint64 // records read, by kind
-	Unpaired uint64            // request records whose start or end was not seen
+	Taken   time.Time
+	Masters []MasterSnapshot
+	Events  map[string]uint64 // records read, by kind; a kind never read is absent
+	// EventKinds names every kind of record, read or not, in the kernel's order, so that the
+	// exporter serves a zero for a kind never read without knowing the probes.
+	EventKinds []string
+	Unpaired   uint64 // request records whose start or end was not seen
+	// ExitMark identifies the worker exits this snapshot shows; pass it to Served once an
+	// exposition made from it is served.
+	ExitMark uint64
 }
 
 // MasterSnapshot is one master and its workers.
 type MasterSnapshot struct {
 	PID         uint32
 	App         string
+	ContainerID string // the container runtime's ID, from the master's cgroup; "" outside one
+	PodUID      string // the Kubernetes pod UID, from the master's cgroup; "" outside a pod
 	LiveWorkers int
 	Restarts    uint64
+	Queue       Histogram // time from a connection's establishment to a worker's first read
 	Signals     map[string]uint64
 	Exits       map[string]uint64
 	HTTP        []HTTPCount
 	Routes      []RouteHistogram
+	Ignored     map[string]uint64 // requests not counted, by --ignore-route template
 	Workers     []WorkerSnapshot
 }
 
@@ -50,22 +60,23 @@ type LabeledCount struct {
 
 // WorkerSnapshot is one worker.
 type WorkerSnapshot struct {
-	ID          string
-	PID         uint32
-	State       string
-	StateSince  time.Time
-	Started     time.Time
-	Uptime      float64 // seconds; frozen at exit
-	Requests    uint64
-	Duration    Histogram
-	ReqSize     Histogram
-	RespSize    Histogram
-	Failed      []LabeledCount
-	Errors      []LabeledCount
-	InFlight    int
-	BusySeconds float64
-	RSS         uint64
-	CPUPercent  float64
+	ID           string
+	PID          uint32
+	ContainerPID uint32 // the PID the worker sees itself: PID outside a container
+	State        string
+	StateSince   time.Time
+	Started      time.Time
+	Uptime       float64 // seconds; frozen at exit
+	Requests     uint64
+	Duration     Histogram
+	ReqSize      Histogram
+	RespSize     Histogram
+	Failed       []LabeledCount
+	Errors       []LabeledCount
+	InFlight     int
+	BusySeconds  float64
+	RSS          uint64
+	CPUPercent   float64
 }
 
 // Snapshot copies the current state. monoNow is the current CLOCK_MONOTONIC time in
@@ -74,22 +85,26 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
-	s := Snapshot{Taken: now, Events: make(map[string]uint64), Unpaired: a.unpaired}
-	for k, n := range a.events {
-		if n > 0 {
-			s.Events[probes.Kind(k).String()] = n
+	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), Unpaired: a.unpaired, ExitMark: a.exits}
+	for k := probes.KindFork; int(k) < len(a.events); k++ {
+		s.EventKinds = append(s.EventKinds, k.String())
+		if n := a.events[k]; n > 0 {
+			s.Events[k.String()] = n
 		}
 	}
 	byMaster := make(map[*master][]WorkerSnapshot)
 	for _, w := range a.workers {
 		ws := WorkerSnapshot{
-			ID: w.id, PID: w.pid, State: w.state, StateSince: w.stateSince, Started: w.started,
+			ID: w.id, PID: w.pid, ContainerPID: w.pid, State: w.state, StateSince: w.stateSince, Started: w.started,
 			Requests: w.requests, Duration: w.duration.clone(), ReqSize: w.reqSize.clone(),
 			RespSize: w.respSize.clone(), InFlight: w.inFlight, RSS: w.rss, CPUPercent: w.cpu,
 		}
 		end := now
 		if w.state == StateExited {
 			end = w.stateSince
+		}
+		if w.containerPID != 0 {
+			ws.ContainerPID = w.containerPID
 		}
 		ws.Uptime = end.Sub(w.started).Seconds()
 		busy := w.busyNS
@@ -109,8 +124,8 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	}
 	for _, m := range a.masters {
 		ms := MasterSnapshot{
-			PID: m.pid, App: m.app, Restarts: m.restarts,
-			Signals: copyMap(m.signals), Exits: copyMap(m.exits),
+			PID: m.pid, App: m.app, ContainerID: m.containerID, PodUID: m.podUID, Restarts: m.restarts, Queue: m.queue.clone(),
+			Signals: copyMap(m.signals), Exits: copyMap(m.exits), Ignored: copyMap(m.ignored),
 			Workers: byMaster[m],
 		}
 		sort.Slice(ms.Workers, func(i, j int) bool { return ms.Workers[i].ID < ms.Workers[j].ID })

@@ -4,16 +4,19 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
 // Source is what the collector reads: the aggregator, or a fake in tests.
 type Source interface {
 	Snapshot(monoNow uint64) aggregate.Snapshot
+	// Served is told, after a collection, the ExitMark of the snapshot it served, so that the
+	// series of an exited worker go once they have been seen (aggregate.Config.ServedToDrop).
+	Served(exitMark uint64)
 }
 
 // CollectorConfig says how series are labelled.
@@ -22,8 +25,28 @@ type CollectorConfig struct {
 	MasterLabel bool
 	// ExpectedWorkers, when > 0, is exported as gunicorn_master_workers_expected (--workers).
 	ExpectedWorkers int
-	// Version is gpe-ebpf's version for gpe_ebpf_build_info.
-	Version string
+	// Version and Revision (the commit) are gpe-ebpf's, for gpe_ebpf_build_info.
+	Version, Revision string
+	// Hooks is the kernel side's hook mode, for gpe_ebpf_hooks_info ("" exports none).
+	Hooks string
+	// Programs reads the BPF programs' run counters at scrape time, for gpe_ebpf_program_*
+	// (nil exports none).
+	Programs ProgramStats
+}
+
+// ProgramStats is where the collector reads the kernel's per-program run counters: the probes,
+// or a fake in tests.
+type ProgramStats interface {
+	// ProgramStats returns each program's counters, and on = false while the kernel does not
+	// count (kernel.bpf_stats_enabled is 0): the series are then left out, not frozen.
+	ProgramStats() (stats []ProgramStat, on bool, err error)
+}
+
+// ProgramStat is one BPF program's run counters, as the kernel keeps them.
+type ProgramStat struct {
+	Name    string        // the program's name in bpf/gpe.bpf.c
+	Runs    uint64        // times it ran
+	Runtime time.Duration // CPU time it ran for
 }
 
 // Collector is an unchecked-free prometheus.Collector over a Source: every scrape takes one
@@ -37,7 +60,8 @@ type Collector struct {
 	workerRequests, workerDuration, workerMemory, workerCPU, workerUptime, workerState,
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
 	httpRequests, httpDuration, reqSize, respSize, inFlight, busy, masterWorkers,
-	masterExpected, exits, masterInfo, events, lostDesc, buildInfo *prometheus.Desc
+	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
+	progSeconds, attached, ignored, queue *prometheus.Desc
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -57,10 +81,11 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.workerState = d("gunicorn_worker_state", "Worker state (running, quitting, aborting, exited; exited has value 0); timestamp is the unix second of the last state change.", l("worker_id", "state", "timestamp"), nil)
 	c.workerFailed = d("gunicorn_worker_failed_requests_total", "Requests answered with a 5xx status, or that ended with no response at all.", l("worker_id", "method", "endpoint"), nil)
 	c.workerErrors = d("gunicorn_worker_error_handling_total", "Failed requests by error type: http_<code>, no_response, worker_timeout, worker_exit.", l("worker_id", "method", "endpoint", "error_type"), nil)
-	c.workerInfo = d("gunicorn_worker_info", "Joins worker_id to the worker's PID; always 1.", l("worker_id", "pid"), nil)
+	c.workerInfo = d("gunicorn_worker_info", "Joins worker_id to the worker's PID (the host's) and to the PID it sees itself (container_pid, different inside a container); always 1.", l("worker_id", "pid", "container_pid"), nil)
 	c.masterRestarts = d("gunicorn_master_worker_restarts_total", "Workers the master spawned to replace one that exited (reload, timeout, crash, max_requests).", base, nil)
 	c.masterSignals = d("gunicorn_master_signals_total", "Signals delivered to the master, named as Gunicorn names them.", l("signal"), nil)
 	c.httpRequests = d("gunicorn_http_requests_total", "Answered requests by method, endpoint and status code.", l("method", "endpoint", "status"), nil)
+	c.queue = d("gunicorn_request_queue_seconds", "Time a TCP connection waited in the listener's accept queue: from the kernel establishing it to a worker's first read of its first request.", base, nil)
 	c.httpDuration = d("gunicorn_http_request_duration_seconds", "Request duration by method and endpoint.", l("method", "endpoint"), nil)
 	c.reqSize = d("gunicorn_worker_request_size_bytes", "Bytes read for the request.", l("worker_id"), nil)
 	c.respSize = d("gunicorn_worker_response_size_bytes", "Bytes written for the response.", l("worker_id"), nil)
@@ -69,10 +94,15 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.masterWorkers = d("gunicorn_master_workers", "Live workers of the master.", base, nil)
 	c.masterExpected = d("gunicorn_master_workers_expected", "Workers the operator expects (--workers).", base, nil)
 	c.exits = d("gunicorn_worker_exits_total", "Worker exits by reason: graceful, error, timeout, oom, signal.", l("reason"), nil)
-	c.masterInfo = d("gunicorn_master_info", "An observed Gunicorn master and its application argument; always 1.", []string{"master_pid", "app"}, nil)
+	c.masterInfo = d("gunicorn_master_info", "An observed Gunicorn master, its application argument, and the container and Kubernetes pod its cgroup names (empty outside one); always 1.", []string{"master_pid", "app", "container_id", "pod_uid"}, nil)
 	c.events = d("gpe_ebpf_events_total", "Ring-buffer records read, by kind.", []string{"kind"}, nil)
 	c.lostDesc = d("gpe_ebpf_events_lost_total", "Records the kernel side could not submit to the ring buffer.", nil, nil)
-	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version and Go version; always 1.", []string{"version", "goversion"}, nil)
+	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version, commit, Go version and platform; always 1.", []string{"version", "revision", "goversion", "goos", "goarch"}, nil)
+	c.attached = d("gpe_ebpf_masters_attached", "Gunicorn masters observed now (0 while --pid-file waits for one).", nil, nil)
+	c.ignored = d("gpe_ebpf_ignored_requests_total", "Requests matching an --ignore-route template, counted nowhere else.", l("route"), nil)
+	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+) or syscall; always 1.", []string{"mode"}, nil)
+	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
+	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	return c
 }
 
@@ -82,7 +112,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
 		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.reqSize, c.respSize,
 		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
-		c.lostDesc, c.buildInfo} {
+		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored, c.queue} {
 		ch <- d
 	}
 }
@@ -90,9 +120,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect takes one snapshot and sends its series.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Snapshot(c.monoNow())
-	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, runtime.Version())
-	for k := probes.KindFork; int(k) < len(probes.KindNames); k++ {
-		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[k.String()]), k.String())
+	defer c.src.Served(s.ExitMark)
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, c.cfg.Revision, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	ch <- prometheus.MustNewConstMetric(c.attached, prometheus.GaugeValue, float64(len(s.Masters)))
+	for _, kind := range s.EventKinds {
+		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[kind]), kind)
 	}
 	if c.lost != nil {
 		if n, err := c.lost(); err == nil {
@@ -101,8 +133,31 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.NewInvalidMetric(c.lostDesc, err)
 		}
 	}
+	if c.cfg.Hooks != "" {
+		ch <- prometheus.MustNewConstMetric(c.hooksInfo, prometheus.GaugeValue, 1, c.cfg.Hooks)
+	}
+	c.collectPrograms(ch)
 	for i := range s.Masters {
 		c.collectMaster(ch, &s.Masters[i])
+	}
+}
+
+// collectPrograms sends the run counters of the BPF programs, if the kernel counts them.
+func (c *Collector) collectPrograms(ch chan<- prometheus.Metric) {
+	if c.cfg.Programs == nil {
+		return
+	}
+	stats, on, err := c.cfg.Programs.ProgramStats()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.progRuns, err)
+		return
+	}
+	if !on {
+		return
+	}
+	for _, st := range stats {
+		ch <- prometheus.MustNewConstMetric(c.progRuns, prometheus.CounterValue, float64(st.Runs), st.Name)
+		ch <- prometheus.MustNewConstMetric(c.progSeconds, prometheus.CounterValue, st.Runtime.Seconds(), st.Name)
 	}
 }
 
@@ -124,8 +179,9 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		ch <- newHistogramMetric(d, h, lv(values...))
 	}
 
-	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App)
+	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App, m.ContainerID, m.PodUID)
 	counter(c.masterRestarts, float64(m.Restarts))
+	hist(c.queue, m.Queue)
 	gauge(c.masterWorkers, float64(m.LiveWorkers))
 	if c.cfg.ExpectedWorkers > 0 {
 		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))
@@ -142,6 +198,9 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 	for _, r := range m.Routes {
 		hist(c.httpDuration, r.Duration, r.Method, r.Endpoint)
 	}
+	for route, n := range m.Ignored {
+		counter(c.ignored, float64(n), route)
+	}
 	for i := range m.Workers {
 		w := &m.Workers[i]
 		id := w.ID
@@ -157,7 +216,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 			state = 0
 		}
 		gauge(c.workerState, state, id, w.State, fmt.Sprint(w.StateSince.Unix()))
-		gauge(c.workerInfo, 1, id, strconv.FormatUint(uint64(w.PID), 10))
+		gauge(c.workerInfo, 1, id, strconv.FormatUint(uint64(w.PID), 10), strconv.FormatUint(uint64(w.ContainerPID), 10))
 		gauge(c.inFlight, float64(w.InFlight), id)
 		counter(c.busy, w.BusySeconds, id)
 		for _, f := range w.Failed {
@@ -168,5 +227,3 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		}
 	}
 }
-
-func goVersion() string { return runtime.Version() }

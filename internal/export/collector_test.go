@@ -2,8 +2,10 @@ package export
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +27,7 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	base := time.Unix(1_700_000_000, 0)
 	now := base.Add(100 * time.Second)
 	cfg := aggregate.DefaultConfig()
+	cfg.IgnoreRoutes = []string{"/healthz", "/-/{probe}"}
 	cfg.Now = func() time.Time { return now }
 	cfg.MonoToWall = func(ns uint64) time.Time { return base.Add(time.Duration(ns)) }
 	a := aggregate.New(cfg)
@@ -52,6 +55,7 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 		ts = end + 2
 	}
 	req(101, 5, 1, "GET /ok", 200, 2*time.Millisecond)
+	req(101, 5, 1, "GET /healthz", 200, time.Millisecond) // ignored: only in gpe_ebpf_ignored_requests_total
 	req(101, 5, 1, "GET /users/12345", 200, 30*time.Millisecond)
 	req(102, 6, 1, "POST /upload", 201, 300*time.Millisecond)
 	req(102, 6, 1, "GET /fail", 500, 5*time.Millisecond)
@@ -81,7 +85,7 @@ func gather(t *testing.T, cfg CollectorConfig) []byte {
 	a := scenario(t)
 	reg := prometheus.NewPedanticRegistry()
 	lost := func() (uint64, error) { return 0, nil }
-	cfg.Version = "test"
+	cfg.Version, cfg.Revision = "test", "0123abc"
 	reg.MustRegister(NewCollector(cfg, a, lost, func() uint64 { return uint64(20 * time.Second) }))
 	fams, err := reg.Gather()
 	if err != nil {
@@ -94,14 +98,15 @@ func gather(t *testing.T, cfg CollectorConfig) []byte {
 			t.Fatal(err)
 		}
 	}
-	// The Go version changes with the toolchain; the golden file does not.
-	return bytes.ReplaceAll(buf.Bytes(), []byte(`goversion="`+goVersion()+`"`), []byte(`goversion="GO"`))
+	// The Go version and the platform change with the toolchain; the golden file does not.
+	return bytes.ReplaceAll(buf.Bytes(), []byte(`goarch="`+runtime.GOARCH+`",goos="`+runtime.GOOS+`",goversion="`+runtime.Version()+`"`),
+		[]byte(`goarch="ARCH",goos="OS",goversion="GO"`))
 }
 
 // TestGolden checks the whole exposition against testdata/golden.prom (go test -update to
 // rewrite it after a deliberate change).
 func TestGolden(t *testing.T) {
-	got := gather(t, CollectorConfig{ExpectedWorkers: 2})
+	got := gather(t, CollectorConfig{ExpectedWorkers: 2, Hooks: "socket", Programs: countingPrograms})
 	const path = "testdata/golden.prom"
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
@@ -119,7 +124,7 @@ func TestGolden(t *testing.T) {
 
 // TestPromlint: the exposition has no problem promtool would report.
 func TestPromlint(t *testing.T) {
-	for _, cfg := range []CollectorConfig{{}, {MasterLabel: true, ExpectedWorkers: 4}} {
+	for _, cfg := range []CollectorConfig{{}, {MasterLabel: true, ExpectedWorkers: 4, Hooks: "syscall", Programs: countingPrograms}} {
 		problems, err := promlint.New(bytes.NewReader(gather(t, cfg))).Lint()
 		if err != nil {
 			t.Fatal(err)
@@ -140,7 +145,7 @@ func TestMasterLabel(t *testing.T) {
 	}
 }
 
-// TestContractMetrics: every metric of CONTRACT §2 and §3 is exported with its type.
+// TestContractMetrics: every metric of README "Metrics" is exported with its type.
 func TestContractMetrics(t *testing.T) {
 	out := string(gather(t, CollectorConfig{ExpectedWorkers: 2}))
 	want := map[string]string{
@@ -175,6 +180,117 @@ func TestContractMetrics(t *testing.T) {
 	}
 }
 
+// fakePrograms stands for the probes' ProgramStats.
+type fakePrograms struct {
+	stats []ProgramStat
+	on    bool
+	err   error
+}
+
+func (f fakePrograms) ProgramStats() ([]ProgramStat, bool, error) { return f.stats, f.on, f.err }
+
+// countingPrograms is a kernel with kernel.bpf_stats_enabled on.
+var countingPrograms = fakePrograms{on: true, stats: []ProgramStat{
+	{Name: "on_fork", Runs: 3, Runtime: 4500 * time.Nanosecond},
+	{Name: "on_sock_send", Runs: 120000, Runtime: 36 * time.Millisecond},
+}}
+
+// TestProgramMetrics: the programs' run counters are exported while the kernel counts them,
+// left out while kernel.bpf_stats_enabled is off or without probes, and a failed read fails
+// the scrape's program series rather than exporting a wrong value.
+func TestProgramMetrics(t *testing.T) {
+	const runs = `gpe_ebpf_program_runs_total{program="on_sock_send"} 120000` + "\n"
+	const secs = `gpe_ebpf_program_run_seconds_total{program="on_sock_send"} 0.036` + "\n"
+	for _, tc := range []struct {
+		name     string
+		programs ProgramStats
+		want     bool // the series are there
+	}{
+		{"counting", countingPrograms, true},
+		{"bpf_stats_enabled off", fakePrograms{on: false}, false},
+		{"no probes", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := string(gather(t, CollectorConfig{Programs: tc.programs}))
+			for _, s := range []string{runs, secs, `gpe_ebpf_program_runs_total{program="on_fork"} 3` + "\n", `gpe_ebpf_program_run_seconds_total{program="on_fork"} 4.5e-06` + "\n"} {
+				if got := strings.Contains(out, s); got != tc.want {
+					t.Errorf("series %q present: %v, want %v", strings.TrimSpace(s), got, tc.want)
+				}
+			}
+		})
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(CollectorConfig{Programs: fakePrograms{on: true, err: errors.New("bad fd")}}, scenario(t), nil, func() uint64 { return 0 }))
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "bad fd") {
+		t.Errorf("gather with a failing program read: %v, want the error", err)
+	}
+}
+
+// TestHooksInfo: the hook mode is one info series, absent when the collector is not told.
+func TestHooksInfo(t *testing.T) {
+	if out := string(gather(t, CollectorConfig{Hooks: "syscall"})); !strings.Contains(out, `gpe_ebpf_hooks_info{mode="syscall"} 1`+"\n") {
+		t.Errorf("no gpe_ebpf_hooks_info{mode=\"syscall\"} 1 in:\n%s", out)
+	}
+	if out := string(gather(t, CollectorConfig{})); strings.Contains(out, "gpe_ebpf_hooks_info") {
+		t.Error("gpe_ebpf_hooks_info without a mode")
+	}
+}
+
+// TestExitedWorkerDroppedAfterTwoScrapes: the scenario's exited workers are in two scrapes
+// (their exited state and final counters), then their series are gone; the live workers and
+// gunicorn_http_* stay as they were.
+func TestExitedWorkerDroppedAfterTwoScrapes(t *testing.T) {
+	a := scenario(t)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(CollectorConfig{Version: "test"}, a, nil, func() uint64 { return uint64(20 * time.Second) }))
+	exited := []string{"worker_1_1700000001", "worker_2_1700000002", "worker_3_1700000010"}
+	live := []string{"worker_4_1700000010", "worker_5_1700000010"}
+	var httpFirst string
+	for scrape := 1; scrape <= 3; scrape++ {
+		var buf bytes.Buffer
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+		var httpLines []string
+		for _, f := range fams {
+			if err := enc.Encode(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := buf.String()
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "gunicorn_http_") {
+				httpLines = append(httpLines, line)
+			}
+		}
+		for _, id := range exited {
+			seen := strings.Contains(out, `worker_id="`+id+`"`)
+			if want := scrape <= 2; seen != want {
+				t.Errorf("scrape %d: series of exited %s present=%v, want %v", scrape, id, seen, want)
+			}
+			if scrape <= 2 && !strings.Contains(out, `gunicorn_worker_state{state="exited",timestamp="1700000010",worker_id="`+id+`"} 0`) {
+				t.Errorf("scrape %d: %s not shown exited", scrape, id)
+			}
+		}
+		if scrape <= 2 && !strings.Contains(out, `gunicorn_worker_requests_total{worker_id="worker_2_1700000002"} 2`+"\n") {
+			t.Errorf("scrape %d: final requests_total of worker_2 not shown", scrape)
+		}
+		for _, id := range live {
+			if !strings.Contains(out, `gunicorn_worker_state{state="running",timestamp="1700000010",worker_id="`+id+`"} 1`) {
+				t.Errorf("scrape %d: live %s missing", scrape, id)
+			}
+		}
+		h := strings.Join(httpLines, "\n")
+		if scrape == 1 {
+			httpFirst = h
+		} else if h != httpFirst {
+			t.Errorf("scrape %d: gunicorn_http_* changed when exited workers went:\n%s", scrape, diff(httpFirst, h))
+		}
+	}
+}
+
 func diff(a, b string) string {
 	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
 	var out []string
@@ -197,4 +313,35 @@ func diff(a, b string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestContainerLabels: a master in a container carries its container and pod, its workers
+// the PID they see themselves beside the host's.
+func TestContainerLabels(t *testing.T) {
+	a := aggregate.New(aggregate.DefaultConfig())
+	a.AddMaster(4000, time.Unix(1_700_000_000, 0), "app:app")
+	a.SeedWorkers(4000, []uint32{4001}, []time.Time{time.Unix(1_700_000_001, 0)})
+	a.SetContainer(4000, 1, "3f1c", "1a2b-uid")
+	a.SetContainer(4001, 7, "3f1c", "1a2b-uid")
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(CollectorConfig{}, a, func() (uint64, error) { return 0, nil }, func() uint64 { return 0 }))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	for _, f := range fams {
+		if err := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain)).Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := buf.String()
+	for _, want := range []string{
+		`gunicorn_master_info{app="app:app",container_id="3f1c",master_pid="4000",pod_uid="1a2b-uid"} 1`,
+		`gunicorn_worker_info{container_pid="7",pid="4001",worker_id="worker_1_1700000001"} 1`,
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("missing %s in:\n%s", want, out)
+		}
+	}
 }

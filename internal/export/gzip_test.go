@@ -38,7 +38,7 @@ func TestAcceptsGzip(t *testing.T) {
 func TestHandlerGzip(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(CollectorConfig{Version: "test"}, scenario(t), nil, func() uint64 { return 0 }))
-	h := Handler(DefaultServerConfig(), reg, slog.New(slog.DiscardHandler))
+	h := Handler(DefaultServerConfig(), reg, nil, slog.New(slog.DiscardHandler))
 	get := func(enc string) *http.Response {
 		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 		req.Header.Set("Accept-Encoding", enc)

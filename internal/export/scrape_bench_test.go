@@ -53,7 +53,7 @@ func BenchmarkScrape(b *testing.B) {
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(NewCollector(CollectorConfig{}, a, func() (uint64, error) { return 0, nil }, func() uint64 { return ts }))
-			h := Handler(DefaultServerConfig(), reg, slog.New(slog.DiscardHandler))
+			h := Handler(DefaultServerConfig(), reg, nil, slog.New(slog.DiscardHandler))
 			if name == "gzip-promhttp-default" {
 				h = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 			}

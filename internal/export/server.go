@@ -30,7 +30,7 @@ type ServerConfig struct {
 	RetryDelays []time.Duration
 }
 
-// DefaultServerConfig is CONTRACT §5's defaults.
+// DefaultServerConfig is the defaults of README "Configuration".
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
 		BindAddress: "0.0.0.0", Port: 9090, MetricsPath: "/metrics",
@@ -68,9 +68,35 @@ func Listen(ctx context.Context, cfg ServerConfig, logger *slog.Logger) (net.Lis
 	}
 }
 
-// Handler serves the gatherer at the metrics path, and a small landing page at /.
-func Handler(cfg ServerConfig, g prometheus.Gatherer, logger *slog.Logger) http.Handler {
+// Probe paths, as Prometheus and its exporters name them.
+const (
+	HealthyPath = "/-/healthy"
+	ReadyPath   = "/-/ready"
+)
+
+// Handler serves the gatherer at the metrics path, a small landing page at /, and the probes:
+// HealthyPath answers 200 while the process serves at all, ReadyPath 200 while ready says
+// so (gpe-ebpf is attached to at least one master) and 503 otherwise. They sit behind the same
+// TLS and basic auth as the metrics (Serve applies the web config to the whole handler).
+func Handler(cfg ServerConfig, g prometheus.Gatherer, ready func() bool, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	if cfg.MetricsPath != HealthyPath {
+		mux.HandleFunc(HealthyPath, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			fmt.Fprintln(w, "gpe-ebpf is healthy.")
+		})
+	}
+	if cfg.MetricsPath != ReadyPath {
+		mux.HandleFunc(ReadyPath, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			if ready != nil && !ready() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintln(w, "gpe-ebpf is not ready: no Gunicorn master attached.")
+				return
+			}
+			fmt.Fprintln(w, "gpe-ebpf is ready.")
+		})
+	}
 	mux.Handle(cfg.MetricsPath, gzipFast(promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		ErrorLog:           slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:      promhttp.ContinueOnError,

@@ -15,18 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config is what main gathers from --multiproc-dir or PROMETHEUS_MULTIPROC_DIR.
-type Config struct {
-	// Dir is the application's PROMETHEUS_MULTIPROC_DIR; empty turns the
-	// collector off.
-	Dir string
-}
-
-// DefaultConfig returns the configuration with multiprocess reading off.
-func DefaultConfig() Config {
-	return Config{}
-}
-
 // Collector is an unchecked prometheus.Collector that, on every Collect,
 // reads the multiprocess files of a directory and merges them as
 // prometheus_client's MultiProcessCollector does. It also exposes
@@ -350,6 +338,11 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 
 	for _, m := range group(files) {
 		samples := merge(m)
+		// A summary or a histogram is claimed by its name, counters and gauges sample by sample.
+		if (m.typ == "summary" || m.typ == "histogram") && !claim(m.name, m.typ) {
+			continue
+		}
+		get, order := byLabels() // of a summary's or a histogram's series
 		switch m.typ {
 		case "counter", "gauge":
 			vt := prometheus.GaugeValue
@@ -365,23 +358,8 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 				emit(cm, err, s.name)
 			}
 		case "summary":
-			if !claim(m.name, m.typ) {
-				continue
-			}
-			type sum struct {
-				labels     map[string]string
-				count, sum float64
-			}
-			var order []*sum
-			byKey := map[string]*sum{}
 			for _, s := range samples {
-				k := labelKey(s.labels)
-				e := byKey[k]
-				if e == nil {
-					e = &sum{labels: s.labels}
-					byKey[k] = e
-					order = append(order, e)
-				}
+				e := get(s.labels)
 				switch s.name {
 				case m.name + "_count":
 					e.count = s.value
@@ -389,34 +367,12 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 					e.sum = s.value
 				}
 			}
-			for _, e := range order {
+			for _, e := range *order {
 				d, values := desc(m.name, m.help, e.labels)
 				cm, err := prometheus.NewConstSummary(d, toCount(e.count), e.sum, nil, values...)
 				emit(cm, err, m.name)
 			}
 		case "histogram":
-			if !claim(m.name, m.typ) {
-				continue
-			}
-			type hist struct {
-				labels   map[string]string
-				count    float64
-				sum      float64
-				buckets  map[float64]uint64
-				hasCount bool
-			}
-			var order []*hist
-			byKey := map[string]*hist{}
-			get := func(labels map[string]string) *hist {
-				k := labelKey(labels)
-				h := byKey[k]
-				if h == nil {
-					h = &hist{labels: labels, buckets: map[float64]uint64{}}
-					byKey[k] = h
-					order = append(order, h)
-				}
-				return h
-			}
 			for _, s := range samples {
 				switch s.name {
 				case m.name + "_bucket":
@@ -431,7 +387,7 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 					get(s.labels).sum = s.value
 				}
 			}
-			for _, h := range order {
+			for _, h := range *order {
 				if !h.hasCount {
 					// A _sum without any bucket: nothing a histogram
 					// can say about it.
@@ -444,6 +400,32 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 		}
 	}
 	return out
+}
+
+// series is a summary's or a histogram's samples of one label set, merged.
+type series struct {
+	labels     map[string]string
+	count, sum float64
+	buckets    map[float64]uint64 // histograms only
+	hasCount   bool               // histograms only: a _count sample was seen
+}
+
+// byLabels returns get, which finds or adds the series of a label set, and the series in
+// the order their label sets were first seen.
+func byLabels() (get func(labels map[string]string) *series, order *[]*series) {
+	byKey := map[string]*series{}
+	order = new([]*series)
+	get = func(labels map[string]string) *series {
+		k := labelKey(labels)
+		e := byKey[k]
+		if e == nil {
+			e = &series{labels: labels, buckets: map[float64]uint64{}}
+			byKey[k] = e
+			*order = append(*order, e)
+		}
+		return e
+	}
+	return get, order
 }
 
 // toCount converts an observation count kept as a float (as Python keeps

@@ -3,4 +3,8 @@
 // tracepoints, seeds the map of tracked processes, and turns ring-buffer records into typed
 // Events, which are plain structs so that everything above this package is tested by feeding
 // them without root.
+//
+// The hook mode (Config.Hooks, hooks.go) is chosen here, once: the socket tracepoints where the
+// kernel has them (6.3+), else the syscall tracepoints (5.17+). Only that mode's programs are
+// loaded, and both produce the same records, so nothing above this package knows which ran.
 package probes

@@ -89,13 +89,17 @@ type Event struct {
 	Seq         uint32
 	StartNS     uint64
 	LastWriteNS uint64
-	BytesIn     uint64
-	BytesOut    uint64
-	Status      uint16
-	Reason      EndReason
-	Flags       Flags
-	Line        []byte // REQ_START, REQ_LINE: (part of) "METHOD /path", cut after the path in the kernel
-	line        [LineMax]byte
+	// EstablishedNS (REQ_START of a TCP connection's first request, to a tracked listener):
+	// when the kernel established the connection; StartNS - EstablishedNS is its wait in the
+	// accept queue. 0 when not known.
+	EstablishedNS uint64
+	BytesIn       uint64
+	BytesOut      uint64
+	Status        uint16
+	Reason        EndReason
+	Flags         Flags
+	Line          []byte // REQ_START, REQ_LINE: (part of) "METHOD /path", cut after the path in the kernel
+	line          [LineMax]byte
 }
 
 // Sizes of the records (struct gpe_proc_event, gpe_req_event, gpe_req_start).
@@ -137,6 +141,11 @@ func Decode(raw []byte, ev *Event) error {
 		ev.Seq = le.Uint32(raw[20:])
 		ev.StartNS = le.Uint64(raw[24:])
 		ev.LastWriteNS = le.Uint64(raw[32:])
+		ev.EstablishedNS = 0
+		if ev.Kind == KindReqStart {
+			// A START's last_write_ns is its connection's establishment (bpf/gpe.h).
+			ev.EstablishedNS, ev.LastWriteNS = ev.LastWriteNS, 0
+		}
 		ev.BytesIn = le.Uint64(raw[40:])
 		ev.BytesOut = le.Uint64(raw[48:])
 		ev.Status = le.Uint16(raw[56:])

@@ -32,6 +32,7 @@ type gpeConn struct {
 	Flags       uint8
 	UnixSock    uint8
 	Ino         uint32
+	EstNs       uint64
 }
 
 type gpeFilter struct {
@@ -78,6 +79,11 @@ type gpeGpeReqStart struct {
 	Line [256]int8
 }
 
+type gpeListenPorts struct {
+	_  structs.HostLayout
+	On [65536]uint8
+}
+
 type gpeProcInfo struct {
 	_      structs.HostLayout
 	Master uint32
@@ -95,8 +101,10 @@ type gpeSlot struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	gpeMapConns           = "conns"
+	gpeMapEstablished     = "established"
 	gpeMapEvents          = "events"
 	gpeMapFilter          = "filter"
+	gpeMapListenPorts     = "listen_ports"
 	gpeMapLost            = "lost"
 	gpeMapProcs           = "procs"
 	gpeMapScratch         = "scratch"
@@ -108,7 +116,10 @@ const (
 	gpeProgOnSignal       = "on_signal"
 	gpeProgOnSockRecv     = "on_sock_recv"
 	gpeProgOnSockSend     = "on_sock_send"
+	gpeProgOnSysRecv      = "on_sys_recv"
+	gpeProgOnSysSend      = "on_sys_send"
 	gpeProgOnTcpDestroy   = "on_tcp_destroy"
+	gpeProgOnTcpState     = "on_tcp_state"
 	gpeVarNextSeq         = "next_seq"
 	gpeVarTcpInConns      = "tcp_in_conns"
 	gpeVarUnusedProcEvent = "unused_proc_event"
@@ -165,20 +176,25 @@ type gpeProgramSpecs struct {
 	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnSysRecv    *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
+	OnSysSend    *ebpf.ProgramSpec `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
+	OnTcpState   *ebpf.ProgramSpec `ebpf:"on_tcp_state"`
 }
 
 // gpeMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeMapSpecs struct {
-	Conns   *ebpf.MapSpec `ebpf:"conns"`
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Filter  *ebpf.MapSpec `ebpf:"filter"`
-	Lost    *ebpf.MapSpec `ebpf:"lost"`
-	Procs   *ebpf.MapSpec `ebpf:"procs"`
-	Scratch *ebpf.MapSpec `ebpf:"scratch"`
-	Slots   *ebpf.MapSpec `ebpf:"slots"`
+	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	Established *ebpf.MapSpec `ebpf:"established"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Filter      *ebpf.MapSpec `ebpf:"filter"`
+	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
+	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	Procs       *ebpf.MapSpec `ebpf:"procs"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	Slots       *ebpf.MapSpec `ebpf:"slots"`
 }
 
 // gpeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -212,20 +228,24 @@ func (o *gpeObjects) Close() error {
 //
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpeMaps struct {
-	Conns   *ebpf.Map `ebpf:"conns"`
-	Events  *ebpf.Map `ebpf:"events"`
-	Filter  *ebpf.Map `ebpf:"filter"`
-	Lost    *ebpf.Map `ebpf:"lost"`
-	Procs   *ebpf.Map `ebpf:"procs"`
-	Scratch *ebpf.Map `ebpf:"scratch"`
-	Slots   *ebpf.Map `ebpf:"slots"`
+	Conns       *ebpf.Map `ebpf:"conns"`
+	Established *ebpf.Map `ebpf:"established"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Filter      *ebpf.Map `ebpf:"filter"`
+	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
+	Lost        *ebpf.Map `ebpf:"lost"`
+	Procs       *ebpf.Map `ebpf:"procs"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
+	Slots       *ebpf.Map `ebpf:"slots"`
 }
 
 func (m *gpeMaps) Close() error {
 	return _GpeClose(
 		m.Conns,
+		m.Established,
 		m.Events,
 		m.Filter,
+		m.ListenPorts,
 		m.Lost,
 		m.Procs,
 		m.Scratch,
@@ -255,7 +275,10 @@ type gpePrograms struct {
 	OnSignal     *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
+	OnSysRecv    *ebpf.Program `ebpf:"on_sys_recv"`
+	OnSysSend    *ebpf.Program `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
+	OnTcpState   *ebpf.Program `ebpf:"on_tcp_state"`
 }
 
 func (p *gpePrograms) Close() error {
@@ -267,7 +290,10 @@ func (p *gpePrograms) Close() error {
 		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
+		p.OnSysRecv,
+		p.OnSysSend,
 		p.OnTcpDestroy,
+		p.OnTcpState,
 	)
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,9 @@ type Config struct {
 	WakeupBytes uint64
 	// PollInterval is how often the reader looks at the ring buffer when wake-ups are batched.
 	PollInterval time.Duration // also a bound on any missed wake-up
+	// Hooks is how a worker's socket calls are seen: HooksSocket, HooksSyscall, or HooksAuto
+	// (socket where the kernel has the socket tracepoints, Linux 6.3+, else syscall).
+	Hooks string
 }
 
 // DefaultConfig is what gpe-ebpf runs with. Wake-ups are batched by default: waking the reader
@@ -34,7 +39,7 @@ type Config struct {
 // ≈ 180 µs around a 2 ms drain), whatever it reads: 100 ms instead of 50 took the observer's CPU
 // per request at saturation from 1.5 to 1.2 µs, and halved its cost when idle.
 func DefaultConfig() Config {
-	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond}
+	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto}
 }
 
 // ErrClosed is returned by Read once Close has been called.
@@ -43,7 +48,10 @@ var ErrClosed = errors.New("probes closed")
 // Probes owns the loaded BPF objects, their links and the ring-buffer reader. Close releases
 // all of them; nothing stays loaded in the kernel after it.
 type Probes struct {
-	objs       gpeObjects
+	objs       gpeMaps
+	coll       *ebpf.Collection         // the loaded programs (and the .bss and .rodata maps)
+	progs      map[string]*ebpf.Program // coll's programs, by name
+	hooks      string                   // the mode loaded: HooksSocket or HooksSyscall
 	links      []link.Link
 	reader     *ringbuf.Reader
 	rec        ringbuf.Record
@@ -60,14 +68,14 @@ type Probes struct {
 	sinceLook int       // records read since the last sweep check
 }
 
-type attachment struct {
-	group, name string // a tracepoint, or a BTF tracepoint when group is ""
-	prog        *ebpf.Program
-}
-
-// Load loads the programs, attaches every hook and opens the ring-buffer reader. It fails with a
-// wrapped error naming the hook that could not be attached; what was attached is released.
+// Load chooses the hook mode (cfg.Hooks, ChooseHooks), loads that mode's programs, attaches
+// every hook and opens the ring-buffer reader. It fails with a wrapped error naming the hook
+// that could not be attached; what was attached is released.
 func Load(cfg Config) (_ *Probes, err error) {
+	mode, err := ChooseHooks(cfg.Hooks, kernelHasType)
+	if err != nil {
+		return nil, err
+	}
 	if err := EnsureTracefs(); err != nil {
 		return nil, err
 	}
@@ -81,48 +89,55 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err := spec.Variables["wakeup_bytes"].Set(cfg.WakeupBytes); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
-	p := &Probes{cfg: cfg, closed: make(chan struct{}), burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
+	// kernel does not have); every map serves both.
+	hooks := hooksOf(mode)
+	keep := make(map[string]bool)
+	for _, h := range hooks {
+		keep[h.prog] = true
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	p := &Probes{cfg: cfg, hooks: mode, closed: make(chan struct{}), burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load bpf objects: %+v", verr)
+			return nil, fmt.Errorf("load bpf objects (%s hooks): %+v", mode, verr)
 		}
-		return nil, fmt.Errorf("load bpf objects: %w", err)
+		return nil, fmt.Errorf("load bpf objects (%s hooks): %w", mode, err)
 	}
+	p.coll, p.progs = coll, coll.Programs
 	defer func() {
 		if err != nil {
 			p.Close()
 		}
 	}()
+	if err := coll.Assign(&p.objs); err != nil {
+		return nil, fmt.Errorf("load bpf maps: %w", err)
+	}
 
-	o := &p.objs
-	p.filter, err = unix.Mmap(o.Filter.FD(), 0, int(unsafe.Sizeof(gpeFilter{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	p.filter, err = unix.Mmap(p.objs.Filter.FD(), 0, int(unsafe.Sizeof(gpeFilter{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map the process filter: %w", err)
 	}
-	hooks := []attachment{
-		{"", "sched_process_fork", o.OnFork},
-		{"", "sched_process_exec", o.OnExec},
-		{"", "sched_process_exit", o.OnExit},
-		{"", "signal_generate", o.OnSignal},
-		{"oom", "mark_victim", o.OnOom},
-		{"", "sock_recv_length", o.OnSockRecv},
-		{"", "sock_send_length", o.OnSockSend},
-		{"", "tcp_destroy_sock", o.OnTcpDestroy},
-	}
 	for _, h := range hooks {
 		var l link.Link
+		prog := p.progs[h.prog]
 		if h.group == "" {
-			l, err = link.AttachTracing(link.TracingOptions{Program: h.prog})
+			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
 		} else {
-			l, err = link.Tracepoint(h.group, h.name, h.prog, nil)
+			l, err = link.Tracepoint(h.group, h.name, prog, nil)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("attach %s: %w", h.name, err)
 		}
 		p.links = append(p.links, l)
 	}
-	p.reader, err = ringbuf.NewReader(o.Events)
+	p.reader, err = ringbuf.NewReader(p.objs.Events)
 	if err != nil {
 		return nil, fmt.Errorf("create ring buffer reader: %w", err)
 	}
@@ -170,6 +185,20 @@ func (p *Probes) Untrack(tgid uint32) error {
 	}
 	if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("untrack %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// SetListenPorts makes ports the TCP ports of the tracked masters' listeners: a connection
+// established to one of them is timed until a worker's first read of it, the wait in the
+// accept queue (KindReqStart's EstablishedNS). Any other port is not.
+func (p *Probes) SetListenPorts(ports []uint16) error {
+	var v gpeListenPorts
+	for _, port := range ports {
+		v.On[port] = 1
+	}
+	if err := p.objs.ListenPorts.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set listening ports: %w", err)
 	}
 	return nil
 }
@@ -250,10 +279,13 @@ func (p *Probes) Lost() (uint64, error) {
 	return n, nil
 }
 
+// Hooks is the hook mode that was loaded: HooksSocket or HooksSyscall.
+func (p *Probes) Hooks() string { return p.hooks }
+
 // ProgramIDs lists the IDs of the loaded programs, so a test can check none outlives Close.
 func (p *Probes) ProgramIDs() []ebpf.ProgramID {
 	var ids []ebpf.ProgramID
-	for _, prog := range []*ebpf.Program{p.objs.OnFork, p.objs.OnExit, p.objs.OnSockRecv} {
+	for _, prog := range p.progs {
 		if info, err := prog.Info(); err == nil {
 			if id, ok := info.ID(); ok {
 				ids = append(ids, id)
@@ -261,6 +293,46 @@ func (p *Probes) ProgramIDs() []ebpf.ProgramID {
 		}
 	}
 	return ids
+}
+
+// ProgramStat is a loaded program's run counters, as the kernel keeps them while
+// kernel.bpf_stats_enabled is 1.
+type ProgramStat struct {
+	Name    string        // the program's name in bpf/gpe.bpf.c
+	Runs    uint64        // times it ran
+	Runtime time.Duration // CPU time it ran for
+}
+
+// statsSysctl turns the kernel's per-program run counters on (1) and off (0).
+const statsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
+
+// ProgramStats returns the run counters of every loaded program, sorted by name, and on: whether
+// the kernel counts now. While kernel.bpf_stats_enabled is 0 (the default: counting costs two
+// clock reads per run) the counters stand still, and nothing is returned.
+func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
+	b, err := os.ReadFile(statsSysctl)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil // before Linux 5.8
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read %s: %w", statsSysctl, err)
+	}
+	if strings.TrimSpace(string(b)) == "0" {
+		return nil, false, nil
+	}
+	names := make([]string, 0, len(p.progs))
+	for name := range p.progs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		st, err := p.progs[name].Stats()
+		if err != nil {
+			return nil, true, fmt.Errorf("program %s: %w", name, err)
+		}
+		stats = append(stats, ProgramStat{Name: name, Runs: st.RunCount, Runtime: st.Runtime})
+	}
+	return stats, true, nil
 }
 
 // Close closes the reader first (so a blocked Read returns), then detaches every link and
@@ -285,5 +357,9 @@ func (p *Probes) Close() error {
 		p.filter = nil
 	}
 	errs = append(errs, p.objs.Close())
+	if p.coll != nil {
+		p.coll.Close()
+		p.coll = nil
+	}
 	return errors.Join(errs...)
 }

@@ -1,8 +1,11 @@
 package probes
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -15,24 +18,62 @@ import (
 // requireRoot skips, or under CI=true fails: loading BPF needs root (CAP_BPF, CAP_PERFMON).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if err := CheckPrivileges(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("this test loads BPF programs and needs root: %v", err)
-		}
-		t.Skipf("this test loads BPF programs and needs root: %v", err)
+	need(t, "this test loads BPF programs and needs root", CheckPrivileges())
+}
+
+// hookModes are the modes the state-machine tests run in: both feed the same code (on_io in
+// bpf/gpe.bpf.c) from different hooks.
+var hookModes = []string{HooksSocket, HooksSyscall}
+
+// workerIO is how a test's worker side reads and writes a socket. The socket hooks see read
+// and write too; syscall mode sees recvfrom, recvmsg, sendto, sendmsg and sendfile only.
+type workerIO struct {
+	recv func(fd int, b []byte) (int, error)
+	send func(fd int, b []byte)
+}
+
+func ioFor(mode string) workerIO {
+	if mode == HooksSocket {
+		return workerIO{unix.Read, func(fd int, b []byte) { unix.Write(fd, b) }}
+	}
+	return workerIO{
+		func(fd int, b []byte) (int, error) { n, _, err := unix.Recvfrom(fd, b, 0); return n, err },
+		func(fd int, b []byte) { unix.Sendto(fd, b, 0, nil) },
 	}
 }
 
-// TestRequestStateMachine drives one real HTTP exchange over loopback with the syscalls a
-// Gunicorn worker uses (accept4, recvfrom, sendto, close: seen by the socket hooks and the
-// TCP state change of the close), from this very process tracked as a worker, and checks the
-// records the kernel side emits.
-func TestRequestStateMachine(t *testing.T) {
-	requireRoot(t)
-	p, err := Load(DefaultConfig())
-	if err != nil {
-		t.Fatalf("load: %v", err)
+// forEachMode runs test as a subtest per hook mode.
+func forEachMode(t *testing.T, test func(t *testing.T, mode string)) {
+	for _, mode := range hookModes {
+		t.Run(mode, func(t *testing.T) { test(t, mode) })
 	}
+}
+
+// loadMode loads the probes in one hook mode and checks that this mode is what was loaded.
+func loadMode(t *testing.T, mode string) *Probes {
+	t.Helper()
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Hooks = mode
+	p, err := Load(cfg)
+	if err != nil {
+		t.Fatalf("load %s hooks: %v", mode, err)
+	}
+	if p.Hooks() != mode {
+		p.Close()
+		t.Fatalf("loaded %s hooks, asked for %s", p.Hooks(), mode)
+	}
+	return p
+}
+
+// TestRequestStateMachine drives one real HTTP exchange over loopback with the syscalls a
+// Gunicorn worker uses (accept4, recvfrom, sendto, close: seen by the socket or syscall hooks
+// and the TCP socket's end), from this very process tracked as a worker, and checks the
+// records the kernel side emits, in each hook mode.
+func TestRequestStateMachine(t *testing.T) { forEachMode(t, testRequestStateMachine) }
+
+func testRequestStateMachine(t *testing.T, mode string) {
+	p := loadMode(t, mode)
 	ids := p.ProgramIDs()
 	defer func() {
 		p.Close()
@@ -155,8 +196,11 @@ func TestRequestStateMachine(t *testing.T) {
 
 // TestUnixConnectionClose: no hook sees a Unix socket close, so the reader's sweep ends the
 // request once the worker's fd no longer names the socket, with the kernel's own figures.
-func TestUnixConnectionClose(t *testing.T) {
-	p := loadAsWorker(t)
+func TestUnixConnectionClose(t *testing.T) { forEachMode(t, testUnixConnectionClose) }
+
+func testUnixConnectionClose(t *testing.T, mode string) {
+	p := loadAsWorker(t, mode)
+	io := ioFor(mode)
 	path := t.TempDir() + "/s.sock"
 	ln, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
@@ -179,13 +223,13 @@ func TestUnixConnectionClose(t *testing.T) {
 	req := "GET /over/unix HTTP/1.0\r\n\r\n"
 	unix.Write(cl, []byte(req))
 	buf := make([]byte, 4096)
-	if _, err := unix.Read(srv, buf); err != nil {
+	if _, err := io.recv(srv, buf); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(10 * time.Millisecond)
 	head, body := "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n", "nope"
-	unix.Write(srv, []byte(head))
-	unix.Write(srv, []byte(body))
+	io.send(srv, []byte(head))
+	io.send(srv, []byte(body))
 	closedAt := time.Now()
 	unix.Close(srv)
 
@@ -217,15 +261,11 @@ func TestUnixConnectionClose(t *testing.T) {
 	}
 }
 
-// loadAsWorker loads the probes, closed when the test ends, with this process tracked as a
-// worker.
-func loadAsWorker(t *testing.T) *Probes {
+// loadAsWorker loads the probes in a hook mode, closed when the test ends, with this process
+// tracked as a worker.
+func loadAsWorker(t *testing.T, mode string) *Probes {
 	t.Helper()
-	requireRoot(t)
-	p, err := Load(DefaultConfig())
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
+	p := loadMode(t, mode)
 	t.Cleanup(func() { p.Close() })
 	if err := p.Track(uint32(os.Getpid()), 1, ProcWorker); err != nil {
 		t.Fatal(err)
@@ -299,12 +339,15 @@ func record(p *Probes) *recorder {
 	return r
 }
 
-// rawContains reports whether any record read so far holds s anywhere in its bytes.
+// rawContains reports whether any record read so far holds s in the bytes after its fixed
+// fields: the line of a START or LINE record and its padding, where bytes of the read past
+// the path would be. (The fixed fields are times, ids and sizes, whose bytes may spell two
+// letters by chance: "?t" did once, in a timestamp.)
 func (r *recorder) rawContains(s string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, b := range r.raw {
-		if strings.Contains(string(b), s) {
+		if len(b) > reqSize && strings.Contains(string(b[reqSize:]), s) {
 			return true
 		}
 	}
@@ -338,20 +381,23 @@ func (r *recorder) requests(t *testing.T, within time.Duration) []Event {
 // TestProbation: a connection whose first bytes are not a request line is a request only if
 // the worker answers with a status line (Gunicorn's 400 to garbage); the worker's own client
 // traffic (a database protocol) on such a socket produces no record at all.
-func TestProbation(t *testing.T) {
-	p := loadAsWorker(t)
+func TestProbation(t *testing.T) { forEachMode(t, testProbation) }
+
+func testProbation(t *testing.T, mode string) {
+	p := loadAsWorker(t, mode)
+	io := ioFor(mode)
 	rec := record(p)
 	buf := make([]byte, 4096)
 
 	// A client socket of the worker: it writes a query and reads a reply, neither HTTP.
 	ln := tcpListen(t)
 	db, dbSrv := tcpConnect(t, ln)
-	unix.Write(dbSrv, []byte("+OK redis says hello\r\n"))
-	unix.Read(db, buf)
-	unix.Write(db, []byte("*1\r\n$4\r\nPING\r\n"))
-	unix.Read(dbSrv, buf)
-	unix.Write(dbSrv, []byte("+PONG\r\n"))
-	unix.Read(db, buf)
+	io.send(dbSrv, []byte("+OK redis says hello\r\n"))
+	io.recv(db, buf)
+	io.send(db, []byte("*1\r\n$4\r\nPING\r\n"))
+	io.recv(dbSrv, buf)
+	io.send(dbSrv, []byte("+PONG\r\n"))
+	io.recv(db, buf)
 	unix.Close(db)
 	unix.Close(dbSrv)
 	if got := rec.requests(t, 300*time.Millisecond); len(got) != 0 {
@@ -363,9 +409,9 @@ func TestProbation(t *testing.T) {
 	defer unix.Close(cl)
 	garbage := "\x00\x01binary\xff garbage\r\n\r\n"
 	unix.Write(cl, []byte(garbage))
-	unix.Read(srv, buf)
+	io.recv(srv, buf)
 	answer := "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"
-	unix.Write(srv, []byte(answer))
+	io.send(srv, []byte(answer))
 	unix.Close(srv)
 	got := rec.requests(t, 2*time.Second)
 	if len(got) != 3 {
@@ -427,8 +473,10 @@ func TestFilterCounts(t *testing.T) {
 
 // TestSlotTaken: a TCP connection whose slot of the connection table is held by another goes
 // to the hash map, and is followed and ended from there as from a slot.
-func TestSlotTaken(t *testing.T) {
-	p := loadAsWorker(t)
+func TestSlotTaken(t *testing.T) { forEachMode(t, testSlotTaken) }
+
+func testSlotTaken(t *testing.T, mode string) {
+	p := loadAsWorker(t, mode)
 	// Every slot held by a socket that is not this one.
 	n := p.objs.Slots.MaxEntries()
 	keys := make([]uint32, n)
@@ -463,5 +511,142 @@ func TestSlotTaken(t *testing.T) {
 	}
 	if p.objs.Conns.Iterate().Next(&sk, &c) {
 		t.Errorf("the ended connection is still in the hash map: %+v", c)
+	}
+}
+
+// TestHookModeAttachments: socket mode attaches no syscall tracepoint (enabling one puts every
+// syscall of every task on the host on the kernel's slow path) and loads no syscall-mode
+// program; syscall mode attaches its five sys_exit tracepoints and loads no socket-mode
+// program. What is attached is read back from the kernel, through bpftool's list of this
+// process's tracepoint attachments, and the programs' names from their IDs.
+func TestHookModeAttachments(t *testing.T) {
+	want := map[string]struct{ tracepoints, raw, progs []string }{
+		HooksSocket: {
+			tracepoints: []string{"mark_victim"},
+			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "sock_recv_length", "sock_send_length", "tcp_destroy_sock"},
+			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sock_recv", "on_sock_send", "on_tcp_destroy", "on_tcp_state"},
+		},
+		HooksSyscall: {
+			tracepoints: []string{"mark_victim", "sys_exit_recvfrom", "sys_exit_recvmsg", "sys_exit_sendfile64", "sys_exit_sendmsg", "sys_exit_sendto"},
+			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "tcp_destroy_sock"},
+			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sys_recv", "on_sys_send", "on_tcp_destroy", "on_tcp_state"},
+		},
+	}
+	forEachMode(t, func(t *testing.T, mode string) {
+		p := loadMode(t, mode)
+		defer p.Close()
+		tps, raw := perfList(t)
+		if got := strings.Join(tps, " "); got != strings.Join(want[mode].tracepoints, " ") {
+			t.Errorf("tracepoints attached: %s, want %s", got, strings.Join(want[mode].tracepoints, " "))
+		}
+		if got := strings.Join(raw, " "); got != strings.Join(want[mode].raw, " ") {
+			t.Errorf("BTF tracepoints attached: %s, want %s", got, strings.Join(want[mode].raw, " "))
+		}
+		var progs []string
+		for _, id := range p.ProgramIDs() {
+			prog, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := prog.Info()
+			prog.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs = append(progs, info.Name)
+		}
+		sort.Strings(progs)
+		if got := strings.Join(progs, " "); got != strings.Join(want[mode].progs, " ") {
+			t.Errorf("programs loaded: %s, want %s", got, strings.Join(want[mode].progs, " "))
+		}
+	})
+}
+
+// perfList is what `bpftool perf list` says this process has attached: tracepoints, and raw
+// (BTF) tracepoints, each sorted.
+func perfList(t *testing.T) (tracepoints, raw []string) {
+	t.Helper()
+	_, err := exec.LookPath("bpftool")
+	need(t, "this test lists attachments with bpftool (make deps)", err)
+	out, err := exec.Command("bpftool", "-j", "perf", "list").Output()
+	if err != nil {
+		t.Fatalf("bpftool perf list: %v", err)
+	}
+	var entries []struct {
+		PID        int    `json:"pid"`
+		FDType     string `json:"fd_type"`
+		Tracepoint string `json:"tracepoint"`
+	}
+	if err := json.Unmarshal(out, &entries); err != nil {
+		t.Fatalf("bpftool perf list: %v\n%s", err, out)
+	}
+	for _, e := range entries {
+		if e.PID != os.Getpid() {
+			continue
+		}
+		switch e.FDType {
+		case "tracepoint":
+			tracepoints = append(tracepoints, e.Tracepoint)
+		case "raw_tracepoint":
+			raw = append(raw, e.Tracepoint)
+		default:
+			t.Errorf("unexpected attachment %+v", e)
+		}
+	}
+	sort.Strings(tracepoints)
+	sort.Strings(raw)
+	return tracepoints, raw
+}
+
+// need skips, or under CI=true fails, when what a test needs (root, a tool) is missing.
+func need(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s: %v", what, err)
+	}
+	t.Skipf("%s: %v", what, err)
+}
+
+// TestProgramStats: while the kernel counts (kernel.bpf_stats_enabled 1), ProgramStats reports
+// each loaded program and the runs of the socket hooks a request made; with it 0, nothing.
+func TestProgramStats(t *testing.T) {
+	p := loadAsWorker(t, HooksSocket)
+	if b, err := os.ReadFile(statsSysctl); err == nil && strings.TrimSpace(string(b)) == "0" {
+		if stats, on, err := p.ProgramStats(); err != nil || on || stats != nil {
+			t.Errorf("with kernel.bpf_stats_enabled 0: %v, %v, %v; want nothing", stats, on, err)
+		}
+	}
+	// The sysctl, not BPF_ENABLE_STATS (which counts without changing what the sysctl says):
+	// it is what ProgramStats goes by. Put back as it was.
+	old, err := os.ReadFile(statsSysctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(statsSysctl, []byte("1"), 0o644); err != nil {
+		t.Fatalf("turn kernel.bpf_stats_enabled on: %v", err)
+	}
+	defer os.WriteFile(statsSysctl, old, 0o644)
+	ln := tcpListen(t)
+	cl, srv := tcpConnect(t, ln)
+	defer unix.Close(cl)
+	unix.Sendto(cl, []byte("GET /counted HTTP/1.1\r\n\r\n"), 0, nil)
+	unix.Recvfrom(srv, make([]byte, 512), 0)
+	unix.Close(srv)
+	stats, on, err := p.ProgramStats()
+	if err != nil || !on {
+		t.Fatalf("ProgramStats: %v, on %v", err, on)
+	}
+	byName := map[string]ProgramStat{}
+	for _, st := range stats {
+		byName[st.Name] = st
+	}
+	if len(byName) != len(p.progs) {
+		t.Errorf("stats of %d programs, %d loaded: %+v", len(byName), len(p.progs), stats)
+	}
+	if st := byName[gpeProgOnSockRecv]; st.Runs == 0 || st.Runtime <= 0 {
+		t.Errorf("on_sock_recv after a request: %+v, want runs and run time", st)
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 func TestAlive(t *testing.T) {
-	if !Alive(uint32(os.Getpid())) {
+	if !Host.Alive(uint32(os.Getpid())) {
 		t.Errorf("this process is not alive")
 	}
 	// A child that exited and is not reaped yet is a zombie: its exit has happened.
@@ -30,11 +30,11 @@ func TestAlive(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if Alive(pid) {
+	if Host.Alive(pid) {
 		t.Errorf("zombie %d reported alive", pid)
 	}
 	cmd.Wait()
-	if Alive(pid) {
+	if Host.Alive(pid) {
 		t.Errorf("reaped %d reported alive", pid)
 	}
 }

@@ -9,13 +9,20 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/shirou/gopsutil/v4/process"
 )
 
-// Root is where /proc is mounted (changed in tests).
-var Root = "/proc"
+// FS is a /proc tree: the host's (Host), or a fixture in tests. Sampler always reads the host's.
+type FS struct {
+	// Root is where the tree is mounted, "/proc" for the host's.
+	Root string
+}
+
+// Host is the host's /proc.
+var Host = FS{Root: "/proc"}
 
 // Info is what gpe-ebpf needs to know about a process.
 type Info struct {
@@ -28,9 +35,13 @@ type Info struct {
 // ErrNoProcess is wrapped when a PID names no process.
 var ErrNoProcess = errors.New("no such process")
 
+func (fs FS) pidDir(pid uint32) string {
+	return filepath.Join(fs.Root, strconv.FormatUint(uint64(pid), 10))
+}
+
 // Read returns a process's parent, command line and start time.
-func Read(pid uint32) (Info, error) {
-	dir := filepath.Join(Root, strconv.FormatUint(uint64(pid), 10))
+func (fs FS) Read(pid uint32) (Info, error) {
+	dir := fs.pidDir(pid)
 	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -47,7 +58,7 @@ func Read(pid uint32) (Info, error) {
 		return Info{}, fmt.Errorf("read pid %d cmdline: %w", pid, err)
 	}
 	info := Info{PID: pid, PPID: ppid, Cmdline: splitCmdline(raw)}
-	if bt, err := bootTime(); err == nil {
+	if bt, err := fs.bootTime(); err == nil {
 		info.Started = bt.Add(time.Duration(ticks) * time.Second / clockTicks)
 	}
 	return info, nil
@@ -55,29 +66,36 @@ func Read(pid uint32) (Info, error) {
 
 // Alive says whether pid is a running process: not gone, and not a zombie waiting for its
 // parent (a zombie's exit has happened; only its /proc entry is left).
-func Alive(pid uint32) bool {
-	stat, err := os.ReadFile(filepath.Join(Root, strconv.FormatUint(uint64(pid), 10), "stat"))
+func (fs FS) Alive(pid uint32) bool {
+	_, ok := fs.Running(pid)
+	return ok
+}
+
+// Running says whether pid is a running process (as Alive does) and returns its parent.
+func (fs FS) Running(pid uint32) (ppid uint32, ok bool) {
+	stat, err := os.ReadFile(filepath.Join(fs.pidDir(pid), "stat"))
 	if err != nil {
-		return false
+		return 0, false
 	}
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 || len(stat) < i+3 {
-		return false
+	f := statFields(stat)
+	if len(f) < 2 || f[0] == "Z" || f[0] == "X" || f[0] == "x" {
+		return 0, false
 	}
-	st := stat[i+2]
-	return st != 'Z' && st != 'X'
+	p, err := strconv.ParseUint(f[1], 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(p), true
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture gpe-ebpf builds for.
 const clockTicks = 100
 
 func parseStat(stat []byte) (ppid uint32, startTicks uint64, err error) {
-	// The command name is in parentheses and may contain spaces: fields start after the last ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
+	f := statFields(stat)
+	if f == nil {
 		return 0, 0, errors.New("malformed stat")
 	}
-	f := strings.Fields(string(stat[i+1:]))
 	// f[0] is the state (field 3); ppid is field 4, starttime field 22.
 	if len(f) < 20 {
 		return 0, 0, errors.New("short stat")
@@ -91,6 +109,16 @@ func parseStat(stat []byte) (ppid uint32, startTicks uint64, err error) {
 		return 0, 0, fmt.Errorf("parse starttime: %w", err)
 	}
 	return uint32(p), st, nil
+}
+
+// statFields are the fields of /proc/PID/stat after the command name, which is in parentheses
+// and may contain spaces: the fields start after the last ')'. nil when there is none.
+func statFields(stat []byte) []string {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(stat[i+1:]))
 }
 
 func splitCmdline(raw []byte) []string {
@@ -110,13 +138,14 @@ func splitCmdline(raw []byte) []string {
 	return out
 }
 
-var bootTimeCache time.Time
+// bootTimes caches each tree's boot time (btime of its stat), by Root.
+var bootTimes sync.Map
 
-func bootTime() (time.Time, error) {
-	if !bootTimeCache.IsZero() {
-		return bootTimeCache, nil
+func (fs FS) bootTime() (time.Time, error) {
+	if bt, ok := bootTimes.Load(fs.Root); ok {
+		return bt.(time.Time), nil
 	}
-	b, err := os.ReadFile(filepath.Join(Root, "stat"))
+	b, err := os.ReadFile(filepath.Join(fs.Root, "stat"))
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -126,11 +155,12 @@ func bootTime() (time.Time, error) {
 			if err != nil {
 				return time.Time{}, err
 			}
-			bootTimeCache = time.Unix(s, 0)
-			return bootTimeCache, nil
+			bt := time.Unix(s, 0)
+			bootTimes.Store(fs.Root, bt)
+			return bt, nil
 		}
 	}
-	return time.Time{}, errors.New("no btime in /proc/stat")
+	return time.Time{}, errors.New("no btime in " + filepath.Join(fs.Root, "stat"))
 }
 
 // LooksLikeGunicorn says whether a command line is Gunicorn's: the gunicorn script, python -m
@@ -206,8 +236,8 @@ func takesValue(opt string) bool {
 }
 
 // Children lists the processes whose parent is pid, oldest first.
-func Children(pid uint32) ([]Info, error) {
-	all, err := All()
+func (fs FS) Children(pid uint32) ([]Info, error) {
+	all, err := fs.All()
 	if err != nil {
 		return nil, err
 	}
@@ -221,11 +251,11 @@ func Children(pid uint32) ([]Info, error) {
 	return out, nil
 }
 
-// All reads every process in /proc; processes that vanish while reading are skipped.
-func All() ([]Info, error) {
-	ents, err := os.ReadDir(Root)
+// All reads every process in the tree; processes that vanish while reading are skipped.
+func (fs FS) All() ([]Info, error) {
+	ents, err := os.ReadDir(fs.Root)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", Root, err)
+		return nil, fmt.Errorf("read %s: %w", fs.Root, err)
 	}
 	var out []Info
 	for _, e := range ents {
@@ -233,7 +263,7 @@ func All() ([]Info, error) {
 		if err != nil {
 			continue
 		}
-		if info, err := Read(uint32(n)); err == nil {
+		if info, err := fs.Read(uint32(n)); err == nil {
 			out = append(out, info)
 		}
 	}
@@ -242,8 +272,8 @@ func All() ([]Info, error) {
 
 // Masters finds every Gunicorn master on the host: a Gunicorn process whose parent is not
 // a Gunicorn process (so workers, and a USR2 child before it execs, are not masters).
-func Masters() ([]Info, error) {
-	all, err := All()
+func (fs FS) Masters() ([]Info, error) {
+	all, err := fs.All()
 	if err != nil {
 		return nil, err
 	}

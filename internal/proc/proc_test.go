@@ -44,14 +44,14 @@ func TestParseStat(t *testing.T) {
 }
 
 func TestReadSelf(t *testing.T) {
-	info, err := Read(uint32(os.Getpid()))
+	info, err := Host.Read(uint32(os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.PPID != uint32(os.Getppid()) || len(info.Cmdline) == 0 || info.Started.IsZero() {
 		t.Errorf("Read(self) = %+v", info)
 	}
-	if _, err := Read(1 << 30); err == nil {
+	if _, err := Host.Read(1 << 30); err == nil {
 		t.Errorf("Read of a missing pid succeeded")
 	}
 }

@@ -75,6 +75,7 @@ type Forwarder struct {
 	mu           sync.Mutex // serialises forwards and guards the outage state
 	failures     int        // consecutive failed forwards
 	failingSince time.Time
+	notify       func() (written func())
 
 	closeOnce sync.Once
 	closeErr  error
@@ -135,6 +136,16 @@ func (f *Forwarder) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{f.forwardErrors, f.lastForward}
 }
 
+// NotifyForwarded sets a function called before each gathering; the function it returns is
+// called once the exposition of that gathering is written to Redis. gpe-ebpf keeps the series
+// of an exited worker until then (aggregate.Aggregator.BeginForward), so that Redis too sees
+// its final values. Call it before Run.
+func (f *Forwarder) NotifyForwarded(before func() (written func())) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.notify = before
+}
+
 // Run forwards at once, then every interval until ctx is done, then makes
 // one final forward bounded by about a second, and closes the Redis client.
 // Call it once, in its own goroutine; it returns only after ctx is done.
@@ -186,9 +197,16 @@ func (f *Forwarder) Forward(ctx context.Context) error {
 	defer cancel()
 
 	now := time.Now()
+	var written func()
+	if f.notify != nil {
+		written = f.notify()
+	}
 	text, err := f.render()
 	if err == nil {
 		err = f.write(ctx, now, text)
+	}
+	if err == nil && written != nil {
+		written()
 	}
 	if err != nil {
 		if errors.Is(parent.Err(), context.Canceled) {

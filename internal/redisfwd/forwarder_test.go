@@ -548,3 +548,37 @@ func mustGather(t *testing.T, g prometheus.Gatherer) []*dto.MetricFamily {
 	}
 	return mfs
 }
+
+// TestForwarderNotifyForwarded: the hook runs before each gathering, and what it returns runs
+// once that exposition is in Redis, never after a forward that failed.
+func TestForwarderNotifyForwarded(t *testing.T) {
+	s := startRedis(t, "")
+	reg, _ := gunicornRegistry(t)
+	g := &snapshotGatherer{g: reg}
+	f, err := NewForwarder(forwarderConfig(s, "web-1", 200*time.Millisecond), g, nil, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var before, written, gatheredAtBefore int
+	f.NotifyForwarded(func() func() {
+		before++
+		gatheredAtBefore, _ = g.state()
+		return func() { written++ }
+	})
+	if err := f.Forward(context.Background()); err != nil {
+		t.Fatalf("forward: %v", err)
+	}
+	calls, _ := g.state()
+	if before != 1 || written != 1 || gatheredAtBefore != calls-1 {
+		t.Errorf("after a good forward: before=%d written=%d, gathered %d times before the hook and %d after; want 1, 1, hook before the gathering",
+			before, written, gatheredAtBefore, calls)
+	}
+	s.kill()
+	if err := f.Forward(context.Background()); err == nil {
+		t.Fatal("forward to a dead Redis succeeded")
+	}
+	if before != 2 || written != 1 {
+		t.Errorf("after a failed forward: before=%d written=%d, want 2 and still 1", before, written)
+	}
+}

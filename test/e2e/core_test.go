@@ -2,10 +2,17 @@ package e2e
 
 import (
 	"fmt"
+	"math"
+	"os"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 )
 
 // TestSyncEndToEnd is issue 2's acceptance test: a real Gunicorn (sync, 2 workers), a known
@@ -26,10 +33,24 @@ func TestSyncEndToEnd(t *testing.T) {
 			t.Errorf("/fail: %d", s)
 		}
 	})
-	parallel(nSlow, 2, func(int) { get(t, g.URL()+"/slow") })
+	// The client's own latency of each /slow request bounds the duration the worker can have
+	// taken (first byte read to last byte written) from above, whatever the load on the machine.
+	slowClient := make([]time.Duration, nSlow)
+	parallel(nSlow, 2, func(i int) {
+		t0 := time.Now()
+		get(t, g.URL()+"/slow")
+		slowClient[i] = time.Since(t0)
+	})
 
 	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, nOK+nFail+nSlow)
 	t.Logf("requests sent %d, counted %v", nOK+nFail+nSlow, ms.sum("gunicorn_worker_requests_total", nil))
+	// One mode is loaded: the one asked for, or for auto whichever this kernel has.
+	hooks := ms.series("gpe_ebpf_hooks_info", nil)
+	if mode := os.Getenv("GPE_HOOKS"); len(hooks) != 1 || value(hooks[0]) != 1 ||
+		(mode != "" && mode != "auto" && label(hooks[0], "mode") != mode) ||
+		(label(hooks[0], "mode") != "socket" && label(hooks[0], "mode") != "syscall") {
+		t.Errorf("gpe_ebpf_hooks_info: %v, want one series of value 1 naming the mode (GPE_HOOKS=%q)", hooks, mode)
+	}
 	time.Sleep(300 * time.Millisecond) // nothing more may arrive
 	ms = p.scrape(t)
 	if got := ms.sum("gunicorn_worker_requests_total", nil); got != nOK+nFail+nSlow {
@@ -54,8 +75,9 @@ func TestSyncEndToEnd(t *testing.T) {
 	if n := ms.bucket("gunicorn_http_request_duration_seconds", slow, 0.05); n != 0 {
 		t.Errorf("%d /slow requests at or below 0.05s, want 0", n)
 	}
-	if n := ms.bucket("gunicorn_http_request_duration_seconds", slow, 0.1); n != nSlow {
-		t.Errorf("%d /slow requests at or below 0.1s, want %d", n, nSlow)
+	le := bucketAbove(slices.Max(slowClient).Seconds())
+	if n := ms.bucket("gunicorn_http_request_duration_seconds", slow, le); n != nSlow {
+		t.Errorf("%d /slow requests at or below %gs (the bucket above the slowest client latency, %v), want %d", n, le, slices.Max(slowClient), nSlow)
 	}
 	// The worker histograms agree with the per-endpoint ones.
 	if n := ms.sum("gunicorn_worker_request_duration_seconds", nil); n != nOK+nFail+nSlow {
@@ -104,11 +126,21 @@ func TestSyncEndToEnd(t *testing.T) {
 	if got := ms.sum("gunicorn_master_signals_total", map[string]string{"signal": "hup"}); got != 1 {
 		t.Errorf("signals_total{hup} = %v, want 1", got)
 	}
+	// Each old worker is shown exited in two scrapes, then its series go: look for each in any.
+	seenExited := make(map[string]bool)
 	waitFor(t, 10*time.Second, "the old workers to exit", func() bool {
 		ms = p.scrape(t)
+		for _, m := range ms.series("gunicorn_worker_state", map[string]string{"state": "exited"}) {
+			seenExited[label(m, "worker_id")] = true
+		}
 		return len(ms.series("gunicorn_worker_state", map[string]string{"state": "running"})) == 2 &&
-			len(ms.series("gunicorn_worker_state", map[string]string{"state": "exited"})) == 2
+			len(seenExited) == 2
 	})
+	for id := range oldIDs {
+		if !seenExited[id] {
+			t.Errorf("old worker %s never shown exited", id)
+		}
+	}
 	for _, m := range ms.series("gunicorn_worker_state", map[string]string{"state": "running"}) {
 		if oldIDs[label(m, "worker_id")] {
 			t.Errorf("worker %s still running after HUP", label(m, "worker_id"))
@@ -132,12 +164,14 @@ func TestSyncEndToEnd(t *testing.T) {
 		t.Fatalf("no gunicorn_worker_info for pid %d", victim)
 	}
 	syscall.Kill(victim, syscall.SIGKILL)
-	ms = p.waitMetric(t, "gunicorn_master_worker_restarts_total", nil, 3)
-	waitFor(t, 5*time.Second, "the killed worker's state to be exited", func() bool {
+	var st []*dto.Metric // the killed worker's state, from a scrape that showed it exited
+	waitFor(t, 5*time.Second, "the killed worker's state to be exited and its replacement", func() bool {
 		ms = p.scrape(t)
-		return len(ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID, "state": "exited"})) == 1
+		if len(ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID, "state": "exited"})) == 1 {
+			st = ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID})
+		}
+		return st != nil && ms.sum("gunicorn_master_worker_restarts_total", nil) == 3
 	})
-	st := ms.series("gunicorn_worker_state", map[string]string{"worker_id": victimID})
 	if len(st) != 1 || value(st[0]) != 0 {
 		t.Errorf("state of killed worker %s: %v, want one exited series with value 0", victimID, st)
 	}
@@ -238,4 +272,14 @@ func TestLifecycle(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("gpe-ebpf still running 10s after the master exited")
 	}
+}
+
+// bucketAbove is the smallest duration bucket bound at or above d seconds.
+func bucketAbove(d float64) float64 {
+	for _, le := range aggregate.DurationBuckets {
+		if le >= d {
+			return le
+		}
+	}
+	return math.Inf(1)
 }

@@ -256,11 +256,22 @@ func (s *safeBuffer) String() string {
 	return s.b.String()
 }
 
+// defaultArgs are the flags every test's gpe-ebpf gets before its own (which win): the metrics
+// port, a short sampling interval, debug logs, and --hooks $GPE_HOOKS when that is set, so the
+// whole suite runs in either hook mode (make test-e2e runs it in both).
+func defaultArgs(port int) []string {
+	args := []string{"--metrics-port", strconv.Itoa(port), "--bind-address", "127.0.0.1", "--sample-interval", "500ms", "--log-level", "debug"}
+	if h := os.Getenv("GPE_HOOKS"); h != "" {
+		args = append(args, "--hooks", h)
+	}
+	return args
+}
+
 // startGPE starts gpe-ebpf with args (plus a free --metrics-port) and waits for /metrics.
 func startGPE(t *testing.T, args ...string) *gpe {
 	t.Helper()
 	p := &gpe{Port: freePort(t), out: new(safeBuffer), done: make(chan struct{})}
-	args = append([]string{"--metrics-port", strconv.Itoa(p.Port), "--bind-address", "127.0.0.1", "--sample-interval", "500ms", "--log-level", "debug"}, args...)
+	args = append(defaultArgs(p.Port), args...)
 	p.cmd = exec.Command(binPath, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out

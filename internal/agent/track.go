@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
+)
+
+// attach tracks a master and the workers it already has.
+func (a *Agent) attach(info proc.Info) error {
+	m := info.PID
+	if err := a.k.Track(m, m, probes.ProcMaster); err != nil {
+		return err
+	}
+	a.agg.AddMaster(m, info.Started, proc.App(info.Cmdline))
+	// Listed after the master is tracked, so a worker forked meanwhile is seen either way.
+	kids, err := a.proc.Children(m)
+	if err != nil {
+		return err
+	}
+	var pids []uint32
+	var started []time.Time
+	for _, k := range kids {
+		if err := a.k.Track(k.PID, m, probes.ProcWorker); err != nil {
+			return err
+		}
+		pids = append(pids, k.PID)
+		started = append(started, k.Started)
+	}
+	a.agg.SeedWorkers(m, pids, started)
+	a.noteContainer(m)
+	for _, w := range pids {
+		a.noteContainer(w)
+	}
+	a.log.Info("attached to master", "master_pid", m, "app", proc.App(info.Cmdline), "workers", pids)
+	return nil
+}
+
+// noteContainer records where a process of ours runs (README "Gunicorn in containers").
+func (a *Agent) noteContainer(pid uint32) {
+	c := a.proc.Container(pid)
+	a.agg.SetContainer(pid, c.PID, c.ID, c.PodUID)
+}
+
+// watchListeners gives the kernel the TCP ports the observed masters listen on, so that the
+// connections to them are timed from their establishment to a worker's first read (README
+// "Seeing the queue"). Masters come and go, and a USR2 upgrade's new master inherits its
+// listeners, so the set is made again at each rescan.
+func (a *Agent) watchListeners() {
+	var ports []uint16
+	for _, m := range a.agg.Masters() {
+		p, err := a.proc.ListenPorts(m)
+		if err != nil {
+			a.log.Debug("listening ports", "master_pid", m, "error", err)
+			continue
+		}
+		ports = append(ports, p...)
+	}
+	slices.Sort(ports)
+	ports = slices.Compact(ports)
+	if a.ports != nil && slices.Equal(ports, a.ports) {
+		return
+	}
+	if err := a.k.SetListenPorts(ports); err != nil {
+		a.log.Warn("set listening ports", "ports", ports, "error", err)
+		return
+	}
+	a.ports = append([]uint16{}, ports...)
+	a.log.Debug("listening ports timed in the accept queue", "ports", ports)
+}
+
+// read turns kernel events into aggregate updates until the Kernel is closed. A master's
+// exit goes to Run's loop; a worker that execs is the new master of a USR2 upgrade, which
+// the kernel side tracks from then on and the aggregate observes as a master.
+func (a *Agent) read() {
+	var ev probes.Event
+	for {
+		err := a.k.Read(&ev)
+		if errors.Is(err, probes.ErrClosed) {
+			return
+		}
+		if err != nil {
+			a.log.Warn("read event", "error", err)
+			continue
+		}
+		a.agg.Handle(&ev)
+		switch {
+		case ev.Kind == probes.KindExit && ev.ProcKind == probes.ProcMaster:
+			a.noteGone(ev.TGID)
+		case ev.Kind == probes.KindExec && ev.ProcKind == probes.ProcWorker:
+			a.noteContainer(ev.TGID)
+			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
+		case ev.Kind == probes.KindSignal && ev.ProcKind == probes.ProcWorker:
+			a.log.Debug("worker signalled", "master_pid", ev.Master, "worker_pid", ev.TGID, "sender_pid", ev.Other,
+				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
+		case ev.Kind == probes.KindFork:
+			a.noteContainer(ev.TGID)
+			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
+		case ev.Kind == probes.KindExit:
+			a.log.Debug("worker exited", "master_pid", ev.Master, "worker_pid", ev.TGID, "status", ev.Code)
+		}
+	}
+}
+
+// noteGone tells Run's loop that a master is gone. One note is enough for the decision,
+// which looks at the masters left, so a full channel loses nothing.
+func (a *Agent) noteGone(pid uint32) {
+	select {
+	case a.masterGone <- pid:
+	default:
+	}
+}
+
+// dropGoneMasters forgets masters whose process is gone although no exit event said so: an
+// exit record dropped in the kernel (gpe_ebpf_events_lost_total) must not leave a master
+// observed, and its series served, forever, nor keep --pid from exiting.
+func (a *Agent) dropGoneMasters() {
+	for _, m := range a.agg.Masters() {
+		if a.proc.Alive(m) {
+			continue
+		}
+		a.log.Warn("master is gone but its exit was not seen (events lost?); dropping it", "master_pid", m)
+		a.agg.RemoveMaster(m)
+		if err := a.k.Untrack(m); err != nil {
+			a.log.Debug("untrack", "master_pid", m, "error", err)
+		}
+		a.noteGone(m)
+	}
+}
+
+func (a *Agent) sample(s *proc.Sampler) {
+	live := make(map[uint32]bool)
+	for _, pid := range a.agg.LiveWorkers() {
+		info, err := a.proc.Read(pid)
+		if err != nil {
+			continue
+		}
+		u, err := s.Sample(pid, info.Started)
+		if err != nil {
+			continue
+		}
+		live[pid] = true
+		a.agg.SetUsage(pid, u.RSS, u.CPUPercent)
+	}
+	s.Forget(live)
+}
+
+// discover attaches every Gunicorn master not observed yet. Masters that exit are dropped
+// by their exit event.
+func (a *Agent) discover() {
+	masters, err := a.proc.Masters()
+	if err != nil {
+		a.log.Warn("discover masters", "error", err)
+		return
+	}
+	known := make(map[uint32]bool)
+	for _, m := range a.agg.Masters() {
+		known[m] = true
+	}
+	for _, m := range masters {
+		if known[m.PID] {
+			continue
+		}
+		if err := a.attach(m); err != nil {
+			a.log.Warn("attach discovered master", "master_pid", m.PID, "error", err)
+		}
+	}
+}
+
+// followPIDFile attaches the master the pid file names, if it is a new one.
+func (a *Agent) followPIDFile() {
+	pid, err := readPIDFile(a.cfg.PIDFile)
+	if err != nil {
+		return // between a service's stop and start the file may be missing
+	}
+	for _, m := range a.agg.Masters() {
+		if m == pid {
+			return
+		}
+	}
+	info, err := a.checkTarget(pid)
+	if err != nil {
+		a.log.Warn("pid file names a process that is not a Gunicorn master", "pid", pid, "error", err)
+		return
+	}
+	if err := a.attach(info); err != nil {
+		a.log.Warn("re-attach", "master_pid", pid, "error", err)
+	}
+}
+
+// MultiprocLive tells the multiprocess collector whether the process that wrote a live*
+// gauge file still runs. A worker of a master we observe is alive until we see its exit from
+// the kernel (its /proc entry outlives that event for a moment). Any other process writing
+// to the directory (a cron job, a sidecar, a worker's own subprocess) is alive while /proc
+// shows it running and not a zombie: without that fallback it would never count, where the
+// Python exporter counted it.
+func (a *Agent) MultiprocLive(pid int) bool {
+	if pid <= 0 || pid > 1<<22 {
+		return false
+	}
+	if a.agg.IsLive(uint32(pid)) {
+		return true
+	}
+	// Gunicorn in a container names its files by the PIDs it sees (README "Gunicorn in
+	// containers"), which are not the host's.
+	if live, known := a.agg.ContainerPIDLive(uint32(pid)); known {
+		return live
+	}
+	ppid, ok := a.proc.Running(uint32(pid))
+	if !ok {
+		return false
+	}
+	for _, m := range a.agg.Masters() {
+		if ppid == m {
+			return false // one of our workers: it exited, as we saw
+		}
+	}
+	return true
+}

@@ -1,0 +1,65 @@
+package aggregate
+
+import (
+	"testing"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+)
+
+// TestIgnoreRoutes: requests to an --ignore-route template count only in Ignored, whatever
+// their status or fate; they still occupy the worker (in flight, busy time); other requests,
+// --route templates and the endpoint bound are unaffected.
+func TestIgnoreRoutes(t *testing.T) {
+	const w = 101
+	a, _ := newTestAggregator(t, func(c *Config) {
+		c.IgnoreRoutes = []string{"/healthz", "/probe/{kind}", "/unused"}
+		c.Routes = []string{"/users/{id}"}
+		c.MaxEndpoints = 2
+	})
+	feed(a, evFork(sec, w, masterPID))
+	req := func(fd, seq uint32, at uint64, line string, status uint16) {
+		feed(a, evStart(at, w, fd, seq, line, 100))
+		if status != 0 {
+			feed(a, evResp(at+10*ms, w, fd, seq, at, status, 100, 200))
+		}
+		feed(a, evEnd(at+20*ms, w, fd, seq, at, at+10*ms, 100, 200, status, probes.EndClose))
+	}
+	req(5, 1, 2*sec, "GET /healthz", 200)
+	req(5, 2, 3*sec, "GET /healthz/", 503)      // trailing slash; a 5xx is not a failure either
+	req(5, 3, 4*sec, "HEAD /probe/ready", 200)  // a {name} segment matches any one
+	req(5, 4, 5*sec, "GET /probe/ready/x", 200) // not the template: counted
+	req(5, 5, 6*sec, "GET /healthz", 0)         // no response: not a failure
+	req(5, 6, 7*sec, "GET /users/7", 200)
+	req(5, 7, 8*sec, "GET /other", 200) // the third endpoint: /healthz took no place
+	// In flight when the worker dies: not a worker_exit failure either.
+	feed(a, evStart(9*sec, w, 6, 1, "GET /healthz", 10))
+	ws := workerOf(t, a.Snapshot(9*sec+500*ms), w)
+	wantEq(t, "ignored request in flight", ws.InFlight, 1)
+	feed(a, evExit(10*sec, w, 9))
+
+	s := a.Snapshot(0)
+	m := masterOf(t, s, masterPID)
+	ws = workerOf(t, s, w)
+	wantEq(t, "ignored /healthz", m.Ignored["/healthz"], uint64(4))
+	wantEq(t, "ignored /probe/{kind}", m.Ignored["/probe/{kind}"], uint64(1))
+	wantEq(t, "unused template served as 0", m.Ignored["/unused"], uint64(0))
+	wantEq(t, "ignored templates", len(m.Ignored), 3)
+	wantEq(t, "worker requests", ws.Requests, uint64(3))
+	wantEq(t, "duration observations", ws.Duration.Count, uint64(3))
+	wantEq(t, "size observations", ws.ReqSize.Count, uint64(3))
+	wantEq(t, "failed", total(ws.Failed), uint64(0))
+	wantEq(t, "errors", total(ws.Errors), uint64(0))
+	wantEq(t, "http total", httpTotal(m), uint64(3))
+	wantEq(t, "/probe/ready/x counted", httpCount(m, "GET", "/probe/ready/x", 200), uint64(1))
+	wantEq(t, "route", httpCount(m, "GET", "/users/{id}", 200), uint64(1))
+	wantEq(t, "third endpoint past max", httpCount(m, "GET", EndpointOther, 200), uint64(1))
+	for _, r := range m.Routes {
+		if r.Endpoint == "/healthz" || r.Endpoint == "/probe/{kind}" {
+			t.Errorf("route histogram for ignored %s", r.Endpoint)
+		}
+	}
+	// Busy time counts the ignored requests: 6 × 10 ms answered or closed, plus 1 s in flight.
+	if ws.BusySeconds < 1 {
+		t.Errorf("busy seconds %v: the ignored requests occupied the worker", ws.BusySeconds)
+	}
+}
