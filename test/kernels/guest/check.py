@@ -196,6 +196,7 @@ class Mode:
 
         # HUP: the master replaces every worker; the restarts counter grows by the worker count.
         r0 = total(s, "gunicorn_master_worker_restarts_total")
+        old_ids = {labels.get("worker_id") for labels, _ in s.get("gunicorn_worker_requests_total", [])}
         os.kill(master, signal.SIGHUP)
         wait_for(lambda: total(scrape(), "gunicorn_master_worker_restarts_total") >= r0 + WORKERS, 120)
         time.sleep(2)
@@ -204,12 +205,21 @@ class Mode:
         self.check("hup_restarts", r1 - r0 == WORKERS and total(s, "gunicorn_master_signals_total", signal="hup") == 1,
                    "restarts %g -> %g (want +%d), hup signals %g (want 1)"
                    % (r0, r1, WORKERS, total(s, "gunicorn_master_signals_total", signal="hup")))
-        # The new workers are counted too.
+        # The new workers are counted too. The old workers' series go once two scrapes have shown
+        # them exited, so the new workers' own counters are summed, and the per-endpoint
+        # counter (no worker_id) keeps every request.
         after_hup = sum(1 for _ in range(10) if get("http://127.0.0.1:%d/ok" % APP_PORT)[0] == 200)
-        wait_for(lambda: total(scrape(), "gunicorn_worker_requests_total") >= 110, 60)
-        n = total(scrape(), "gunicorn_worker_requests_total")
-        self.check("after_hup", after_hup == 10 and n == 110,
-                   "10 more /ok after the HUP: client %d, sum gunicorn_worker_requests_total %g (want 110)" % (after_hup, n))
+
+        def new_workers(m):
+            return sum(v for labels, v in (m or {}).get("gunicorn_worker_requests_total", [])
+                       if labels.get("worker_id") not in old_ids)
+        wait_for(lambda: new_workers(scrape()) >= 10, 60)
+        time.sleep(1)
+        s = scrape()
+        n_new, n_http = new_workers(s), total(s, "gunicorn_http_requests_total")
+        self.check("after_hup", after_hup == 10 and n_new == 10 and n_http == 110,
+                   "10 more /ok after the HUP: client %d, the new workers' gunicorn_worker_requests_total %g (want 10), "
+                   "sum gunicorn_http_requests_total %g (want 110)" % (after_hup, n_new, n_http))
 
         # SIGTERM: exit 0 and no program left behind.
         self.gpe.send_signal(signal.SIGTERM)
