@@ -7,12 +7,14 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages: the BPF toolchain (only `make generate` needs it), the real components the
 # tests run (Gunicorn and its worker libraries, Redis, load generators) and the checkers of
-# the deployment files (prometheus brings promtool, which checks the alerting rules).
+# the deployment files (prometheus brings promtool, which checks the alerting rules), and the
+# kernel matrix's emulators and root-filesystem builder.
 DEB_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev \
 	gunicorn python3-gevent python3-eventlet python3-tornado python3-uvicorn \
-	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl prometheus
+	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl prometheus \
+	qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support debootstrap cpio
 
-.PHONY: all deps generate build image test test-unit test-e2e test-deploy demo bench lint vmlinux clean
+.PHONY: all deps generate build image test test-unit test-e2e test-deploy test-kernels demo bench lint vmlinux clean
 
 all: build
 
@@ -45,7 +47,7 @@ image:
 
 # Everything, the privileged end-to-end tests included (they need root; under CI=true a
 # missing prerequisite fails instead of skipping).
-test: deps build lint test-unit test-e2e test-deploy
+test: deps build lint test-unit test-e2e test-deploy test-kernels
 
 test-unit:
 	$(GO) test -count=1 ./internal/... ./cmd/...
@@ -53,8 +55,15 @@ test-unit:
 # The end-to-end suite once per hook mode (GPE_HOOKS becomes every test's --hooks): socket, what
 # kernels 6.3+ run, then syscall, what 5.17-6.2 run.
 test-e2e:
-	GPE_HOOKS=socket $(GO) test -count=1 -p 1 -timeout 30m ./test/...
-	GPE_HOOKS=syscall $(GO) test -count=1 -p 1 -timeout 30m ./test/...
+	GPE_HOOKS=socket $(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
+	GPE_HOOKS=syscall $(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
+
+# Debian's 6.1 and 6.12 kernels, amd64 and arm64, booted under qemu (emulation, no KVM) with the
+# freshly built gpe-ebpf: a table of kernel x arch x mode x result. The first run builds the
+# cache in .cache/kernels (debootstrap, kernel packages); KERNELS=amd64/6.1,arm64/6.12 picks some.
+KERNELS ?= all
+test-kernels: deps
+	GPE_KERNELS=$(KERNELS) $(GO) test -count=1 -v -timeout 60m ./test/kernels/
 
 test-deploy:
 	cd deploy/test && $(GO) test -count=1 ./...

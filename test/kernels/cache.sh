@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# cache.sh ARCH SUITE: make sure the kernel matrix's cache holds what one guest boots from, and
+# print two lines, `kernel=PATH` (an uncompressed-or-gzip kernel image qemu's -kernel accepts)
+# and `rootfs=PATH` (a gzipped newc cpio of a debootstrap tree: python3, Debian's gunicorn, curl,
+# bpftool). ARCH is amd64 or arm64, SUITE is bookworm (Debian 12's 6.1) or bookworm-backports
+# (6.12). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
+# root, gitignored); a piece that is already there is reused, so only the first run downloads.
+#
+# The kernels come from a dedicated apt configuration inside the cache (its own sources list,
+# lists and archives), so the host's apt sources are never changed.
+set -euo pipefail
+
+arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports}
+suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cache=${GPE_KERNELS_CACHE:-$root/.cache/kernels}
+mirror=${GPE_KERNELS_MIRROR:-http://deb.debian.org/debian}
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9 # two test processes never build the same piece at once
+
+log() { echo "cache.sh: $*" >&2; }
+
+case $arch in
+amd64) meta=linux-image-cloud-amd64 ;;
+# The generic arm64 image: its PL011 serial console is built in, which qemu's virt board has.
+arm64) meta=linux-image-arm64 ;;
+*) log "unknown arch $arch"; exit 2 ;;
+esac
+case $suite in bookworm | bookworm-backports) ;; *) log "unknown suite $suite"; exit 2 ;; esac
+
+# --- the kernel: the suite's metapackage names the versioned image package; download and unpack it.
+apt_dir=$cache/apt
+apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o "Dir::Etc::sourceparts=$apt_dir/none"
+	-o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+	-o "APT::Architectures=amd64,arm64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+kdir=$cache/kernel-$arch-$suite
+if [ ! -f "$kdir/.done" ]; then
+	mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/none"
+	cat >"$apt_dir/sources.list" <<EOF
+deb [signed-by=$keyring] $mirror bookworm main
+deb [signed-by=$keyring] $mirror bookworm-backports main
+EOF
+	if [ ! -f "$apt_dir/.updated" ]; then
+		log "apt-get update (dedicated lists in $apt_dir)"
+		apt-get "${apt_opts[@]}" -qq update >&2
+		touch "$apt_dir/.updated"
+	fi
+	dep=$(apt-cache "${apt_opts[@]}" show "$meta:$arch/$suite" | sed -n 's/^Depends: *\(linux-image-[^ ,]*\).*/\1/p' | head -n 1)
+	[ -n "$dep" ] || { log "no kernel image package behind $meta:$arch in $suite"; exit 1; }
+	log "downloading $dep:$arch ($suite)"
+	rm -rf "$kdir" && mkdir -p "$kdir/deb"
+	(cd "$kdir/deb" && apt-get "${apt_opts[@]}" -qq download "$dep:$arch/$suite" >&2)
+	dpkg-deb -x "$kdir"/deb/*.deb "$kdir/x"
+	img=$(ls "$kdir"/x/boot/vmlinuz-* | head -n 1)
+	cp "$img" "$kdir/vmlinuz"
+	basename "$img" | sed 's/^vmlinuz-//' >"$kdir/release"
+	rm -rf "$kdir/x" "$kdir/deb" # the modules are not needed: the guest boots from an initramfs
+	touch "$kdir/.done"
+fi
+
+# --- the root filesystem: debootstrap once per arch, then one cpio.gz of it.
+tree=$cache/rootfs-$arch
+if [ ! -f "$tree/.done" ]; then
+	if [ "$arch" != amd64 ] && [ "$(dpkg --print-architecture)" != "$arch" ]; then
+		# debootstrap's second stage runs the foreign arch's binaries through qemu-user-static.
+		[ -f /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+		update-binfmts --enable "qemu-${arch/arm64/aarch64}" >/dev/null 2>&1 || true
+		[ -f "/proc/sys/fs/binfmt_misc/qemu-${arch/arm64/aarch64}" ] ||
+			{ log "binfmt for $arch is not registered (install qemu-user-static and binfmt-support)"; exit 1; }
+	fi
+	tmp=$tree.tmp
+	cleanup_tree() {
+		for m in proc sys dev/pts dev; do umount -l "$tmp/$m" 2>/dev/null || true; done
+		rm -rf --one-file-system "$tmp"
+	}
+	cleanup_tree
+	trap cleanup_tree EXIT
+	log "debootstrap bookworm $arch into $tmp"
+	start=$(date +%s)
+	debootstrap --arch "$arch" --variant=minbase --include=python3,gunicorn,curl,bpftool \
+		bookworm "$tmp" "$mirror" >"$cache/debootstrap-$arch.log" 2>&1 ||
+		{ tail -n 20 "$cache/debootstrap-$arch.log" >&2; exit 1; }
+	log "debootstrap $arch took $(($(date +%s) - start)) s"
+	rm -f "$tmp"/var/cache/apt/archives/*.deb
+	rm -rf "$tree" && mv "$tmp" "$tree"
+	trap - EXIT
+	touch "$tree/.done"
+fi
+cpio=$cache/rootfs-$arch.cpio.gz
+if [ ! -f "$cpio" ] || [ "$tree/.done" -nt "$cpio" ]; then
+	log "packing $cpio"
+	# Documentation, manuals, locales and apt's lists are not needed in a guest that only runs tests.
+	(cd "$tree" && find . -xdev \( -path ./usr/share/doc -o -path ./usr/share/man -o -path ./usr/share/locale \
+		-o -path ./var/lib/apt/lists -o -path ./var/cache -o -name .done \) -prune -o -print |
+		cpio -o -H newc --quiet | gzip -1 >"$cpio.tmp")
+	mv "$cpio.tmp" "$cpio"
+fi
+
+echo "kernel=$kdir/vmlinuz"
+echo "release=$(cat "$kdir/release")"
+echo "rootfs=$cpio"

@@ -1,0 +1,277 @@
+"""The checks the kernel matrix runs inside each guest, once per hook mode.
+
+Reads /gpe/config (one `key=value` a line: `modes=syscall auto`, `hooks_flag=yes|no`), and for
+each mode: starts Debian's Gunicorn on the test app (sync, 2 workers), attaches gpe-ebpf by PID,
+sends 100 requests (60 x /ok 200, 20 x /fail 500, 20 x /slow 50 ms), scrapes /metrics and checks
+the exact counts, HUPs the master and checks the restarts, then SIGTERMs gpe-ebpf and checks exit 0
+with no BPF program left loaded. It prints for the host to read, on the serial console:
+
+    GPE-CHECK mode=M name=N ok=true|false detail=...
+    GPE-LOG mode=M ...            (gpe-ebpf's stderr, when a mode fails)
+    GPE-RESULT mode=M result=pass|fail detail=...
+
+Only loopback is used. Waits are generous (the guest runs under TCG emulation) and no timing is
+asserted: the 50 ms requests are checked by the histogram bucket they must not fall in.
+"""
+import fcntl
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+APP_PORT = 8000
+METRICS_PORT = 9090
+WORKERS = 2
+SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def out(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def loopback_up():
+    """Sets lo up with SIOCGIFFLAGS/SIOCSIFFLAGS: the minbase tree has no iproute2."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ifr = fcntl.ioctl(s, 0x8913, struct.pack("16sh14x", b"lo", 0))
+    flags = struct.unpack("16sh14x", ifr)[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sh14x", b"lo", flags | 0x1))
+    s.close()
+
+
+def get(url, timeout=30):
+    """Returns (status, body) of a GET on a new connection; status 0 when nothing answered."""
+    req = urllib.request.Request(url, headers={"Connection": "close"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError):
+        return 0, ""
+
+
+def scrape():
+    """Returns {name: [(labels, value)]} from gpe-ebpf's /metrics, or None."""
+    status, body = get("http://127.0.0.1:%d/metrics" % METRICS_PORT)
+    if status != 200:
+        return None
+    series = {}
+    for line in body.splitlines():
+        m = SERIES.match(line)
+        if not m or line.startswith("#"):
+            continue
+        labels = dict(LABEL.findall(m.group(2) or ""))
+        series.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+    return series
+
+
+def total(series, name, **match):
+    return sum(v for labels, v in (series or {}).get(name, []) if all(labels.get(k) == w for k, w in match.items()))
+
+
+def bpf_prog_ids():
+    """IDs of the BPF programs loaded now, from Debian's bpftool."""
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("bpftool prog show: " + r.stderr.strip())
+    return {p["id"]: p.get("name", "") for p in json.loads(r.stdout or "[]")}
+
+
+def wait_for(pred, timeout, step=0.5):
+    deadline = time.time() + timeout
+    while True:
+        v = pred()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(step)
+
+
+class Mode:
+    def __init__(self, mode, hooks_flag):
+        self.mode = mode
+        self.hooks_flag = hooks_flag
+        self.ok = True
+        self.first_failure = ""
+        self.gunicorn = None
+        self.gpe = None
+        self.gpe_log = "/tmp/gpe-%s.log" % mode
+        self.chosen = ""  # the hooks gpe-ebpf says it loaded, when it says
+
+    def check(self, name, ok, detail):
+        detail = " ".join(str(detail).split())[:400]
+        out("GPE-CHECK mode=%s name=%s ok=%s detail=%s" % (self.mode, name, "true" if ok else "false", detail))
+        if not ok and self.ok:
+            self.ok = False
+            self.first_failure = "%s: %s" % (name, detail)
+        return ok
+
+    def gpe_stderr(self):
+        try:
+            with open(self.gpe_log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def refusal(self):
+        """The loader's or verifier's words from gpe-ebpf's stderr: the lines that say why."""
+        lines = [l for l in self.gpe_stderr().splitlines() if l.strip()]
+        keys = ("verifier", "invalid", "load", "attach", "error", "level=ERROR", "permission", "not supported")
+        picked = [l for l in lines if any(k in l.lower() for k in keys)]
+        return " | ".join((picked or lines)[-3:]) or "(no output)"
+
+    def run(self):
+        pidfile = "/tmp/gunicorn-%s.pid" % self.mode
+        self.gunicorn = subprocess.Popen(
+            ["gunicorn", "-w", str(WORKERS), "-b", "127.0.0.1:%d" % APP_PORT, "--chdir", "/gpe/app",
+             "--pid", pidfile, "app:app"],
+            stdout=open("/tmp/gunicorn-%s.log" % self.mode, "w"), stderr=subprocess.STDOUT)
+        up = wait_for(lambda: os.path.exists(pidfile) and get("http://127.0.0.1:%d/ok" % APP_PORT)[0] == 200, 180)
+        if not self.check("gunicorn_up", up, "Gunicorn answers /ok" if up else "Gunicorn did not answer in 180 s"):
+            return
+        master = int(open(pidfile).read().strip())
+        before = bpf_prog_ids()
+
+        args = ["/gpe/gpe-ebpf", "--pid", str(master), "--bind-address", "127.0.0.1",
+                "--metrics-port", str(METRICS_PORT), "--sample-interval", "1s"]
+        if self.hooks_flag:
+            args += ["--hooks", self.mode]
+        self.gpe = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.gpe_log, "w"))
+        t0 = time.time()
+        attached = wait_for(lambda: self.gpe.poll() is not None or scrape() is not None, 300)
+        if self.gpe.poll() is not None:
+            self.check("attach", False, "gpe-ebpf exited %d: %s" % (self.gpe.returncode, self.refusal()))
+            return
+        if not self.check("attach", bool(attached) and scrape() is not None,
+                          "serving /metrics %.1f s after start" % (time.time() - t0)):
+            return
+        chosen = re.search(r"hooks=(\w+)", self.gpe_stderr())
+        self.chosen = chosen.group(1) if chosen else ""
+        loaded = {i: n for i, n in bpf_prog_ids().items() if i not in before}
+        self.check("programs_loaded", len(loaded) > 0, "%d programs: %s" % (len(loaded), " ".join(sorted(set(loaded.values())))))
+
+        # The 100 requests, each on its own connection, and what the client saw.
+        plan = [("/ok", 200)] * 60 + [("/fail", 500)] * 20 + [("/slow", 200)] * 20
+        seen = {}
+        for path, want in plan:
+            status, _ = get("http://127.0.0.1:%d%s" % (APP_PORT, path))
+            seen[(path, status)] = seen.get((path, status), 0) + 1
+        self.check("client", seen == {("/ok", 200): 60, ("/fail", 500): 20, ("/slow", 200): 20}, "client saw %s" % seen)
+
+        # A request is counted at its status line and observed in the histograms at its end (the
+        # close), which can come in the next ring-buffer drain: wait for both.
+        wait_for(lambda: (lambda m: total(m, "gunicorn_worker_requests_total") >= 100
+                          and total(m, "gunicorn_worker_request_duration_seconds_count") >= 100)(scrape()), 60)
+        time.sleep(1)
+        s = scrape()  # once more: a late event would show as more than 100
+        self.check("requests_total", total(s, "gunicorn_worker_requests_total") == 100,
+                   "sum gunicorn_worker_requests_total = %g, want 100" % total(s, "gunicorn_worker_requests_total"))
+        self.check("by_status",
+                   total(s, "gunicorn_http_requests_total", endpoint="/ok", status="200") == 60
+                   and total(s, "gunicorn_http_requests_total", endpoint="/fail", status="500") == 20
+                   and total(s, "gunicorn_http_requests_total", endpoint="/slow", status="200") == 20,
+                   "/ok 200 = %g, /fail 500 = %g, /slow 200 = %g, want 60, 20, 20" % (
+                       total(s, "gunicorn_http_requests_total", endpoint="/ok", status="200"),
+                       total(s, "gunicorn_http_requests_total", endpoint="/fail", status="500"),
+                       total(s, "gunicorn_http_requests_total", endpoint="/slow", status="200")))
+        failed = total(s, "gunicorn_worker_failed_requests_total")
+        failed_fail = total(s, "gunicorn_worker_failed_requests_total", method="GET", endpoint="/fail")
+        self.check("failed_requests", failed == 20 and failed_fail == 20,
+                   "gunicorn_worker_failed_requests_total = %g (GET /fail %g), want 20" % (failed, failed_fail))
+        hist = "gunicorn_http_request_duration_seconds_bucket"
+        slow_all = total(s, hist, endpoint="/slow", le="+Inf")
+        slow_fast = total(s, hist, endpoint="/slow", le="0.05")
+        worker_count = total(s, "gunicorn_worker_request_duration_seconds_count")
+        self.check("duration_histogram", slow_all == 20 and slow_fast == 0 and worker_count == 100,
+                   "/slow: %g observed, %g at or under 50 ms (want 20, 0); worker histogram count %g (want 100)"
+                   % (slow_all, slow_fast, worker_count))
+
+        # HUP: the master replaces every worker; the restarts counter grows by the worker count.
+        r0 = total(s, "gunicorn_master_worker_restarts_total")
+        old_ids = {labels.get("worker_id") for labels, _ in s.get("gunicorn_worker_requests_total", [])}
+        os.kill(master, signal.SIGHUP)
+        wait_for(lambda: total(scrape(), "gunicorn_master_worker_restarts_total") >= r0 + WORKERS, 120)
+        time.sleep(2)
+        s = scrape()
+        r1 = total(s, "gunicorn_master_worker_restarts_total")
+        self.check("hup_restarts", r1 - r0 == WORKERS and total(s, "gunicorn_master_signals_total", signal="hup") == 1,
+                   "restarts %g -> %g (want +%d), hup signals %g (want 1)"
+                   % (r0, r1, WORKERS, total(s, "gunicorn_master_signals_total", signal="hup")))
+        # The new workers are counted too. The old workers' series go once two scrapes have shown
+        # them exited, so the new workers' own counters are summed, and the per-endpoint
+        # counter (no worker_id) keeps every request.
+        after_hup = sum(1 for _ in range(10) if get("http://127.0.0.1:%d/ok" % APP_PORT)[0] == 200)
+
+        def new_workers(m):
+            return sum(v for labels, v in (m or {}).get("gunicorn_worker_requests_total", [])
+                       if labels.get("worker_id") not in old_ids)
+        wait_for(lambda: new_workers(scrape()) >= 10, 60)
+        time.sleep(1)
+        s = scrape()
+        n_new, n_http = new_workers(s), total(s, "gunicorn_http_requests_total")
+        self.check("after_hup", after_hup == 10 and n_new == 10 and n_http == 110,
+                   "10 more /ok after the HUP: client %d, the new workers' gunicorn_worker_requests_total %g (want 10), "
+                   "sum gunicorn_http_requests_total %g (want 110)" % (after_hup, n_new, n_http))
+
+        # SIGTERM: exit 0 and no program left behind.
+        self.gpe.send_signal(signal.SIGTERM)
+        try:
+            rc = self.gpe.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self.check("sigterm_exit", rc == 0, "gpe-ebpf exit code %s after SIGTERM" % rc)
+        left = {i: n for i, n in bpf_prog_ids().items() if i not in before}
+        self.check("detached", not left, "programs still loaded: %s" % (left or "none"))
+
+    def stop(self):
+        if self.gpe and self.gpe.poll() is None:
+            self.gpe.kill()
+            self.gpe.wait()
+        if self.gunicorn and self.gunicorn.poll() is None:
+            self.gunicorn.send_signal(signal.SIGTERM)
+            try:
+                self.gunicorn.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.gunicorn.kill()
+                self.gunicorn.wait()
+        # the next mode binds the same ports
+        wait_for(lambda: get("http://127.0.0.1:%d/ok" % APP_PORT, timeout=2)[0] == 0, 30)
+
+
+def main():
+    conf = {}
+    with open("/gpe/config") as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.strip().split("=", 1)
+                conf[k] = v
+    loopback_up()
+    out("GPE-KERNEL release=%s machine=%s" % (os.uname().release, os.uname().machine))
+    for mode in conf.get("modes", "socket").split():
+        m = Mode(mode, conf.get("hooks_flag") == "yes")
+        try:
+            m.run()
+        except Exception as e:  # a broken check is a failed mode, never a hung guest
+            m.check("harness", False, "%s: %s" % (type(e).__name__, e))
+        finally:
+            m.stop()
+        if not m.ok:
+            for line in m.gpe_stderr().splitlines()[-40:]:
+                out("GPE-LOG mode=%s %s" % (mode, line))
+        detail = " ".join(m.first_failure.split())[:600] or "all checks passed"
+        if m.chosen:
+            detail += " (gpe-ebpf loaded hooks=%s)" % m.chosen
+        out("GPE-RESULT mode=%s result=%s detail=%s" % (mode, "pass" if m.ok else "fail", detail))
+    out("GPE-DONE")
+
+
+if __name__ == "__main__":
+    main()
