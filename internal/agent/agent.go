@@ -73,13 +73,14 @@ func targetf(format string, a ...any) error { return &TargetError{fmt.Errorf(for
 // Agent tracks the masters Config names through a Kernel and feeds their events to an
 // aggregate.Aggregator. Build it with New, then Attach, then Run.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	proc  proc.FS
-	agg   *aggregate.Aggregator
-	k     Kernel
-	first []proc.Info // the masters New checked, attached by Attach
-	ports []uint16    // the listening ports last given to the kernel (watchListeners)
+	cfg        Config
+	log        *slog.Logger
+	proc       proc.FS
+	agg        *aggregate.Aggregator
+	k          Kernel
+	first      []proc.Info // the masters New checked, attached by Attach
+	portsOf    []uint32    // the masters whose listening ports the kernel was last given (watchListeners)
+	portsKnown bool        // portsOf is set
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32

@@ -48,11 +48,18 @@ func (a *Agent) noteContainer(pid uint32) {
 
 // watchListeners gives the kernel the TCP ports the observed masters listen on, so that the
 // connections to them are timed from their establishment to a worker's first read (README
-// "Seeing the queue"). Masters come and go, and a USR2 upgrade's new master inherits its
-// listeners, so the set is made again at each rescan.
+// "Seeing the queue"). It reads /proc only when the set of masters changed since the last
+// call: a master's net/tcp lists every connection of its network namespace, TIME_WAIT ones
+// included (tens of thousands on a busy host), too much to read at every rescan. A USR2
+// upgrade's new master, which inherits the listeners, is a change of the set too.
 func (a *Agent) watchListeners() {
+	masters := a.agg.Masters()
+	slices.Sort(masters)
+	if a.portsKnown && slices.Equal(masters, a.portsOf) {
+		return
+	}
 	var ports []uint16
-	for _, m := range a.agg.Masters() {
+	for _, m := range masters {
 		p, err := a.proc.ListenPorts(m)
 		if err != nil {
 			a.log.Debug("listening ports", "master_pid", m, "error", err)
@@ -62,14 +69,11 @@ func (a *Agent) watchListeners() {
 	}
 	slices.Sort(ports)
 	ports = slices.Compact(ports)
-	if a.ports != nil && slices.Equal(ports, a.ports) {
-		return
-	}
 	if err := a.k.SetListenPorts(ports); err != nil {
 		a.log.Warn("set listening ports", "ports", ports, "error", err)
 		return
 	}
-	a.ports = append([]uint16{}, ports...)
+	a.portsOf, a.portsKnown = masters, true
 	a.log.Debug("listening ports timed in the accept queue", "ports", ports)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -648,5 +649,26 @@ func TestProgramStats(t *testing.T) {
 	}
 	if st := byName[gpeProgOnSockRecv]; st.Runs == 0 || st.Runtime <= 0 {
 		t.Errorf("on_sock_recv after a request: %+v, want runs and run time", st)
+	}
+}
+
+// TestQueueWaitOff: without QueueWait (--queue-wait=false) the hook on every TCP state change
+// of the host is neither loaded nor attached.
+func TestQueueWaitOff(t *testing.T) {
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Hooks = HooksSocket
+	cfg.QueueWait = false
+	p, err := Load(cfg)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer p.Close()
+	_, raw := perfList(t)
+	if slices.Contains(raw, "inet_sock_set_state") {
+		t.Errorf("inet_sock_set_state attached with QueueWait off: %v", raw)
+	}
+	if !slices.Contains(raw, "sock_recv_length") {
+		t.Errorf("the socket hooks are missing: %v (the test reads the wrong attachments)", raw)
 	}
 }
