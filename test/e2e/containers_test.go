@@ -168,12 +168,12 @@ func startContainer(t *testing.T, n *netns, port int, env []string, app string) 
 		}
 	})
 	waitFor(t, 30*time.Second, "the container's Gunicorn master and its 2 workers", func() bool {
-		kids := childrenOf(c.cmd.Process.Pid)
+		kids := children(c.cmd.Process.Pid)
 		if len(kids) != 1 {
 			return false
 		}
 		c.MasterPID = kids[0]
-		return len(childrenOf(c.MasterPID)) == 2
+		return len(children(c.MasterPID)) == 2
 	})
 	waitFor(t, 20*time.Second, "the container's Gunicorn to answer", func() bool {
 		_, err := c.get(n, "/")
@@ -210,17 +210,6 @@ func (c *container) stop() {
 		}
 		<-done
 	}
-}
-
-func childrenOf(pid int) []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, n)
-		}
-	}
-	return pids
 }
 
 // nspid is the PID a process sees itself, from /proc/PID/status.
@@ -278,7 +267,7 @@ func TestContainerAndHost(t *testing.T) {
 			t.Errorf("host master labelled as in a container: %v", m.GetLabel())
 		}
 	}
-	workers := childrenOf(ct.MasterPID)
+	workers := children(ct.MasterPID)
 	for _, w := range workers {
 		series := ms.series("gunicorn_worker_info", map[string]string{"pid": strconv.Itoa(w)})
 		if len(series) != 1 {
@@ -321,7 +310,7 @@ func TestContainerMultiproc(t *testing.T) {
 	waitFor(t, 5*time.Second, "app_inflight to be 2 (both workers holding)", func() bool {
 		return inflight(t, p.scrape(t)) == 2
 	})
-	workers := childrenOf(ct.MasterPID)
+	workers := children(ct.MasterPID)
 	if len(workers) != 2 {
 		t.Fatalf("container workers: %v", workers)
 	}

@@ -188,16 +188,7 @@ func (g *gunicorn) Stop() {
 }
 
 // Workers lists the master's children.
-func (g *gunicorn) Workers() []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(g.PID)).Output()
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, n)
-		}
-	}
-	return pids
-}
+func (g *gunicorn) Workers() []int { return children(g.PID) }
 
 // URL is the base URL of a TCP-bound Gunicorn.
 func (g *gunicorn) URL() string { return "http://" + g.Addr }
