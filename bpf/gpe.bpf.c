@@ -47,10 +47,19 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* Process kinds and a process's master, keyed by tgid. Seeded from user space at attach. */
+/*
+ * Process kinds and a process's master, keyed by tgid. Seeded from user space at attach. A
+ * worker's requests in flight (read, status line not written yet) are counted here, and the
+ * time it had one: user space reads them at each scrape (gunicorn_worker_requests_in_flight,
+ * gunicorn_worker_busy_seconds_total), so that no record has to say when a request starts.
+ */
 struct proc_info {
 	__u32 master;
-	__u32 kind; /* enum gpe_proc_kind */
+	__u32 kind;       /* enum gpe_proc_kind */
+	__u32 inflight;   /* requests in flight */
+	__u32 pad;
+	__u64 busy_since; /* when inflight last went from 0 to 1 */
+	__u64 busy_ns;    /* time with inflight > 0, up to the last time it went back to 0 */
 };
 
 struct {
@@ -127,6 +136,8 @@ struct conn_key {
 
 struct conn {
 	struct conn_key owner; /* the worker and fd that read the connection's first request */
+	char line[GPE_LINE_MAX]; /* the current request's line, as far as its first read had it:
+				  * head_len bytes, then zeros to the next multiple of 8 */
 	__u64 start_ns;
 	__u64 last_write_ns;
 	__u64 bytes_in;
@@ -140,7 +151,9 @@ struct conn {
 	__u8 unix_sock; /* AF_UNIX: no hook sees the close; user space checks the fd (probes.go) */
 	__u32 ino;      /* AF_UNIX: the socket's inode number, what /proc/<pid>/fd/<fd> links to */
 	__u64 est_ns;   /* TCP: when the kernel established it, if to a tracked listener; sent with
-			 * the first request's START (the accept-queue wait), then 0 */
+			 * the first request's END (the accept-queue wait), then 0 */
+	__u16 head_len; /* bytes of line */
+	__u16 pad[3];
 };
 
 enum line_phase {
@@ -330,7 +343,7 @@ static __always_inline struct proc_info *tracked(__u32 tgid)
 }
 
 static __always_inline void emit_proc(__u32 kind, __u32 tgid, __u32 other, __u32 master,
-				      __s32 code, __u32 proc_kind, __u64 start_ns)
+				      __s32 code, __u32 proc_kind, __u64 start_ns, __u64 busy_ns)
 {
 	struct gpe_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -345,6 +358,7 @@ static __always_inline void emit_proc(__u32 kind, __u32 tgid, __u32 other, __u32
 	e->code = code;
 	e->proc_kind = proc_kind;
 	e->start_ns = start_ns;
+	e->busy_ns = busy_ns;
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
@@ -362,7 +376,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	struct proc_info w = {.master = ptgid, .kind = GPE_PROC_WORKER};
 	track(ctgid, &w);
-	emit_proc(GPE_EV_FORK, ctgid, ptgid, ptgid, 0, GPE_PROC_WORKER, child->start_boottime);
+	emit_proc(GPE_EV_FORK, ctgid, ptgid, ptgid, 0, GPE_PROC_WORKER, child->start_boottime, 0);
 	return 0;
 }
 
@@ -381,25 +395,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		struct proc_info m = {.master = tgid, .kind = GPE_PROC_MASTER};
 		bpf_map_update_elem(&procs, &tgid, &m, BPF_ANY);
 	}
-	emit_proc(GPE_EV_EXEC, tgid, old_master, tgid, 0, old_kind, 0);
-	return 0;
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(on_exit, struct task_struct *p)
-{
-	__u32 tgid = p->tgid;
-	struct proc_info *info = tracked(tgid);
-	if (!info)
-		return 0;
-	/* Only the last thread of the process: signal->live has already been decremented. */
-	struct task_struct___sig *ps = (void *)p;
-	if (BPF_CORE_READ(ps, signal, live.counter) != 0)
-		return 0;
-	__u32 master = info->master;
-	__u32 kind = info->kind;
-	untrack(tgid);
-	emit_proc(GPE_EV_EXIT, tgid, 0, master, p->exit_code, kind, 0);
+	emit_proc(GPE_EV_EXEC, tgid, old_master, tgid, 0, old_kind, 0, 0);
 	return 0;
 }
 
@@ -414,7 +410,7 @@ int BPF_PROG(on_signal, int sig, struct kernel_siginfo *info, struct task_struct
 	if (!p)
 		return 0;
 	__u32 sender = bpf_get_current_pid_tgid() >> 32;
-	emit_proc(GPE_EV_SIGNAL, tgid, sender, p->master, sig, p->kind, 0);
+	emit_proc(GPE_EV_SIGNAL, tgid, sender, p->master, sig, p->kind, 0, 0);
 	return 0;
 }
 
@@ -431,7 +427,7 @@ int on_oom(struct mark_victim_ctx *ctx)
 	struct proc_info *p = tracked(tgid);
 	if (!p)
 		return 0;
-	emit_proc(GPE_EV_OOM, tgid, 0, p->master, 0, p->kind, 0);
+	emit_proc(GPE_EV_OOM, tgid, 0, p->master, 0, p->kind, 0, 0);
 	return 0;
 }
 
@@ -439,13 +435,42 @@ int on_oom(struct mark_victim_ctx *ctx)
 
 /* Is this process a tracked worker? What a socket call on an unknown socket asks, once the
  * filter (read first in on_io) said it may be tracked. */
-static __always_inline int is_worker(__u32 tgid)
+static __always_inline struct proc_info *worker_info(__u32 tgid)
 {
 	struct proc_info *p = tracked(tgid);
-	return p && p->kind == GPE_PROC_WORKER;
+	return p && p->kind == GPE_PROC_WORKER ? p : 0;
 }
 
-/* A request record from c, as at its start: nothing written yet. */
+/*
+ * One more (d > 0) or one fewer request in flight on worker tgid, at now. The time busy is
+ * read before the count goes down, so a request that starts on another thread in between
+ * (gthread) does not make it count twice. A count user space reset (Track of a process the
+ * kernel already had) is not taken below zero.
+ */
+static __always_inline void flight_of(struct proc_info *p, int d, __u64 now)
+{
+	if (!p)
+		return;
+	if (d > 0) {
+		if (__sync_fetch_and_add(&p->inflight, 1) == 0)
+			p->busy_since = now;
+		return;
+	}
+	__u64 since = p->busy_since;
+	__u32 old = __sync_fetch_and_add(&p->inflight, -1);
+	if (old == 0)
+		__sync_fetch_and_add(&p->inflight, 1);
+	else if (old == 1 && now > since)
+		__sync_fetch_and_add(&p->busy_ns, now - since);
+}
+
+/* The same for worker tgid, looked up (a hash lookup: the callers that have it pass it). */
+static __always_inline void flight(__u32 tgid, int d, __u64 now)
+{
+	flight_of(tracked(tgid), d, now);
+}
+
+/* The header of a request record (END, or a LINE piece) about c's current request. */
 static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct conn_key *k,
 				     struct conn *c, __u64 now, __u32 kept)
 {
@@ -455,41 +480,91 @@ static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct
 	e->fd = k->fd;
 	e->seq = c->seq;
 	e->start_ns = c->start_ns;
-	/* A START's last_write_ns is the connection's establishment (gpe.h), once. */
-	e->last_write_ns = kind == GPE_EV_REQ_START ? c->est_ns : 0;
-	if (kind == GPE_EV_REQ_START)
-		c->est_ns = 0;
+	e->last_write_ns = c->last_write_ns;
+	e->est_ns = 0;
 	e->bytes_in = c->bytes_in;
-	e->bytes_out = 0;
-	e->status = 0;
+	e->bytes_out = c->bytes_out;
+	e->status = c->status;
 	e->reason = 0;
-	e->flags = 0;
+	e->flags = c->flags;
 	e->line_len = kept;
 	e->pad = 0;
 }
 
-static __always_inline void emit_req(__u32 kind, struct conn_key *k, struct conn *c, __u8 reason,
-				     __u64 now)
+/*
+ * A START or LINE record is built here, per CPU: the first bytes of a read are copied into
+ * entry 0's line and cut there; an END is built in entry 1 from the connection's state (its
+ * line included), and only the header and the kept bytes go into the ring (send_line), so
+ * "GET /ok" takes 80 bytes of it, not 328.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct gpe_req_start);
+} scratch SEC(".maps");
+
+/* Zero the bytes of line after the first kept, to the next multiple of 8: what is sent. */
+static __always_inline void pad_line(char *line, __u32 kept)
 {
-	struct gpe_req_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	barrier_var(kept);
+	kept &= 0x1ff;
+	if (kept >= GPE_LINE_MAX)
+		return;
+	__u32 tail = kept & 7;
+	if (tail) {
+		/* Both targets are little-endian: the low bytes of the word are the kept ones. */
+		__u64 *w = (__u64 *)&line[kept & 0xf8];
+		*w &= (1ULL << (8 * tail)) - 1;
+	}
+}
+
+/*
+ * Send a record built in scratch: its header and the first kept bytes of its line (already
+ * padded with zeros to 8 bytes; the rest of the read, query string included, is not sent).
+ */
+static __always_inline int send_line(struct gpe_req_start *e, __u32 kept)
+{
+	barrier_var(kept);
+	kept &= 0x1ff;
+	if (kept > GPE_LINE_MAX)
+		kept = GPE_LINE_MAX;
+	__u64 size = sizeof(struct gpe_req_event) + ((kept + 7) & 0x1f8);
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&events, e, size, submit_flags()) != 0) {
+		count_lost();
+		return -1;
+	}
+	return 0;
+}
+
+/* The request's one record, when it ends: everything the connection knows of it. */
+static __always_inline void emit_end(struct conn_key *k, struct conn *c, __u8 reason, __u64 now)
+{
+	__u32 one = 1;
+	struct gpe_req_start *e = bpf_map_lookup_elem(&scratch, &one);
 	if (!e) {
 		count_lost();
 		return;
 	}
-	fill_req(e, kind, k, c, now, 0);
-	e->last_write_ns = c->last_write_ns;
-	e->bytes_out = c->bytes_out;
-	e->status = c->status;
-	e->reason = reason;
-	e->flags = c->flags | (c->state == CONN_TLS ? GPE_FLAG_TLS : 0);
-	bpf_ringbuf_submit(e, submit_flags());
+	__u32 kept = c->head_len;
+	fill_req(&e->req, GPE_EV_REQ_END, k, c, now, kept);
+	e->req.reason = reason;
+	/* The accept-queue wait goes with the connection's first request only. */
+	e->req.est_ns = c->est_ns;
+	c->est_ns = 0;
+	__builtin_memcpy(e->line, c->line, GPE_LINE_MAX);
+	send_line(e, kept);
 }
 
 /* End the request in flight on c, if any, and leave the connection idle. */
 static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8 reason, __u64 now)
 {
 	if (c->state == CONN_READING || c->state == CONN_RESPONDING)
-		emit_req(GPE_EV_REQ_END, k, c, reason, now);
+		emit_end(k, c, reason, now);
+	if (c->state == CONN_READING)
+		flight(k->tgid, -1, now);
 	if (c->state != CONN_TLS)
 		c->state = CONN_IDLE;
 }
@@ -549,18 +624,6 @@ static __always_inline __u32 cut_line(char *line, __u32 n, __u32 *phase, __u32 p
 	return x.kept;
 }
 
-/*
- * A START or LINE record is built here, per CPU: the first bytes of a read are copied into its
- * line and cut there, and only the header and the kept bytes go into the ring (send_line), so
- * "GET /ok" takes 72 bytes of it, not 320.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct gpe_req_start);
-} scratch SEC(".maps");
-
 /* Copy up to GPE_LINE_MAX bytes of the read into this CPU's record; *len is the count (0 if
  * the user memory could not be read). Returns the record, or 0. */
 static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32 *len)
@@ -578,37 +641,11 @@ static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32
 	return e;
 }
 
-/*
- * Send the record built by read_head: its header and the first kept bytes of its line, padded
- * with zeros to 8 bytes (the rest of the read, query string included, is not sent).
- */
-static __always_inline int send_line(struct gpe_req_start *e, __u32 kind, struct conn_key *k,
-				     struct conn *c, __u64 now, __u32 kept)
-{
-	fill_req(&e->req, kind, k, c, now, kept);
-	barrier_var(kept);
-	kept &= 0x1ff;
-	if (kept > GPE_LINE_MAX)
-		kept = GPE_LINE_MAX;
-	__u32 tail = kept & 7;
-	if (tail) {
-		/* Both targets are little-endian: the low bytes of the word are the kept ones. */
-		__u64 *w = (__u64 *)&e->line[kept & 0xf8];
-		*w &= (1ULL << (8 * tail)) - 1;
-	}
-	__u64 size = sizeof(struct gpe_req_event) + ((kept + 7) & 0x1f8);
-	if (size > sizeof(*e))
-		size = sizeof(*e);
-	if (bpf_ringbuf_output(&events, e, size, submit_flags()) != 0) {
-		count_lost();
-		return -1;
-	}
-	return 0;
-}
-
-/* Make c's next request the current one: READING, with nothing written yet. */
-static __always_inline void begin_request(struct conn *c, __u64 start_ns, __u64 bytes_in,
-					  __u8 phase, __u16 kept)
+/* Make c's next request the current one: READING, with nothing written yet, its line the
+ * first kept bytes of line (0: none, labelled OTHER / unknown). One more in flight for k. */
+static __always_inline void begin_request(struct conn_key *k, struct conn *c, __u64 start_ns,
+					  __u64 bytes_in, __u8 phase, char *line, __u16 kept,
+					  __u64 now, struct proc_info *pi)
 {
 	c->seq = __sync_fetch_and_add(&next_seq, 1) + 1;
 	c->start_ns = start_ns;
@@ -619,24 +656,24 @@ static __always_inline void begin_request(struct conn *c, __u64 start_ns, __u64 
 	c->flags = 0;
 	c->phase = phase;
 	c->line_len = kept;
-	c->state = CONN_READING;
-}
-
-/* REQ_START for c's current request, whose line was not read (OTHER / unknown). */
-static __always_inline void emit_blank_start(struct conn_key *k, struct conn *c, __u64 now)
-{
-	struct gpe_req_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
-		return;
+	c->head_len = 0;
+	if (line && kept) {
+		/* Only the kept bytes, padded: what follows the path (the query string, every
+		 * header) is not even kept in the tables. */
+		pad_line(line, kept);
+		__u32 size = (kept + 7) & 0x1f8;
+		if (size > GPE_LINE_MAX)
+			size = GPE_LINE_MAX;
+		if (bpf_probe_read_kernel(c->line, size, line) == 0)
+			c->head_len = kept;
 	}
-	fill_req(e, GPE_EV_REQ_START, k, c, now, 0);
-	bpf_ringbuf_submit(e, submit_flags());
+	c->state = CONN_READING;
+	flight_of(pi ? pi : tracked(k->tgid), 1, now);
 }
 
-/* Start a new request on c with the bytes just read; emits REQ_START with the cut line. */
+/* Start a new request on c with the bytes just read; its line is kept in c for its END. */
 static __always_inline void start_request(struct conn_key *k, struct conn *c, __u64 buf, __s64 n,
-					  __u64 now, int must_look_like_request)
+					  __u64 now, int must_look_like_request, struct proc_info *pi)
 {
 	__u32 len = 0;
 	struct gpe_req_start *e = read_head(buf, n, &len);
@@ -657,9 +694,7 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 	}
 	if (c->state == CONN_RESPONDING)
 		end_request(k, c, GPE_END_NEXT, now);
-	/* Accounted even if the record is lost, so RESP and END are still emitted and counted. */
-	begin_request(c, now, n, phase, kept);
-	send_line(e, GPE_EV_REQ_START, k, c, now, kept);
+	begin_request(k, c, now, n, phase, line, kept, now, pi);
 }
 
 /* More bytes of a request whose line was not complete: emit the next piece of the line. */
@@ -680,7 +715,9 @@ static __always_inline void continue_line(struct conn_key *k, struct conn *c, __
 	if (kept == 0 || c->line_len >= GPE_LINE_MAX)
 		return;
 	c->line_len += kept;
-	if (send_line(e, GPE_EV_REQ_LINE, k, c, now, kept) != 0)
+	fill_req(&e->req, GPE_EV_REQ_LINE, k, c, now, kept);
+	pad_line(e->line, kept);
+	if (send_line(e, kept) != 0)
 		c->phase = LINE_INVALID; /* a piece is missing: keep no more of the line */
 }
 
@@ -798,11 +835,10 @@ static __always_inline int socket_call(int send, struct call *call)
 }
 
 /* A status line written on a connection in probation: what was read was a request after all
- * (one Gunicorn could not parse). It is announced now, without a line (OTHER / unknown). */
+ * (one Gunicorn could not parse). It starts now, without a line (OTHER / unknown). */
 static __always_inline void announce(struct conn_key *k, struct conn *c, __u64 now)
 {
-	begin_request(c, c->start_ns, c->bytes_in, LINE_INVALID, 0);
-	emit_blank_start(k, c, now);
+	begin_request(k, c, c->start_ns, c->bytes_in, LINE_INVALID, 0, 0, now, 0);
 }
 
 /* The inode number of a socket, what /proc/<pid>/fd/<fd> links to. */
@@ -814,7 +850,7 @@ static __always_inline __u32 unix_ino(struct sock *sk)
 /* A new connection of a worker: its first read. A request line (or a TLS handshake) starts a
  * request; anything else puts the connection in probation. */
 static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 hash, int tcp,
-				  __u64 buf, __s64 n, __u64 now)
+				  __u64 buf, __s64 n, __u64 now, struct proc_info *pi)
 {
 	struct conn fresh = {.owner = *k};
 	struct conn *c;
@@ -835,7 +871,7 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 has
 	}
 	if (!c)
 		return;
-	start_request(k, c, buf, n, now, 1);
+	start_request(k, c, buf, n, now, 1, pi);
 	if (c->state == CONN_IDLE) {
 		/* Not a request line: garbage sent to the port, or one of the worker's own client
 		 * connections (databases, HTTP APIs). Which one, only the worker's answer tells. */
@@ -869,7 +905,8 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 		return 0;
 	}
 	/* A connection this process was seen to own is a worker's; anything else asks. */
-	if ((!c || c->owner.tgid != tgid) && !is_worker(tgid))
+	struct proc_info *pi = 0;
+	if ((!c || c->owner.tgid != tgid) && !(pi = worker_info(tgid)))
 		return 0;
 	if (!call->op && !socket_call(send, call))
 		return 0;
@@ -899,16 +936,16 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 
 	if (op == OP_RECV) {
 		if (!c)
-			adopt(&k, sk, hash, tcp, buf, n, now);
+			adopt(&k, sk, hash, tcp, buf, n, now, pi);
 		else if (c->state == CONN_READING) {
 			if (c->phase < LINE_DONE && c->line_len < GPE_LINE_MAX)
 				continue_line(&k, c, buf, n, now);
 			else
 				c->bytes_in += n;
 		} else if (c->state == CONN_IDLE) {
-			start_request(&k, c, buf, n, now, 0);
+			start_request(&k, c, buf, n, now, 0, pi);
 		} else if (c->state == CONN_RESPONDING || c->state == CONN_PROBATION) {
-			start_request(&k, c, buf, n, now, 1);
+			start_request(&k, c, buf, n, now, 1, pi);
 		}
 		return 0;
 	}
@@ -927,17 +964,17 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			if (c->state == CONN_RESPONDING) {
 				/* A second final status line: the client pipelined requests and the worker
 				 * answers the next one, whose request line we did not see. */
-				emit_req(GPE_EV_REQ_END, &k, c, GPE_END_PIPELINE, now);
-				begin_request(c, c->last_write_ns, 0, LINE_INVALID, 0);
-				emit_blank_start(&k, c, now);
+				__u64 prev = c->last_write_ns;
+				end_request(&k, c, GPE_END_PIPELINE, now);
+				begin_request(&k, c, prev, 0, LINE_INVALID, 0, 0, now, 0);
 			}
 			c->status = st;
 			c->state = CONN_RESPONDING;
+			flight(k.tgid, -1, now); /* answered: in flight no more */
 			/* A client that left before its answer: the worker writes into the void. */
 			c->flags = client_gone(sk, n, c->unix_sock) ? GPE_FLAG_CLIENT_GONE : 0;
 			c->bytes_out += n;
 			c->last_write_ns = now;
-			emit_req(GPE_EV_REQ_RESP, &k, c, 0, now);
 			return 0;
 		}
 	}
@@ -947,6 +984,64 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	c->bytes_out += n;
 	if (c->state == CONN_RESPONDING)
 		c->last_write_ns = now;
+	return 0;
+}
+
+/*
+ * The requests a worker that exits was serving end with it (GPE_END_EXIT), before its EXIT
+ * record: its files are closed after this tracepoint, so its connections are all still in
+ * the tables. A walk of the slots (GPE_CONN_SLOTS callbacks, a fraction of a millisecond) and
+ * of conns, once per worker exit.
+ */
+struct exit_walk {
+	__u32 tgid;
+	__u32 pad;
+	__u64 now;
+};
+
+static long end_slot_of(void *map, __u32 *key, struct slot *s, struct exit_walk *x)
+{
+	if (s->sk && s->c.owner.tgid == x->tgid) {
+		struct conn_key k = s->c.owner;
+		end_request(&k, &s->c, GPE_END_EXIT, x->now);
+	}
+	return 0;
+}
+
+static long end_conn_of(void *map, __u64 *key, struct conn *c, struct exit_walk *x)
+{
+	if (c->owner.tgid == x->tgid) {
+		struct conn_key k = c->owner;
+		end_request(&k, c, GPE_END_EXIT, x->now);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	__u32 tgid = p->tgid;
+	struct proc_info *info = tracked(tgid);
+	if (!info)
+		return 0;
+	/* Only the last thread of the process: signal->live has already been decremented. */
+	struct task_struct___sig *ps = (void *)p;
+	if (BPF_CORE_READ(ps, signal, live.counter) != 0)
+		return 0;
+	__u32 master = info->master;
+	__u32 kind = info->kind;
+	__u64 now = bpf_ktime_get_ns();
+	if (kind == GPE_PROC_WORKER) {
+		struct exit_walk x = {.tgid = tgid, .now = now};
+		bpf_for_each_map_elem(&slots, end_slot_of, &x, 0);
+		bpf_for_each_map_elem(&conns, end_conn_of, &x, 0);
+	}
+	/* Its busy time, with the requests that just ended (they were its last). */
+	__u64 busy = info->busy_ns;
+	if (info->inflight && now > info->busy_since)
+		busy += now - info->busy_since;
+	untrack(tgid);
+	emit_proc(GPE_EV_EXIT, tgid, 0, master, p->exit_code, kind, 0, busy);
 	return 0;
 }
 

@@ -18,10 +18,9 @@ enum gpe_event_kind {
 	GPE_EV_EXEC = 3,      /* a tracked process called execve (USR2 upgrade: new master) */
 	GPE_EV_SIGNAL = 4,    /* a signal was generated for a tracked process */
 	GPE_EV_OOM = 5,       /* the OOM killer chose a tracked process */
-	GPE_EV_REQ_START = 6, /* first bytes of a request were read on a tracked connection */
-	GPE_EV_REQ_RESP = 7,  /* the final (non-1xx) status line was written */
-	GPE_EV_REQ_END = 8,   /* the request ended: next request, close, or a stale entry */
-	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces */
+	/* 6 and 7 were a request's start and status line: no longer sent (one record a request) */
+	GPE_EV_REQ_END = 8,   /* a request ended (next request, close, exit...): the whole request */
+	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces, before its END */
 };
 
 /* gpe_req_event.flags */
@@ -41,6 +40,7 @@ enum gpe_end_reason {
 	GPE_END_REUSED = 4,   /* the socket's entry was of another fd or process, or of a freed socket */
 	GPE_END_PIPELINE = 5, /* a second status line on the connection: pipelined requests */
 	GPE_END_WAIT = 6,     /* the worker waits for the next request (a read found no data) */
+	GPE_END_EXIT = 7,     /* the worker exited with the request in flight (sent before its EXIT) */
 };
 
 struct gpe_hdr {
@@ -57,27 +57,32 @@ struct gpe_proc_event {
 	__s32 code;       /* EXIT: wait status (exit code << 8, or the killing signal); SIGNAL: signo */
 	__u32 proc_kind;  /* enum gpe_proc_kind of the process, as the kernel side knew it */
 	__u64 start_ns;   /* FORK: the child's start time (boot clock) */
+	__u64 busy_ns;    /* EXIT of a worker: its time with a request in flight (proc_info) */
 };
 
-/* GPE_EV_REQ_START, REQ_RESP, REQ_END. */
+/*
+ * GPE_EV_REQ_END: one record a request, sent when it ends, with the first piece of its request
+ * line; GPE_EV_REQ_LINE: a later piece of a line that arrived in several reads (sent before the
+ * END, only its header's fd, seq and line_len matter).
+ */
 struct gpe_req_event {
 	struct gpe_hdr hdr;
 	__u32 fd;
-	__u32 seq;        /* request number on this connection, so START/RESP/END pair up */
+	__u32 seq;        /* the request's id, unique on the host: LINE pieces name their END */
 	__u64 start_ns;   /* first request byte read */
-	__u64 last_write_ns; /* END: last response byte written. START of a connection's first
-			      * request: when the kernel established the connection (accept-queue
-			      * wait = start_ns - this), 0 if not known */
-	__u64 bytes_in;   /* request bytes read (END) */
-	__u64 bytes_out;  /* response bytes written (END) */
-	__u16 status;     /* RESP and END: the final status, 0 if none was written */
-	__u8 reason;      /* END: enum gpe_end_reason */
-	__u8 flags;       /* RESP and END: GPE_FLAG_* */
-	__u16 line_len;   /* START and LINE: valid bytes in line */
+	__u64 last_write_ns; /* last response byte written, 0 if none */
+	__u64 est_ns;     /* a TCP connection's first request: when the kernel established the
+			   * connection (accept-queue wait = start_ns - this), else 0 */
+	__u64 bytes_in;   /* request bytes read */
+	__u64 bytes_out;  /* response bytes written */
+	__u16 status;     /* the final status, 0 if none was written */
+	__u8 reason;      /* enum gpe_end_reason */
+	__u8 flags;       /* GPE_FLAG_* */
+	__u16 line_len;   /* valid bytes in line */
 	__u16 pad;
 };
 
-/* GPE_EV_REQ_START and REQ_LINE carry the request line, cut after the path in the kernel. */
+/* The records that carry (a piece of) the request line, cut after the path in the kernel. */
 struct gpe_req_start {
 	struct gpe_req_event req;
 	char line[GPE_LINE_MAX];

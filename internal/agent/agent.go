@@ -23,6 +23,9 @@ type Kernel interface {
 	Untrack(tgid uint32) error
 	// SetListenPorts sets the TCP ports whose connections are timed in the accept queue.
 	SetListenPorts(ports []uint16) error
+	// Occupancy is a tracked worker's requests in flight and busy time, as the kernel
+	// counts them; false if it is not tracked.
+	Occupancy(tgid uint32) (probes.Occupancy, bool)
 	// Read blocks until the next event; it returns probes.ErrClosed after Close.
 	Read(ev *probes.Event) error
 	// Close releases the kernel side and makes a blocked Read return.
@@ -130,6 +133,7 @@ func (a *Agent) Masters() []int {
 // served only once the first master is observed (README "Attaching").
 func (a *Agent) Attach(k Kernel) error {
 	a.k = k
+	a.agg.SetOccupancy(k.Occupancy)
 	for _, info := range a.first {
 		if err := a.attach(info); err != nil {
 			return err

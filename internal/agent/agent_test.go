@@ -364,3 +364,24 @@ func TestListenPorts(t *testing.T) {
 		t.Errorf("listening ports given to the kernel: %v, want [8000] (not another process's 22)", got)
 	}
 }
+
+// TestOccupancy: a worker's requests in flight and busy time are the kernel's counts, read at
+// each snapshot (no record says when a request starts); after its exit, the busy time its
+// exit record carries stays.
+func TestOccupancy(t *testing.T) {
+	_, r := startPID(t, w1, w2)
+	const now = 50e9
+	r.k.setOccupancy(w1, probes.Occupancy{InFlight: 2, BusyNS: 3e9, BusySince: 49e9})
+	s := r.a.Aggregator().Snapshot(now)
+	if w := workers(s)[w1]; w.InFlight != 2 || w.BusySeconds != 4 {
+		t.Errorf("worker %d: in flight %d busy %v s, want 2 and 3 + 1 s", w1, w.InFlight, w.BusySeconds)
+	}
+	if w := workers(s)[w2]; w.InFlight != 0 || w.BusySeconds != 0 {
+		t.Errorf("idle worker %d: in flight %d busy %v s, want 0 and 0", w2, w.InFlight, w.BusySeconds)
+	}
+	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w1, Master: m1, ProcKind: probes.ProcWorker, BusyNS: 4.5e9})
+	s = r.a.Aggregator().Snapshot(now + 10e9)
+	if w := workers(s)[w1]; w.State != aggregate.StateExited || w.InFlight != 0 || w.BusySeconds != 4.5 {
+		t.Errorf("exited worker %d: state %s in flight %d busy %v s, want exited, 0, 4.5 s", w1, w.State, w.InFlight, w.BusySeconds)
+	}
+}

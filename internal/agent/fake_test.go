@@ -37,13 +37,31 @@ type fakeKernel struct {
 	masters map[uint32]uint32 // a worker's master
 	reads   int
 	ports   []uint16 // SetListenPorts
+	occ     map[uint32]probes.Occupancy
 }
 
 func newFakeKernel() *fakeKernel {
 	return &fakeKernel{
 		in: make(chan probes.Event), done: make(chan struct{}), closed: make(chan struct{}),
 		tracked: make(map[uint32]probes.ProcKind), masters: make(map[uint32]uint32),
+		occ: make(map[uint32]probes.Occupancy),
 	}
+}
+
+// Occupancy is what setOccupancy last said of tgid, while it is tracked.
+func (k *fakeKernel) Occupancy(tgid uint32) (probes.Occupancy, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.tracked[tgid]; !ok {
+		return probes.Occupancy{}, false
+	}
+	return k.occ[tgid], true
+}
+
+func (k *fakeKernel) setOccupancy(tgid uint32, o probes.Occupancy) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.occ[tgid] = o
 }
 
 func (k *fakeKernel) Track(tgid, master uint32, kind probes.ProcKind) error {

@@ -47,18 +47,16 @@ func DefaultConfig() Config {
 type Aggregator struct {
 	cfg Config
 
-	mu       sync.Mutex
-	masters  map[uint32]*master
-	workers  map[uint32]*worker // live and recently exited, by pid
-	inflight map[connKey]*request
-	// ending holds the requests a START on the same fd replaced before their END arrived: on
-	// keep-alive the kernel reserves the next START in the ring buffer before it emits the
-	// END(next) of the one before, and a closed connection's END (tcp_destroy_sock, a round
-	// trip after the close) can follow the STARTs of the next connections on the same fd.
-	ending   map[reqKey]*request
-	free     []*request // finished requests, reused by newRequest
-	events   [len(probes.KindNames)]uint64
-	unpaired uint64
+	mu      sync.Mutex
+	masters map[uint32]*master
+	workers map[uint32]*worker // live and recently exited, by pid
+	// pieces holds the later pieces of request lines that arrived in several reads (LINE
+	// records), until their request's END.
+	pieces map[reqKey][]byte
+	req    request // the request being counted, reused
+	events [len(probes.KindNames)]uint64
+	// occupancy reads a worker's in flight and busy time from the kernel (SetOccupancy).
+	occupancy func(pid uint32) (probes.Occupancy, bool)
 	// exits numbers the worker exits handled; a snapshot's ExitMark is its value then, so an
 	// exposition made from it showed exactly the exited workers whose exitSeq is at most that.
 	exits uint64
@@ -76,12 +74,20 @@ func New(cfg Config) *Aggregator {
 		cfg.MonoToWall = MonotonicToWall()
 	}
 	return &Aggregator{
-		cfg:      cfg,
-		masters:  make(map[uint32]*master),
-		workers:  make(map[uint32]*worker),
-		inflight: make(map[connKey]*request),
-		ending:   make(map[reqKey]*request),
+		cfg:     cfg,
+		masters: make(map[uint32]*master),
+		workers: make(map[uint32]*worker),
+		pieces:  make(map[reqKey][]byte),
 	}
+}
+
+// SetOccupancy gives the aggregator the kernel's count of each worker's requests in flight
+// and its busy time, read at every snapshot (the kernel sends no record when a request
+// starts). Without it, in flight stays 0 and busy time is what exit records say.
+func (a *Aggregator) SetOccupancy(f func(pid uint32) (probes.Occupancy, bool)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.occupancy = f
 }
 
 // LiveWorkers lists the pids of workers that have not exited.
@@ -213,10 +219,6 @@ func (a *Aggregator) Handle(ev *probes.Event) {
 		if w, ok := a.workers[ev.TGID]; ok {
 			w.oom = true
 		}
-	case probes.KindReqStart:
-		a.reqStart(ev)
-	case probes.KindReqResp:
-		a.reqResp(ev)
 	case probes.KindReqEnd:
 		a.reqEnd(ev)
 	case probes.KindReqLine:

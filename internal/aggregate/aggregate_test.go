@@ -60,18 +60,32 @@ func evOOM(ts uint64, pid uint32) probes.Event {
 	return probes.Event{Kind: probes.KindOOM, TGID: pid, TS: ts}
 }
 
-func evStart(ts uint64, pid, fd, seq uint32, line string, bytesIn uint64) probes.Event {
-	return probes.Event{Kind: probes.KindReqStart, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: ts, BytesIn: bytesIn, Line: []byte(line)}
-}
-
-func evResp(ts uint64, pid, fd, seq uint32, startNS uint64, status uint16, bytesIn, bytesOut uint64) probes.Event {
-	return probes.Event{Kind: probes.KindReqResp, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: startNS,
-		LastWriteNS: ts, BytesIn: bytesIn, BytesOut: bytesOut, Status: status}
-}
-
-func evEnd(ts uint64, pid, fd, seq uint32, startNS, lastWriteNS, bytesIn, bytesOut uint64, status uint16, reason probes.EndReason) probes.Event {
+// evReq is the one record of a request, sent when it ended: line is the first piece of its
+// request line, lastWriteNS its last write (0 for none), status 0 when nothing was answered.
+func evReq(ts uint64, pid, fd, seq uint32, line string, startNS, lastWriteNS, bytesIn, bytesOut uint64, status uint16, reason probes.EndReason) probes.Event {
 	return probes.Event{Kind: probes.KindReqEnd, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: startNS,
-		LastWriteNS: lastWriteNS, BytesIn: bytesIn, BytesOut: bytesOut, Status: status, Reason: reason}
+		LastWriteNS: lastWriteNS, BytesIn: bytesIn, BytesOut: bytesOut, Status: status, Reason: reason, Line: []byte(line)}
+}
+
+// evLine is a later piece of a request line that arrived in several reads, sent before the
+// request's END.
+func evLine(ts uint64, pid, fd, seq uint32, piece string) probes.Event {
+	return probes.Event{Kind: probes.KindReqLine, TGID: pid, TS: ts, FD: fd, Seq: seq, Line: []byte(piece)}
+}
+
+// evExitBusy is a worker's exit with the kernel's count of its busy time.
+func evExitBusy(ts uint64, pid uint32, status int32, busyNS uint64) probes.Event {
+	ev := evExit(ts, pid, status)
+	ev.BusyNS = busyNS
+	return ev
+}
+
+// occupancy is a fake of the kernel's per-worker figures for SetOccupancy.
+type occupancy map[uint32]probes.Occupancy
+
+func (o occupancy) read(pid uint32) (probes.Occupancy, bool) {
+	v, ok := o[pid]
+	return v, ok
 }
 
 func feed(a *Aggregator, evs ...probes.Event) {
@@ -185,28 +199,20 @@ func wantEq[T comparable](t *testing.T, what string, got, want T) {
 
 func TestKeepAlive(t *testing.T) {
 	const w, fd = 101, 7
-	// Request 1: GET /users/42, 4 ms, 300 B in, 2000 B out. Request 2: POST /upload, 300 ms,
-	// 70000 B in, 100 B out. Both on one connection.
+	// Request 1: GET /users/42, 4 ms, 300 B in, 2000 B out, ended by the next request.
+	// Request 2: POST /upload, 300 ms, 70000 B in, 100 B out, ended by the close. Both on one
+	// connection.
 	t1, t2 := 10*sec, 11*sec
-	s1 := evStart(t1, w, fd, 1, "GET /users/42", 300)
-	r1 := evResp(t1+3*ms, w, fd, 1, t1, 200, 300, 2000)
-	e1 := evEnd(t2, w, fd, 1, t1, t1+4*ms, 300, 2000, 200, probes.EndNext)
-	s2 := evStart(t2, w, fd, 2, "POST /upload", 70000)
-	r2 := evResp(t2+300*ms, w, fd, 2, t2, 201, 70000, 100)
-	e2 := evEnd(t2+400*ms, w, fd, 2, t2, t2+300*ms, 70000, 100, 201, probes.EndClose)
+	e1 := evReq(t2, w, fd, 1, "GET /users/42", t1, t1+4*ms, 300, 2000, 200, probes.EndNext)
+	e2 := evReq(t2+400*ms, w, fd, 2, "POST /upload", t2, t2+300*ms, 70000, 100, 201, probes.EndClose)
 
 	for _, tc := range []struct {
 		name string
 		evs  []probes.Event
 	}{
-		// The order the kernel submits the records in: END(seq 1, next), then START(seq 2).
-		{"end before next start", []probes.Event{s1, r1, e1, s2, r2, e2}},
-		// The order the ring buffer delivers them in: start_request reserves START(seq 2)
-		// before end_request reserves END(seq 1), and records are read in reservation order.
-		{"next start before end", []probes.Event{s1, r1, s2, e1, r2, e2}},
-		// As above, with the first RESP record lost: END(seq 1) still carries the status.
-		{"next start before end, first RESP lost", []probes.Event{s1, s2, e1, r2, e2}},
-		{"end before next start, first RESP lost", []probes.Event{s1, e1, s2, r2, e2}},
+		{"in order", []probes.Event{e1, e2}},
+		// Each END is a whole request: the order they are read in does not matter.
+		{"second read first", []probes.Event{e2, e1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
@@ -221,8 +227,8 @@ func TestKeepAlive(t *testing.T) {
 			wantEq(t, "http POST /upload 201", httpCount(m, "POST", "/upload", 201), uint64(1))
 			wantEq(t, "http total", httpTotal(m), uint64(2))
 			wantEq(t, "failed", total(ws.Failed), uint64(0))
-			wantEq(t, "unpaired", s.Unpaired, uint64(0))
-			wantEq(t, "in flight", ws.InFlight, 0)
+			wantEq(t, "in flight (no occupancy source)", ws.InFlight, 0)
+			wantEq(t, "busy (no occupancy source)", ws.BusySeconds, 0.0)
 
 			wantEq(t, "duration count", ws.Duration.Count, uint64(2))
 			wantEq(t, "duration le .005", inBucket(t, ws.Duration, .005), uint64(1))
@@ -239,41 +245,49 @@ func TestKeepAlive(t *testing.T) {
 	}
 }
 
-// TestLateCloseAfterNextConnection: a sync worker closes a connection and accepts the next one
-// on the same fd; the first connection's END (the kernel's tcp_destroy_sock, a round trip
-// after the close) arrives after the next requests' STARTs. Request ids are unique, so each
-// END finds its own request.
-func TestLateCloseAfterNextConnection(t *testing.T) {
+// TestEndsOnOneFDInAnyOrder: a sync worker closes a connection and accepts the next ones on
+// the same fd; the first connection's END (the kernel's tcp_destroy_sock, a round trip after
+// the close) can be read after the next ones'. Request ids are unique, so each END is counted
+// once, with its own line, and the later pieces of two lines on the same fd go each to its
+// own request.
+func TestEndsOnOneFDInAnyOrder(t *testing.T) {
 	const w, fd = 101, 9
-	a, _ := newTestAggregator(t, nil)
-	feed(a, evFork(1*sec, w, masterPID))
 	t1, t2, t3 := 10*sec, 10*sec+5*ms, 10*sec+10*ms
-	feed(a,
-		evStart(t1, w, fd, 41, "GET /a", 100),
-		evResp(t1+1*ms, w, fd, 41, t1, 200, 100, 50),
-		evStart(t2, w, fd, 42, "GET /b", 100), // the next connection, same fd
-		evResp(t2+2*ms, w, fd, 42, t2, 404, 100, 50),
-		evStart(t3, w, fd, 43, "GET /c", 100), // and the one after: two ENDs still to come
-		evEnd(t3+1*ms, w, fd, 41, t1, t1+1*ms, 100, 50, 200, probes.EndClose),
-		evEnd(t3+2*ms, w, fd, 42, t2, t2+2*ms, 100, 50, 404, probes.EndClose),
-		evResp(t3+3*ms, w, fd, 43, t3, 500, 100, 50),
-		evEnd(t3+4*ms, w, fd, 43, t3, t3+3*ms, 100, 50, 500, probes.EndClose),
-	)
-	s := a.Snapshot(20 * sec)
-	m := masterOf(t, s, masterPID)
-	ws := workerOf(t, s, w)
-	wantEq(t, "requests", ws.Requests, uint64(3))
-	wantEq(t, "http total", httpTotal(m), uint64(3))
-	wantEq(t, "http GET /a 200", httpCount(m, "GET", "/a", 200), uint64(1))
-	wantEq(t, "http GET /b 404", httpCount(m, "GET", "/b", 404), uint64(1))
-	wantEq(t, "http GET /c 500", httpCount(m, "GET", "/c", 500), uint64(1))
-	wantEq(t, "failed", total(ws.Failed), uint64(1))
-	wantEq(t, "unpaired", s.Unpaired, uint64(0))
-	wantEq(t, "duration count", ws.Duration.Count, uint64(3))
-	wantEq(t, "duration le .001", inBucket(t, ws.Duration, .001), uint64(1))
-	wantEq(t, "duration in le .0025", inBucket(t, ws.Duration, .0025), uint64(1))
-	wantEq(t, "duration in le .005", inBucket(t, ws.Duration, .005), uint64(1))
-	wantEq(t, "in flight", ws.InFlight, 0)
+	ends := []probes.Event{
+		evReq(t3+1*ms, w, fd, 41, "GET /a", t1, t1+1*ms, 100, 50, 200, probes.EndClose),
+		evReq(t3+2*ms, w, fd, 42, "GET /", t2, t2+2*ms, 100, 50, 404, probes.EndClose),
+		evReq(t3+4*ms, w, fd, 43, "GE", t3, t3+3*ms, 100, 50, 500, probes.EndClose),
+	}
+	// The pieces of requests 42 and 43, interleaved; each before its END.
+	pieces := []probes.Event{
+		evLine(t2+1*ms, w, fd, 42, "b"),
+		evLine(t3+1, w, fd, 43, "T /"),
+		evLine(t3+2, w, fd, 43, "c"),
+	}
+	for _, order := range [][]int{{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}} {
+		t.Run(fmt.Sprint(order), func(t *testing.T) {
+			a, _ := newTestAggregator(t, nil)
+			feed(a, evFork(1*sec, w, masterPID))
+			feed(a, pieces...)
+			for _, i := range order {
+				feed(a, ends[i])
+			}
+			s := a.Snapshot(20 * sec)
+			m := masterOf(t, s, masterPID)
+			ws := workerOf(t, s, w)
+			wantEq(t, "requests", ws.Requests, uint64(3))
+			wantEq(t, "http total", httpTotal(m), uint64(3))
+			wantEq(t, "http GET /a 200", httpCount(m, "GET", "/a", 200), uint64(1))
+			wantEq(t, "http GET /b 404", httpCount(m, "GET", "/b", 404), uint64(1))
+			wantEq(t, "http GET /c 500", httpCount(m, "GET", "/c", 500), uint64(1))
+			wantEq(t, "failed", labeled(ws.Failed, "GET", "/c", ""), uint64(1))
+			wantEq(t, "failed total", total(ws.Failed), uint64(1))
+			wantEq(t, "duration count", ws.Duration.Count, uint64(3))
+			wantEq(t, "duration le .001", inBucket(t, ws.Duration, .001), uint64(1))
+			wantEq(t, "duration in le .0025", inBucket(t, ws.Duration, .0025), uint64(1))
+			wantEq(t, "duration in le .005", inBucket(t, ws.Duration, .005), uint64(1))
+		})
+	}
 }
 
 func TestDurationBuckets(t *testing.T) {
@@ -289,9 +303,7 @@ func TestDurationBuckets(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
 			start := 5 * sec
 			feed(a, evFork(sec, 101, masterPID),
-				evStart(start, 101, 3, 1, "GET /", 10),
-				evResp(start+tc.d, 101, 3, 1, start, 200, 10, 10),
-				evEnd(start+tc.d, 101, 3, 1, start, start+tc.d, 10, 10, 200, probes.EndClose))
+				evReq(start+tc.d, 101, 3, 1, "GET /", start, start+tc.d, 10, 10, 200, probes.EndClose))
 			ws := workerOf(t, a.Snapshot(100*sec), 101)
 			wantEq(t, "count in bucket", inBucket(t, ws.Duration, tc.le), uint64(1))
 			wantEq(t, "count", ws.Duration.Count, uint64(1))
@@ -306,12 +318,12 @@ func TestWorkerKilledMidRequest(t *testing.T) {
 	wantEq(t, "id of worker 102", before.ID, fmt.Sprintf("worker_2_%d", epoch.Unix()+1))
 
 	feed(a,
-		evStart(10*sec, 102, 9, 1, "POST /orders/123/pay", 500),
 		evSignal(12*sec, 102, adminPID, 9), // kill -9
-		evExit(12*sec, 102, 9),             // wait status: killed by signal 9
-		// The kernel closes the dead worker's sockets after its exit: that END is not a
-		// second failure.
-		evEnd(12*sec+1, 102, 9, 1, 10*sec, 0, 500, 0, 0, probes.EndClose),
+		// The kernel ends the request it was serving, then sends its exit.
+		evReq(12*sec, 102, 9, 1, "POST /orders/123/pay", 10*sec, 0, 500, 0, 0, probes.EndExit),
+		evExitBusy(12*sec, 102, 9, 2*sec), // wait status: killed by signal 9
+		// A request record read after the exit is not a second failure.
+		evReq(12*sec+1, 102, 10, 2, "GET /late", 11*sec, 0, 10, 0, 0, probes.EndClose),
 		evSignal(12*sec, masterPID, 102, 17),
 		evFork(13*sec, 103, masterPID), // the replacement
 	)
@@ -322,6 +334,7 @@ func TestWorkerKilledMidRequest(t *testing.T) {
 	wantEq(t, "state", dead.State, StateExited)
 	wantEq(t, "state since", dead.StateSince, wall(12*sec))
 	wantEq(t, "in flight", dead.InFlight, 0)
+	wantEq(t, "busy from the exit record", dead.BusySeconds, 2.0)
 	wantEq(t, "requests", dead.Requests, uint64(0))
 	wantEq(t, "failed", labeled(dead.Failed, "POST", "/orders/{id}/pay", ""), uint64(1))
 	wantEq(t, "error worker_exit", labeled(dead.Errors, "POST", "/orders/{id}/pay", ErrWorkerExit), uint64(1))
@@ -399,23 +412,25 @@ func TestWorkerTimeout(t *testing.T) {
 			name: "abort, close, exit 1",
 			evs: []probes.Event{
 				evSignal(40*sec, w, masterPID, 6),
-				evEnd(40*sec+ms, w, fd, 1, start, 0, 100, 0, 0, probes.EndClose),
+				evReq(40*sec+ms, w, fd, 1, "GET /slow", start, 0, 100, 0, 0, probes.EndClose),
 				evExit(40*sec+2*ms, w, 1<<8),
 			},
 		},
 		{
-			// The worker did not die of the abort: the next timeout sends SIGKILL.
+			// The worker did not die of the abort: the next timeout sends SIGKILL; the kernel
+			// ends the request at the exit.
 			name: "abort, then kill",
 			evs: []probes.Event{
 				evSignal(40*sec, w, masterPID, 6),
 				evSignal(70*sec, w, masterPID, 9),
+				evReq(70*sec, w, fd, 1, "GET /slow", start, 0, 100, 0, 0, probes.EndExit),
 				evExit(70*sec, w, 9),
 			},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
-			feed(a, evFork(1*sec, w, masterPID), evStart(start, w, fd, 1, "GET /slow", 100))
+			feed(a, evFork(1*sec, w, masterPID))
 			feed(a, tc.evs[0])
 			s := a.Snapshot(0)
 			wantEq(t, "state after ABRT", workerOf(t, s, w).State, StateAborting)
@@ -469,49 +484,41 @@ func TestExitReasons(t *testing.T) {
 
 func TestUnknownConnectionsAndProcesses(t *testing.T) {
 	const w = 101
+	tls := evReq(5*sec, w, 9, 4, "", 4*sec, 0, 10, 0, 0, probes.EndClose)
+	tls.Flags = probes.FlagTLS
 	for _, tc := range []struct {
-		name         string
-		evs          []probes.Event
-		requests     uint64
-		http         uint64 // http_requests_total{OTHER, unknown, 200}
-		noResponse   uint64 // error_handling{OTHER, unknown, no_response}
-		durations    uint64
-		unpaired     uint64
-		masterEvents bool
+		name       string
+		evs        []probes.Event
+		requests   uint64
+		http       uint64 // http_requests_total{OTHER, unknown, 200}
+		noResponse uint64 // error_handling{OTHER, unknown, no_response}
+		durations  uint64
 	}{
 		{
-			name: "RESP alone",
-			evs:  []probes.Event{evResp(5*sec, w, 9, 3, 4*sec, 200, 10, 10)},
+			name:     "END with a status and no line",
+			evs:      []probes.Event{evReq(5*sec, w, 9, 3, "", 4*sec, 5*sec, 10, 10, 200, probes.EndClose)},
+			requests: 1, http: 1, durations: 1,
 		},
 		{
-			name:     "END with a status",
-			evs:      []probes.Event{evEnd(5*sec, w, 9, 3, 4*sec, 5*sec, 10, 10, 200, probes.EndClose)},
-			requests: 1, http: 1, durations: 1, unpaired: 1,
+			name:       "END without a status or a line",
+			evs:        []probes.Event{evReq(5*sec, w, 9, 3, "", 4*sec, 0, 10, 0, 0, probes.EndClose)},
+			noResponse: 1,
 		},
 		{
-			name:     "RESP then END",
-			evs:      []probes.Event{evResp(5*sec, w, 9, 3, 4*sec, 200, 10, 10), evEnd(5*sec, w, 9, 3, 4*sec, 5*sec, 10, 10, 200, probes.EndClose)},
-			requests: 1, http: 1, durations: 1, unpaired: 1,
+			// Unanswered, it would be a no_response failure: a TLS request counts nowhere.
+			name: "END of a TLS connection",
+			evs:  []probes.Event{tls},
 		},
 		{
-			name:       "END without a status",
-			evs:        []probes.Event{evEnd(5*sec, w, 9, 3, 4*sec, 0, 10, 0, 0, probes.EndClose)},
-			noResponse: 1, unpaired: 1,
-		},
-		{
-			name: "END with a stale seq on a known connection",
-			evs: []probes.Event{
-				evStart(4*sec, w, 9, 2, "GET /a", 10),
-				evEnd(5*sec, w, 9, 1, 3*sec, 3*sec, 10, 10, 200, probes.EndReused),
-			},
-			requests: 1, http: 1, durations: 1, unpaired: 1,
+			name: "a LINE piece whose END never came",
+			evs:  []probes.Event{evLine(5*sec, w, 9, 3, "/users/1")},
 		},
 		{
 			name: "requests of an unknown pid",
 			evs: []probes.Event{
-				evStart(4*sec, 4242, 9, 1, "GET /a", 10),
-				evResp(5*sec, 4242, 9, 1, 4*sec, 200, 10, 10),
-				evEnd(5*sec, 4242, 9, 1, 4*sec, 5*sec, 10, 10, 200, probes.EndClose),
+				evLine(4*sec, 4242, 9, 1, "a"),
+				evReq(5*sec, 4242, 9, 1, "GET /", 4*sec, 5*sec, 10, 10, 200, probes.EndClose),
+				evReq(5*sec, 4242, 9, 2, "GET /b", 4*sec, 0, 10, 0, 0, probes.EndExit),
 			},
 		},
 		{
@@ -540,46 +547,31 @@ func TestUnknownConnectionsAndProcesses(t *testing.T) {
 			wantEq(t, "no_response", labeled(ws.Errors, "OTHER", EndpointUnknown, ErrNoResponse), tc.noResponse)
 			wantEq(t, "errors total", total(ws.Errors), tc.noResponse)
 			wantEq(t, "durations", ws.Duration.Count, tc.durations)
-			wantEq(t, "unpaired", s.Unpaired, tc.unpaired)
+			wantEq(t, "routes", len(m.Routes), int(tc.durations))
 			wantEq(t, "restarts", m.Restarts, uint64(0))
 			wantEq(t, "signals", len(m.Signals), 0)
 		})
 	}
 }
 
+// TestStatusCountedOnce: one END is one request, counted once, whatever ended it; the kernel
+// puts the final status in it ("100 Continue" then 200: 200).
 func TestStatusCountedOnce(t *testing.T) {
 	const w, fd = 101, 4
 	start := 5 * sec
 	for _, tc := range []struct {
-		name string
-		evs  []probes.Event
+		name   string
+		reason probes.EndReason
 	}{
-		{
-			// "100 Continue" then 200: the kernel emits RESP for the final status only.
-			name: "RESP then END with the same status",
-			evs: []probes.Event{
-				evResp(start+10*ms, w, fd, 1, start, 200, 5000, 200),
-				evEnd(start+20*ms, w, fd, 1, start, start+10*ms, 5000, 200, 200, probes.EndClose),
-			},
-		},
-		{
-			name: "END without RESP (RESP record lost)",
-			evs: []probes.Event{
-				evEnd(start+20*ms, w, fd, 1, start, start+10*ms, 5000, 200, 200, probes.EndClose),
-			},
-		},
-		{
-			name: "END(wait) of an event-loop worker",
-			evs: []probes.Event{
-				evResp(start+10*ms, w, fd, 1, start, 200, 5000, 200),
-				evEnd(start+20*ms, w, fd, 1, start, start+10*ms, 5000, 200, 200, probes.EndWait),
-			},
-		},
+		{"next request", probes.EndNext}, {"close", probes.EndClose}, {"reused entry", probes.EndReused},
+		{"pipelined", probes.EndPipeline}, {"read found nothing", probes.EndWait},
+		{"exit after the status line", probes.EndExit},
 	} {
+		reason := tc.reason
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
-			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, "PUT /files/report.pdf", 5000))
-			feed(a, tc.evs...)
+			feed(a, evFork(sec, w, masterPID),
+				evReq(start+20*ms, w, fd, 1, "PUT /files/report.pdf", start, start+10*ms, 5000, 200, 200, reason))
 			s := a.Snapshot(10 * sec)
 			m := masterOf(t, s, masterPID)
 			ws := workerOf(t, s, w)
@@ -589,9 +581,9 @@ func TestStatusCountedOnce(t *testing.T) {
 			wantEq(t, "durations", ws.Duration.Count, uint64(1))
 			wantEq(t, "duration le .01", inBucket(t, ws.Duration, .01), uint64(1))
 			wantEq(t, "request size le 16384", inBucket(t, ws.ReqSize, 16384), uint64(1))
-			wantEq(t, "in flight", ws.InFlight, 0)
+			wantEq(t, "response sizes", ws.RespSize.Count, uint64(1))
 			wantEq(t, "failed", total(ws.Failed), uint64(0))
-			wantEq(t, "unpaired", s.Unpaired, uint64(0))
+			wantEq(t, "errors", total(ws.Errors), uint64(0))
 		})
 	}
 }
@@ -601,10 +593,11 @@ func TestFailedRequests(t *testing.T) {
 	start := 5 * sec
 	for _, tc := range []struct {
 		name    string
-		before  []probes.Event // after START
-		status  uint16         // RESP status, 0 for none
-		counted bool           // in requests_total and http_requests_total
-		errType string         // "" when not failed
+		before  []probes.Event // before the END
+		status  uint16         // the END's status, 0 for none
+		reason  probes.EndReason
+		counted bool   // in requests_total and http_requests_total
+		errType string // "" when not failed
 	}{
 		{name: "200", status: 200, counted: true},
 		{name: "404", status: 404, counted: true},
@@ -616,15 +609,32 @@ func TestFailedRequests(t *testing.T) {
 			before:  []probes.Event{evSignal(start+ms, w, masterPID, 15)},
 			errType: ErrWorkerExit,
 		},
+		{
+			name:    "200 from a quitting worker",
+			before:  []probes.Event{evSignal(start+ms, w, masterPID, 15)},
+			status:  200,
+			counted: true,
+		},
+		{
+			name:    "no response from an aborting worker",
+			before:  []probes.Event{evSignal(start+ms, w, masterPID, 6)},
+			errType: ErrWorkerTimeout,
+		},
+		{name: "no response, ended by the worker's exit", reason: probes.EndExit, errType: ErrWorkerExit},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
-			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, "GET /api/v1/items", 100))
+			feed(a, evFork(sec, w, masterPID))
 			feed(a, tc.before...)
-			if tc.status != 0 {
-				feed(a, evResp(start+2*ms, w, fd, 1, start, tc.status, 100, 50))
+			reason := tc.reason
+			if reason == 0 {
+				reason = probes.EndClose
 			}
-			feed(a, evEnd(start+3*ms, w, fd, 1, start, start+2*ms, 100, 50, tc.status, probes.EndClose))
+			var lastWrite, out uint64
+			if tc.status != 0 {
+				lastWrite, out = start+2*ms, 50
+			}
+			feed(a, evReq(start+3*ms, w, fd, 1, "GET /api/v1/items", start, lastWrite, 100, out, tc.status, reason))
 			s := a.Snapshot(10 * sec)
 			m := masterOf(t, s, masterPID)
 			ws := workerOf(t, s, w)
@@ -639,11 +649,11 @@ func TestFailedRequests(t *testing.T) {
 			wantEq(t, "requests", ws.Requests, n)
 			wantEq(t, "http", httpCount(m, "GET", "/api/v1/items", tc.status), n)
 			wantEq(t, "http total", httpTotal(m), n)
+			wantEq(t, "durations", ws.Duration.Count, n)
 			wantEq(t, "failed", labeled(ws.Failed, "GET", "/api/v1/items", ""), failed)
 			wantEq(t, "failed total", total(ws.Failed), failed)
 			wantEq(t, "error "+tc.errType, labeled(ws.Errors, "GET", "/api/v1/items", tc.errType), failed)
 			wantEq(t, "errors total", total(ws.Errors), failed)
-			wantEq(t, "in flight", ws.InFlight, 0)
 		})
 	}
 }
@@ -704,42 +714,64 @@ func TestUSR2Upgrade(t *testing.T) {
 	wantEq(t, "old master live", a.IsLive(masterPID), false)
 }
 
+// TestInFlightAndBusy: in flight and busy time are the kernel's figures, read at each
+// snapshot; after the worker's exit, its busy time is the exit record's and nothing is in
+// flight, whatever the kernel's table still says.
 func TestInFlightAndBusy(t *testing.T) {
 	// A gthread worker serving two connections at once:
 	//   fd 5: 10.0 s → 12.0 s
 	//   fd 6: 11.0 s → 13.0 s (status at 13.0, END at 13.5)
 	//   fd 5: 20.0 s → 21.0 s (keep-alive)
-	// Busy: 10 → 13 and 20 → 21 = 4 s.
+	//   fd 5: 40.0 s → killed at 41.0 s
+	// Busy: 10 → 13, 20 → 21 and 40 → 41 = 5 s.
 	const w = 101
 	a, _ := newTestAggregator(t, nil)
+	occ := occupancy{}
+	a.SetOccupancy(occ.read)
 	feed(a, evFork(sec, w, masterPID))
 	for _, step := range []struct {
-		ev       probes.Event
+		name     string
+		kernel   probes.Occupancy
+		evs      []probes.Event
 		monoNow  uint64
 		inFlight int
 		busy     float64
 	}{
-		{evStart(10*sec, w, 5, 1, "GET /a", 10), 10*sec + 500*ms, 1, 0.5},
-		{evStart(11*sec, w, 6, 1, "GET /b", 10), 11*sec + 500*ms, 2, 1.5},
-		{evResp(12*sec, w, 5, 1, 10*sec, 200, 10, 10), 12*sec + 500*ms, 1, 2.5},
-		{evEnd(12*sec+100*ms, w, 5, 1, 10*sec, 12*sec, 10, 10, 200, probes.EndWait), 12*sec + 500*ms, 1, 2.5},
-		{evResp(13*sec, w, 6, 1, 11*sec, 200, 10, 10), 15 * sec, 0, 3},
-		{evEnd(13*sec+500*ms, w, 6, 1, 11*sec, 13*sec, 10, 10, 200, probes.EndClose), 15 * sec, 0, 3},
-		{evStart(20*sec, w, 5, 2, "GET /a", 10), 20*sec + 250*ms, 1, 3.25},
-		{evResp(21*sec, w, 5, 2, 20*sec, 200, 10, 10), 30 * sec, 0, 4},
-		{evEnd(22*sec, w, 5, 2, 20*sec, 21*sec, 10, 10, 200, probes.EndClose), 30 * sec, 0, 4},
+		{"first request", probes.Occupancy{InFlight: 1, BusySince: 10 * sec}, nil, 10*sec + 500*ms, 1, 0.5},
+		{"second request", probes.Occupancy{InFlight: 2, BusySince: 10 * sec}, nil, 11*sec + 500*ms, 2, 1.5},
+		{"first answered", probes.Occupancy{InFlight: 1, BusySince: 10 * sec},
+			[]probes.Event{evReq(12*sec+100*ms, w, 5, 1, "GET /a", 10*sec, 12*sec, 10, 10, 200, probes.EndWait)},
+			12*sec + 500*ms, 1, 2.5},
+		{"second answered", probes.Occupancy{BusyNS: 3 * sec, BusySince: 10 * sec},
+			[]probes.Event{evReq(13*sec+500*ms, w, 6, 1, "GET /b", 11*sec, 13*sec, 10, 10, 200, probes.EndClose)},
+			15 * sec, 0, 3},
+		{"keep-alive request", probes.Occupancy{InFlight: 1, BusyNS: 3 * sec, BusySince: 20 * sec}, nil, 20*sec + 250*ms, 1, 3.25},
+		{"keep-alive answered", probes.Occupancy{BusyNS: 4 * sec, BusySince: 20 * sec},
+			[]probes.Event{evReq(22*sec, w, 5, 2, "GET /a", 20*sec, 21*sec, 10, 10, 200, probes.EndClose)},
+			30 * sec, 0, 4},
+		{"fourth request", probes.Occupancy{InFlight: 1, BusyNS: 4 * sec, BusySince: 40 * sec}, nil, 40*sec + 500*ms, 1, 4.5},
+		// The kernel's entry is stale (not removed yet): the exit record has the final figures.
+		{"killed", probes.Occupancy{InFlight: 1, BusyNS: 4 * sec, BusySince: 40 * sec},
+			[]probes.Event{
+				evReq(41*sec, w, 5, 3, "GET /a", 40*sec, 0, 10, 0, 0, probes.EndExit),
+				evExitBusy(41*sec, w, 9, 5*sec),
+			},
+			100 * sec, 0, 5},
 	} {
-		t.Run(fmt.Sprintf("%s fd %d seq %d", step.ev.Kind, step.ev.FD, step.ev.Seq), func(t *testing.T) {
-			feed(a, step.ev)
+		t.Run(step.name, func(t *testing.T) {
+			occ[w] = step.kernel
+			feed(a, step.evs...)
 			ws := workerOf(t, a.Snapshot(step.monoNow), w)
 			wantEq(t, "in flight", ws.InFlight, step.inFlight)
 			wantEq(t, "busy seconds", ws.BusySeconds, step.busy)
 		})
 	}
-	ws := workerOf(t, a.Snapshot(40*sec), w)
+	ws := workerOf(t, a.Snapshot(200*sec), w)
+	wantEq(t, "state", ws.State, StateExited)
 	wantEq(t, "requests", ws.Requests, uint64(3))
 	wantEq(t, "duration le 2.5", inBucket(t, ws.Duration, 2.5), uint64(2))
 	wantEq(t, "duration le 1", inBucket(t, ws.Duration, 1), uint64(1))
+	wantEq(t, "worker_exit", labeled(ws.Errors, "GET", "/a", ErrWorkerExit), uint64(1))
 }
 
 func TestExpire(t *testing.T) {
@@ -768,21 +800,26 @@ func TestExpire(t *testing.T) {
 }
 
 func TestPIDReuse(t *testing.T) {
-	// A worker's pid comes back before its series expired: the new worker is observed.
+	// A worker's pid comes back before its series expired: the new worker is observed, and
+	// none of the old one's requests is counted for it.
 	a, _ := newTestAggregator(t, nil)
 	feed(a, evFork(sec, 101, masterPID),
-		evStart(5*sec, 101, 5, 1, "GET /a", 10),
+		evLine(5*sec, 101, 5, 1, "/a"), // a line the old worker never finished reading
+		evReq(6*sec, 101, 6, 2, "GET /x", 5*sec, 0, 10, 0, 0, probes.EndExit),
 		evExit(6*sec, 101, 9),
 		evFork(7*sec, 101, masterPID),
-		evStart(8*sec, 101, 5, 1, "GET /b", 10),
-		evResp(9*sec, 101, 5, 1, 8*sec, 200, 10, 10),
+		evReq(9*sec, 101, 5, 3, "GET /b", 8*sec, 9*sec, 10, 10, 200, probes.EndClose),
 	)
 	s := a.Snapshot(10 * sec)
 	ws := workerOf(t, s, 101)
+	m := masterOf(t, s, masterPID)
 	wantEq(t, "id", ws.ID, fmt.Sprintf("worker_2_%d", epoch.Unix()+7))
 	wantEq(t, "state", ws.State, StateRunning)
 	wantEq(t, "requests", ws.Requests, uint64(1))
-	wantEq(t, "restarts", masterOf(t, s, masterPID).Restarts, uint64(1))
+	wantEq(t, "http GET /b 200", httpCount(m, "GET", "/b", 200), uint64(1))
+	wantEq(t, "http total", httpTotal(m), uint64(1))
+	wantEq(t, "failed", total(ws.Failed), uint64(0))
+	wantEq(t, "restarts", m.Restarts, uint64(1))
 	wantEq(t, "live", a.IsLive(101), true)
 }
 
@@ -832,8 +869,8 @@ func TestStateSince(t *testing.T) {
 		since uint64
 	}{
 		{"forked", evSignal(2*sec, masterPID, adminPID, 17), StateRunning, 2 * sec},
-		{"request", evStart(3*sec, w, 5, 1, "GET /", 10), StateRunning, 2 * sec},
-		{"response", evResp(4*sec, w, 5, 1, 3*sec, 200, 10, 10), StateRunning, 2 * sec},
+		{"request", evReq(4*sec, w, 5, 1, "GET /", 3*sec, 4*sec, 10, 10, 200, probes.EndClose), StateRunning, 2 * sec},
+		{"unanswered request", evReq(4*sec, w, 5, 2, "GET /", 3*sec, 0, 10, 0, 0, probes.EndClose), StateRunning, 2 * sec},
 		{"usr1 (reopen logs)", evSignal(5*sec, w, masterPID, 10), StateRunning, 2 * sec},
 		{"term", evSignal(6*sec, w, masterPID, 15), StateQuitting, 6 * sec},
 		{"term again", evSignal(7*sec, w, masterPID, 15), StateQuitting, 6 * sec},
@@ -887,51 +924,82 @@ func TestSignalName(t *testing.T) {
 func TestEventCounts(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
 	feed(a, evFork(sec, 101, masterPID),
-		evStart(2*sec, 101, 5, 1, "GET /", 1), evResp(3*sec, 101, 5, 1, 2*sec, 200, 1, 1),
-		evEnd(3*sec, 101, 5, 1, 2*sec, 3*sec, 1, 1, 200, probes.EndClose),
-		evStart(4*sec, 4242, 5, 1, "GET /", 1), // counted as read even though ignored
+		evLine(2*sec, 101, 5, 1, "/a"),
+		evReq(3*sec, 101, 5, 1, "GET ", 2*sec, 3*sec, 1, 1, 200, probes.EndClose),
+		evReq(4*sec, 4242, 5, 1, "GET /", 3*sec, 4*sec, 1, 1, 200, probes.EndClose), // counted as read even though ignored
 	)
 	s := a.Snapshot(0)
-	want := map[string]uint64{"fork": 1, "request_start": 2, "request_response": 1, "request_end": 1}
+	want := map[string]uint64{"fork": 1, "request_line": 1, "request_end": 2}
 	wantEq(t, "kinds", len(s.Events), len(want))
 	for k, n := range want {
 		wantEq(t, "events{"+k+"}", s.Events[k], n)
 	}
 }
 
-// A request line that arrives in pieces: START carries the first, REQ_LINE the rest; the
-// labels come from the whole line, whenever the request is first counted.
+// A request line that arrives in pieces: the END carries the first, LINE records sent before
+// it the rest; the labels come from the whole line.
 func TestRequestLineInPieces(t *testing.T) {
 	const w, fd = 101, 4
 	start := 5 * sec
-	line := func(ts uint64, piece string) probes.Event {
-		return probes.Event{Kind: probes.KindReqLine, TGID: w, TS: ts, FD: fd, Seq: 1, StartNS: start, Line: []byte(piece)}
-	}
 	for _, tc := range []struct {
 		name     string
 		pieces   []string
-		status   uint16
+		status   uint16 // 0: unanswered, ended by the worker's exit
 		endpoint string
 		method   string
 	}{
 		{"three pieces", []string{"GE", "T /users/", "42/orders"}, 200, "/users/{id}/orders", "GET"},
 		{"method only first", []string{"POST", " /upload"}, 201, "/upload", "POST"},
 		{"a failure labelled from the whole line", []string{"DEL", "ETE /items/9"}, 500, "/items/{id}", "DELETE"},
+		{"unanswered at the exit, labelled from the whole line", []string{"PU", "T /items/7"}, 0, "/items/{id}", "PUT"},
 		{"never completed", []string{"GE"}, 404, EndpointUnknown, "OTHER"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
-			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, tc.pieces[0], 2))
+			feed(a, evFork(sec, w, masterPID))
 			for i, p := range tc.pieces[1:] {
-				feed(a, line(start+uint64(i+1)*ms, p))
+				feed(a, evLine(start+uint64(i+1)*ms, w, fd, 1, p))
 			}
-			feed(a, evResp(start+10*ms, w, fd, 1, start, tc.status, 100, 50),
-				evEnd(start+11*ms, w, fd, 1, start, start+10*ms, 100, 50, tc.status, probes.EndClose))
-			m := masterOf(t, a.Snapshot(20*sec), masterPID)
+			if tc.status == 0 {
+				feed(a, evReq(start+11*ms, w, fd, 1, tc.pieces[0], start, 0, 100, 0, 0, probes.EndExit), evExit(start+11*ms, w, 9))
+			} else {
+				feed(a, evReq(start+11*ms, w, fd, 1, tc.pieces[0], start, start+10*ms, 100, 50, tc.status, probes.EndClose))
+			}
+			s := a.Snapshot(20 * sec)
+			m, ws := masterOf(t, s, masterPID), workerOf(t, s, w)
+			if tc.status == 0 {
+				wantEq(t, "worker_exit", labeled(ws.Errors, tc.method, tc.endpoint, ErrWorkerExit), uint64(1))
+				wantEq(t, "errors total", total(ws.Errors), uint64(1))
+				wantEq(t, "http total", httpTotal(m), uint64(0))
+				return
+			}
 			wantEq(t, "http", httpCount(m, tc.method, tc.endpoint, tc.status), uint64(1))
 			wantEq(t, "http total", httpTotal(m), uint64(1))
+			wantEq(t, "routes", len(m.Routes), 1)
 		})
 	}
+}
+
+// TestPiecesBoundAndDroppedAtExit: the pieces of lines whose END never came are kept up to
+// maxPieces, and dropped when their worker exits: the room is there again for the others.
+func TestPiecesBoundAndDroppedAtExit(t *testing.T) {
+	a, _ := newTestAggregator(t, nil)
+	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID))
+	for i := range maxPieces {
+		feed(a, evLine(2*sec, 101, 5, uint32(1000+i), "/never-ended"))
+	}
+	// No room: the piece is lost; the request is counted from its first piece.
+	feed(a, evLine(3*sec, 102, 6, 1, "bc"),
+		evReq(3*sec+ms, 102, 6, 1, "GET /a", 3*sec, 3*sec+ms, 10, 10, 200, probes.EndClose))
+	feed(a, evExit(4*sec, 101, 9))
+	feed(a, evLine(5*sec, 102, 6, 2, "bc"),
+		evReq(5*sec+ms, 102, 6, 2, "GET /a", 5*sec, 5*sec+ms, 10, 10, 200, probes.EndClose))
+	s := a.Snapshot(10 * sec)
+	m := masterOf(t, s, masterPID)
+	wantEq(t, "GET /a (piece lost while full)", httpCount(m, "GET", "/a", 200), uint64(1))
+	wantEq(t, "GET /abc (after the exit)", httpCount(m, "GET", "/abc", 200), uint64(1))
+	wantEq(t, "http total", httpTotal(m), uint64(2))
+	wantEq(t, "exited worker's errors: its unended lines are no requests", total(workerOf(t, s, 101).Errors), uint64(0))
 }
 
 // A client that left before the answer: the status line written into the void is not a
@@ -939,16 +1007,19 @@ func TestRequestLineInPieces(t *testing.T) {
 func TestClientGone(t *testing.T) {
 	const w, fd = 101, 4
 	start := 5 * sec
-	for _, lostResp := range []bool{false, true} {
-		t.Run(fmt.Sprintf("resp record lost=%v", lostResp), func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status uint16
+		reason probes.EndReason
+	}{
+		{"answered into the void, then closed", 200, probes.EndClose},
+		{"answered into the void, read found nothing", 200, probes.EndWait},
+		{"nothing written", 0, probes.EndClose},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
-			feed(a, evFork(sec, w, masterPID), evStart(start, w, fd, 1, "GET /slow", 100))
-			if !lostResp {
-				resp := evResp(start+500*ms, w, fd, 1, start, 200, 100, 50)
-				resp.Flags = probes.FlagClientGone
-				feed(a, resp)
-			}
-			end := evEnd(start+501*ms, w, fd, 1, start, start+500*ms, 100, 50, 200, probes.EndClose)
+			feed(a, evFork(sec, w, masterPID))
+			end := evReq(start+501*ms, w, fd, 1, "GET /slow", start, start+500*ms, 100, 50, tc.status, tc.reason)
 			end.Flags = probes.FlagClientGone
 			feed(a, end)
 			s := a.Snapshot(10 * sec)
@@ -956,26 +1027,29 @@ func TestClientGone(t *testing.T) {
 			wantEq(t, "requests", ws.Requests, uint64(0))
 			wantEq(t, "http total", httpTotal(m), uint64(0))
 			wantEq(t, "no_response", labeled(ws.Errors, "GET", "/slow", ErrNoResponse), uint64(1))
+			wantEq(t, "errors total", total(ws.Errors), uint64(1))
 			wantEq(t, "failed", total(ws.Failed), uint64(1))
-			wantEq(t, "in flight", ws.InFlight, 0)
 			wantEq(t, "duration observations", ws.Duration.Count, uint64(0))
 		})
 	}
 }
 
-// TestQueueWait: a connection's first request carries when the kernel established it; the
-// wait until the worker read it goes into the master's queue histogram, once per connection
-// (a keep-alive request on it and a start without the time add nothing).
+// TestQueueWait: the END of a connection's first request carries when the kernel established
+// it; the wait until the worker read it goes into the master's queue histogram, once per
+// connection (a keep-alive request on it, and an END without the time, add nothing).
 func TestQueueWait(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
-	first := evStart(5*sec, 101, 3, 1, "GET /", 10)
+	first := evReq(5*sec+ms, 101, 3, 1, "GET /", 5*sec, 5*sec+ms, 10, 10, 200, probes.EndNext)
 	first.EstablishedNS = 5*sec - 300*ms
-	second := evStart(6*sec, 102, 4, 2, "GET /", 10)
+	second := evReq(6*sec+ms, 102, 4, 2, "GET /", 6*sec, 6*sec+ms, 10, 10, 200, probes.EndClose)
 	second.EstablishedNS = 6*sec - 2*ms
+	// Established after it started: not a wait.
+	odd := evReq(7*sec+ms, 102, 4, 4, "GET /", 7*sec, 7*sec+ms, 10, 10, 200, probes.EndClose)
+	odd.EstablishedNS = 7*sec + 1
 	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID),
-		first, evResp(5*sec+ms, 101, 3, 1, 5*sec, 200, 10, 10),
-		evStart(5*sec+2*ms, 101, 3, 3, "GET /", 10), // keep-alive: no establishment
-		second)
+		first,
+		evReq(5*sec+3*ms, 101, 3, 3, "GET /", 5*sec+2*ms, 5*sec+3*ms, 10, 10, 200, probes.EndClose), // keep-alive: no establishment
+		second, odd)
 	q := masterOf(t, a.Snapshot(100*sec), masterPID).Queue
 	wantEq(t, "queued connections", q.Count, uint64(2))
 	wantEq(t, "waits in (1 ms, 2.5 ms]", inBucket(t, q, .0025), uint64(1))

@@ -7,8 +7,8 @@ import (
 )
 
 // TestIgnoreRoutes: requests to an --ignore-route template count only in Ignored, whatever
-// their status or fate; they still occupy the worker (in flight, busy time); other requests,
-// --route templates and the endpoint bound are unaffected.
+// their status or fate; the kernel's in flight and busy time, which include them, are served
+// as they are; other requests, --route templates and the endpoint bound are unaffected.
 func TestIgnoreRoutes(t *testing.T) {
 	const w = 101
 	a, _ := newTestAggregator(t, func(c *Config) {
@@ -16,13 +16,11 @@ func TestIgnoreRoutes(t *testing.T) {
 		c.Routes = []string{"/users/{id}"}
 		c.MaxEndpoints = 2
 	})
+	occ := occupancy{}
+	a.SetOccupancy(occ.read)
 	feed(a, evFork(sec, w, masterPID))
 	req := func(fd, seq uint32, at uint64, line string, status uint16) {
-		feed(a, evStart(at, w, fd, seq, line, 100))
-		if status != 0 {
-			feed(a, evResp(at+10*ms, w, fd, seq, at, status, 100, 200))
-		}
-		feed(a, evEnd(at+20*ms, w, fd, seq, at, at+10*ms, 100, 200, status, probes.EndClose))
+		feed(a, evReq(at+20*ms, w, fd, seq, line, at, at+10*ms, 100, 200, status, probes.EndClose))
 	}
 	req(5, 1, 2*sec, "GET /healthz", 200)
 	req(5, 2, 3*sec, "GET /healthz/", 503)      // trailing slash; a 5xx is not a failure either
@@ -32,10 +30,12 @@ func TestIgnoreRoutes(t *testing.T) {
 	req(5, 6, 7*sec, "GET /users/7", 200)
 	req(5, 7, 8*sec, "GET /other", 200) // the third endpoint: /healthz took no place
 	// In flight when the worker dies: not a worker_exit failure either.
-	feed(a, evStart(9*sec, w, 6, 1, "GET /healthz", 10))
+	occ[w] = probes.Occupancy{InFlight: 1, BusyNS: 60 * ms, BusySince: 9 * sec}
 	ws := workerOf(t, a.Snapshot(9*sec+500*ms), w)
 	wantEq(t, "ignored request in flight", ws.InFlight, 1)
-	feed(a, evExit(10*sec, w, 9))
+	wantEq(t, "busy seconds while in flight", ws.BusySeconds, 0.56)
+	feed(a, evReq(10*sec, w, 6, 1, "GET /healthz", 9*sec, 0, 10, 0, 0, probes.EndExit),
+		evExitBusy(10*sec, w, 9, 60*ms+sec))
 
 	s := a.Snapshot(0)
 	m := masterOf(t, s, masterPID)
@@ -58,8 +58,8 @@ func TestIgnoreRoutes(t *testing.T) {
 			t.Errorf("route histogram for ignored %s", r.Endpoint)
 		}
 	}
-	// Busy time counts the ignored requests: 6 × 10 ms answered or closed, plus 1 s in flight.
-	if ws.BusySeconds < 1 {
-		t.Errorf("busy seconds %v: the ignored requests occupied the worker", ws.BusySeconds)
-	}
+	// The exit record's busy time, ignored requests included (the fake kernel's 60 ms before,
+	// plus 1 s in flight until the exit).
+	wantEq(t, "busy seconds", ws.BusySeconds, 1.06)
+	wantEq(t, "in flight after the exit", ws.InFlight, 0)
 }

@@ -20,9 +20,7 @@ func serve(a *Aggregator) Snapshot {
 func TestExitedDroppedAfterTwoServings(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
 	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID),
-		evStart(2*sec, 101, 5, 1, "GET /a", 10),
-		evResp(3*sec, 101, 5, 1, 2*sec, 200, 10, 10),
-		evEnd(3*sec, 101, 5, 1, 2*sec, 3*sec, 10, 10, 200, probes.EndClose))
+		evReq(3*sec, 101, 5, 1, "GET /a", 2*sec, 3*sec, 10, 10, 200, probes.EndClose))
 	for i := 0; i < 3; i++ {
 		serve(a) // served while running: does not count
 	}
@@ -134,8 +132,7 @@ func TestChurnBounded(t *testing.T) {
 		for e := 0; e < exits; e++ {
 			old := pids[e]
 			ts += ms
-			feed(a, evStart(ts, old, 5, 1, "GET /a", 10), evResp(ts+ms, old, 5, 1, ts, 200, 10, 10),
-				evEnd(ts+ms, old, 5, 1, ts, ts+ms, 10, 10, 200, probes.EndClose),
+			feed(a, evReq(ts+ms, old, 5, 1, "GET /a", ts, ts+ms, 10, 10, 200, probes.EndClose),
 				evExit(ts+2*ms, old, 0), evFork(ts+2*ms, next, masterPID))
 			requests++
 			pids[e] = next

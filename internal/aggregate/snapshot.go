@@ -15,7 +15,6 @@ type Snapshot struct {
 	// EventKinds names every kind of record, read or not, in the kernel's order, so that the
 	// exporter serves a zero for a kind never read without knowing the probes.
 	EventKinds []string
-	Unpaired   uint64 // request records whose start or end was not seen
 	// ExitMark identifies the worker exits this snapshot shows; pass it to Served once an
 	// exposition made from it is served.
 	ExitMark uint64
@@ -85,8 +84,11 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
-	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), Unpaired: a.unpaired, ExitMark: a.exits}
+	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), ExitMark: a.exits}
 	for k := probes.KindFork; int(k) < len(a.events); k++ {
+		if probes.KindNames[k] == "" {
+			continue // a kind no longer sent
+		}
 		s.EventKinds = append(s.EventKinds, k.String())
 		if n := a.events[k]; n > 0 {
 			s.Events[k.String()] = n
@@ -94,6 +96,13 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	}
 	byMaster := make(map[*master][]WorkerSnapshot)
 	for _, w := range a.workers {
+		if a.occupancy != nil && w.state != StateExited {
+			if o, ok := a.occupancy(w.pid); ok {
+				w.inFlight, w.busyNS, w.busySince = int(o.InFlight), o.BusyNS, o.BusySince
+			} else {
+				w.inFlight = 0 // exiting: its exit record brings the last busy time
+			}
+		}
 		ws := WorkerSnapshot{
 			ID: w.id, PID: w.pid, ContainerPID: w.pid, State: w.state, StateSince: w.stateSince, Started: w.started,
 			Requests: w.requests, Duration: w.duration.clone(), ReqSize: w.reqSize.clone(),

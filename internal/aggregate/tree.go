@@ -159,7 +159,7 @@ func (a *Aggregator) removeMasterLocked(pid uint32) {
 	delete(a.masters, pid)
 	for wp, w := range a.workers {
 		if w.master.pid == pid {
-			a.dropInflight(wp)
+			a.dropPieces(wp)
 			delete(a.workers, wp)
 		}
 	}
@@ -214,7 +214,7 @@ func (a *Aggregator) fork(ev *probes.Event) {
 			return
 		}
 		// The pid was reused before the exited worker's series expired: the new one wins.
-		a.dropInflight(ev.TGID)
+		a.dropPieces(ev.TGID)
 	}
 	w := a.newWorker(m, ev.TGID, a.cfg.MonoToWall(ev.TS))
 	switch {
@@ -265,23 +265,11 @@ func (a *Aggregator) exit(ev *probes.Event) {
 	m := w.master
 	m.exits[reason]++
 	now := a.cfg.MonoToWall(ev.TS)
-	// Requests still in flight died with the worker.
-	for k, r := range a.inflight {
-		if k.tgid != w.pid {
-			continue
-		}
-		if !r.counted {
-			a.fail(w, r, a.deathError(w))
-		}
-		if !r.responded {
-			a.leaveFlight(w, ev.TS)
-		}
-		delete(a.inflight, k)
-	}
-	for k := range a.ending {
-		if k.tgid == w.pid {
-			delete(a.ending, k)
-		}
+	// The requests it was serving ended just before (the kernel sends their ENDs first).
+	a.dropPieces(w.pid)
+	w.inFlight = 0
+	if ev.BusyNS > w.busyNS {
+		w.busyNS = ev.BusyNS
 	}
 	if !(w.quitByMaster || m.quitting) {
 		m.exitCredits++

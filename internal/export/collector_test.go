@@ -46,12 +46,8 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	}
 	req := func(pid, fd, seq uint32, line string, status uint16, dur time.Duration) {
 		start := ts + uint64(time.Millisecond)
-		ev(probes.Event{Kind: probes.KindReqStart, TGID: pid, FD: fd, Seq: seq, StartNS: start, TS: start, Line: []byte(line)})
 		end := start + uint64(dur)
-		if status != 0 {
-			ev(probes.Event{Kind: probes.KindReqResp, TGID: pid, FD: fd, Seq: seq, Status: status, TS: end})
-		}
-		ev(probes.Event{Kind: probes.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: probes.EndClose, TS: end + 1})
+		ev(probes.Event{Kind: probes.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: probes.EndClose, TS: end + 1, Line: []byte(line)})
 		ts = end + 2
 	}
 	req(101, 5, 1, "GET /ok", 200, 2*time.Millisecond)
@@ -64,16 +60,21 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: 1, Code: 1})
 	ev(probes.Event{Kind: probes.KindFork, TGID: 103, Other: m})
 	ev(probes.Event{Kind: probes.KindFork, TGID: 104, Other: m})
-	for _, w := range []uint32{101, 102} {
-		ev(probes.Event{Kind: probes.KindSignal, TGID: w, Other: m, Code: 15})
-		ev(probes.Event{Kind: probes.KindExit, TGID: w, Code: 0})
-		ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: w, Code: 17})
+	// Their busy time is the kernel's, in the exit record: the sum of their requests' times.
+	for _, w := range []struct {
+		pid    uint32
+		busyNS uint64
+	}{{101, uint64(33 * time.Millisecond)}, {102, uint64(310*time.Millisecond + 1)}} {
+		ev(probes.Event{Kind: probes.KindSignal, TGID: w.pid, Other: m, Code: 15})
+		ev(probes.Event{Kind: probes.KindExit, TGID: w.pid, Code: 0, BusyNS: w.busyNS})
+		ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: w.pid, Code: 17})
 	}
-	// A timeout: the master aborts 103 while it serves /hang.
-	ev(probes.Event{Kind: probes.KindReqStart, TGID: 103, FD: 7, Seq: 1, StartNS: ts, Line: []byte("GET /hang")})
+	// A timeout: the master aborts 103 while it serves /hang, whose line came in two reads.
+	start := ts
+	ev(probes.Event{Kind: probes.KindReqLine, TGID: 103, FD: 7, Seq: 1, StartNS: start, Line: []byte("ng")})
 	ev(probes.Event{Kind: probes.KindSignal, TGID: 103, Other: m, Code: 6})
-	ev(probes.Event{Kind: probes.KindReqEnd, TGID: 103, FD: 7, Seq: 1, StartNS: ts, Reason: probes.EndClose})
-	ev(probes.Event{Kind: probes.KindExit, TGID: 103, Code: 1 << 8})
+	ev(probes.Event{Kind: probes.KindReqEnd, TGID: 103, FD: 7, Seq: 1, StartNS: start, Reason: probes.EndClose, Line: []byte("GET /ha")})
+	ev(probes.Event{Kind: probes.KindExit, TGID: 103, Code: 1 << 8, BusyNS: ts - start})
 	ev(probes.Event{Kind: probes.KindFork, TGID: 105, Other: m})
 	a.SetUsage(104, 29<<20, 1)
 	a.SetUsage(105, 28<<20, 0)

@@ -11,23 +11,22 @@ type Kind uint32
 
 // Event kinds.
 const (
-	KindFork     Kind = 1 // a tracked master forked a worker
-	KindExit     Kind = 2 // a tracked process exited
-	KindExec     Kind = 3 // a tracked process called execve (a USR2 upgrade's new master)
-	KindSignal   Kind = 4 // a signal was queued for a tracked process
-	KindOOM      Kind = 5 // the OOM killer chose a tracked process
-	KindReqStart Kind = 6 // the first bytes of a request were read
-	KindReqResp  Kind = 7 // the final status line was written
-	KindReqEnd   Kind = 8 // the request ended
-	KindReqLine  Kind = 9 // more of a request line that arrived in pieces
+	KindFork   Kind = 1 // a tracked master forked a worker
+	KindExit   Kind = 2 // a tracked process exited
+	KindExec   Kind = 3 // a tracked process called execve (a USR2 upgrade's new master)
+	KindSignal Kind = 4 // a signal was queued for a tracked process
+	KindOOM    Kind = 5 // the OOM killer chose a tracked process
+	// 6 and 7 were a request's start and its status line: the kernel sends one record a
+	// request now, when it ends.
+	KindReqEnd   Kind = 8 // a request ended: the whole request
+	KindReqLine  Kind = 9 // more of a request line that arrived in pieces, before its end
 	kindSentinel Kind = 10
 )
 
 // KindNames names each kind for gpe_ebpf_events_total{kind}.
 var KindNames = [kindSentinel]string{
 	KindFork: "fork", KindExit: "exit", KindExec: "exec", KindSignal: "signal", KindOOM: "oom",
-	KindReqStart: "request_start", KindReqResp: "request_response", KindReqEnd: "request_end",
-	KindReqLine: "request_line",
+	KindReqEnd: "request_end", KindReqLine: "request_line",
 }
 
 func (k Kind) String() string {
@@ -57,6 +56,7 @@ const (
 	EndReused   EndReason = 4 // the entry was of another fd or process, or of a freed socket
 	EndPipeline EndReason = 5 // a second status line: a pipelined request
 	EndWait     EndReason = 6 // the worker read again and found no data: the response is done
+	EndExit     EndReason = 7 // the worker exited with the request in flight (before its exit)
 )
 
 // Flags qualify a request record (GPE_FLAG_* in bpf/gpe.h).
@@ -83,13 +83,14 @@ type Event struct {
 	Master   uint32
 	Code     int32 // exit: the wait status; signal: the signal number
 	ProcKind ProcKind
+	BusyNS   uint64 // exit of a worker: its time with at least one request in flight
 
 	// Request events.
 	FD          uint32
 	Seq         uint32
 	StartNS     uint64
 	LastWriteNS uint64
-	// EstablishedNS (REQ_START of a TCP connection's first request, to a tracked listener):
+	// EstablishedNS (the END of a TCP connection's first request, to a tracked listener):
 	// when the kernel established the connection; StartNS - EstablishedNS is its wait in the
 	// accept queue. 0 when not known.
 	EstablishedNS uint64
@@ -98,15 +99,15 @@ type Event struct {
 	Status        uint16
 	Reason        EndReason
 	Flags         Flags
-	Line          []byte // REQ_START, REQ_LINE: (part of) "METHOD /path", cut after the path in the kernel
+	Line          []byte // END: "METHOD /path" as far as the first read had it, cut after the path in the kernel; LINE: a later piece
 	line          [LineMax]byte
 }
 
 // Sizes of the records (struct gpe_proc_event, gpe_req_event, gpe_req_start).
 const (
 	hdrSize      = 16
-	procSize     = 40
-	reqSize      = 64
+	procSize     = 48
+	reqSize      = 72
 	reqStartSize = reqSize + LineMax
 )
 
@@ -133,7 +134,8 @@ func Decode(raw []byte, ev *Event) error {
 		ev.Code = int32(le.Uint32(raw[24:]))
 		ev.ProcKind = ProcKind(le.Uint32(raw[28:]))
 		ev.StartNS = le.Uint64(raw[32:])
-	case KindReqStart, KindReqResp, KindReqEnd, KindReqLine:
+		ev.BusyNS = le.Uint64(raw[40:])
+	case KindReqEnd, KindReqLine:
 		if len(raw) < reqSize {
 			return fmt.Errorf("decode %s: %d bytes: %w", ev.Kind, len(raw), ErrShortRecord)
 		}
@@ -141,18 +143,14 @@ func Decode(raw []byte, ev *Event) error {
 		ev.Seq = le.Uint32(raw[20:])
 		ev.StartNS = le.Uint64(raw[24:])
 		ev.LastWriteNS = le.Uint64(raw[32:])
-		ev.EstablishedNS = 0
-		if ev.Kind == KindReqStart {
-			// A START's last_write_ns is its connection's establishment (bpf/gpe.h).
-			ev.EstablishedNS, ev.LastWriteNS = ev.LastWriteNS, 0
-		}
-		ev.BytesIn = le.Uint64(raw[40:])
-		ev.BytesOut = le.Uint64(raw[48:])
-		ev.Status = le.Uint16(raw[56:])
-		ev.Reason = EndReason(raw[58])
-		ev.Flags = Flags(raw[59])
-		n := int(le.Uint16(raw[60:]))
-		if (ev.Kind == KindReqStart || ev.Kind == KindReqLine) && n > 0 {
+		ev.EstablishedNS = le.Uint64(raw[40:])
+		ev.BytesIn = le.Uint64(raw[48:])
+		ev.BytesOut = le.Uint64(raw[56:])
+		ev.Status = le.Uint16(raw[64:])
+		ev.Reason = EndReason(raw[66])
+		ev.Flags = Flags(raw[67])
+		n := int(le.Uint16(raw[68:]))
+		if n > 0 {
 			if n > LineMax || len(raw) < reqSize+n {
 				return fmt.Errorf("decode %s: line of %d bytes in %d: %w", ev.Kind, n, len(raw), ErrShortRecord)
 			}

@@ -16,15 +16,12 @@ func procRecord(kind Kind, tgid, other, master uint32, code int32) []byte {
 	le.PutUint32(b[20:], master)
 	le.PutUint32(b[24:], uint32(code))
 	le.PutUint32(b[28:], uint32(ProcWorker))
+	le.PutUint64(b[40:], 777) // busy
 	return b
 }
 
 func reqRecord(kind Kind, status uint16, flags Flags, line string) []byte {
-	size := reqSize
-	if kind == KindReqStart || kind == KindReqLine {
-		size = reqStartSize
-	}
-	b := make([]byte, size)
+	b := make([]byte, reqSize+(len(line)+7)&^7)
 	le := binary.LittleEndian
 	le.PutUint32(b[0:], uint32(kind))
 	le.PutUint32(b[4:], 42)
@@ -32,12 +29,13 @@ func reqRecord(kind Kind, status uint16, flags Flags, line string) []byte {
 	le.PutUint32(b[20:], 3)  // seq
 	le.PutUint64(b[24:], 10) // start
 	le.PutUint64(b[32:], 20) // last write
-	le.PutUint64(b[40:], 100)
-	le.PutUint64(b[48:], 200)
-	le.PutUint16(b[56:], status)
-	b[58] = byte(EndClose)
-	b[59] = byte(flags)
-	le.PutUint16(b[60:], uint16(len(line)))
+	le.PutUint64(b[40:], 5)  // established
+	le.PutUint64(b[48:], 100)
+	le.PutUint64(b[56:], 200)
+	le.PutUint16(b[64:], status)
+	b[66] = byte(EndClose)
+	b[67] = byte(flags)
+	le.PutUint16(b[68:], uint16(len(line)))
 	copy(b[reqSize:], line)
 	return b
 }
@@ -50,7 +48,7 @@ func TestDecode(t *testing.T) {
 		check   func(t *testing.T, ev *Event)
 	}{
 		{name: "exit", raw: procRecord(KindExit, 5, 0, 1, 9<<8), check: func(t *testing.T, ev *Event) {
-			if ev.Kind != KindExit || ev.TGID != 5 || ev.Master != 1 || ev.Code != 9<<8 || ev.ProcKind != ProcWorker || ev.TS != 12345 {
+			if ev.Kind != KindExit || ev.TGID != 5 || ev.Master != 1 || ev.Code != 9<<8 || ev.ProcKind != ProcWorker || ev.TS != 12345 || ev.BusyNS != 777 {
 				t.Errorf("got %+v", ev)
 			}
 		}},
@@ -59,8 +57,8 @@ func TestDecode(t *testing.T) {
 				t.Errorf("got %+v", ev)
 			}
 		}},
-		{name: "start with line", raw: reqRecord(KindReqStart, 0, 0, "GET /x"), check: func(t *testing.T, ev *Event) {
-			if string(ev.Line) != "GET /x" || ev.FD != 7 || ev.Seq != 3 || ev.StartNS != 10 {
+		{name: "end with line", raw: reqRecord(KindReqEnd, 200, 0, "GET /x"), check: func(t *testing.T, ev *Event) {
+			if string(ev.Line) != "GET /x" || ev.FD != 7 || ev.Seq != 3 || ev.StartNS != 10 || ev.EstablishedNS != 5 || ev.Status != 200 {
 				t.Errorf("got %+v line %q", ev, ev.Line)
 			}
 		}},
@@ -74,10 +72,10 @@ func TestDecode(t *testing.T) {
 				t.Errorf("got %+v", ev)
 			}
 		}},
-		{name: "line length beyond the record", raw: reqRecord(KindReqStart, 0, 0, "GET /x")[:reqSize+3], wantErr: true},
+		{name: "line length beyond the record", raw: reqRecord(KindReqEnd, 0, 0, "GET /x")[:reqSize+3], wantErr: true},
 		{name: "short header", raw: []byte{1, 0, 0}, wantErr: true},
 		{name: "short proc", raw: procRecord(KindFork, 1, 2, 3, 0)[:20], wantErr: true},
-		{name: "short request", raw: reqRecord(KindReqEnd, 200, 0, "")[:40], wantErr: true},
+		{name: "short request", raw: reqRecord(KindReqEnd, 200, 0, "")[:64], wantErr: true},
 		{name: "unknown kind", raw: procRecord(Kind(77), 1, 2, 3, 0), wantErr: true},
 	}
 	for _, tt := range tests {
@@ -105,8 +103,8 @@ func TestDecode(t *testing.T) {
 // the record.
 func FuzzDecode(f *testing.F) {
 	f.Add(procRecord(KindFork, 1, 2, 3, 0))
-	f.Add(reqRecord(KindReqStart, 0, 0, "GET /"))
-	f.Add([]byte{6, 0, 0, 0})
+	f.Add(reqRecord(KindReqEnd, 0, 0, "GET /"))
+	f.Add([]byte{8, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var ev Event
 		if err := Decode(raw, &ev); err == nil && len(ev.Line) > len(raw) {

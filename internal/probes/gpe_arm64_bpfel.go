@@ -20,6 +20,7 @@ type gpeConn struct {
 		Tgid uint32
 		Fd   uint32
 	}
+	Line        [256]int8
 	StartNs     uint64
 	LastWriteNs uint64
 	BytesIn     uint64
@@ -33,6 +34,8 @@ type gpeConn struct {
 	UnixSock    uint8
 	Ino         uint32
 	EstNs       uint64
+	HeadLen     uint16
+	Pad         [3]uint16
 }
 
 type gpeFilter struct {
@@ -55,6 +58,7 @@ type gpeGpeProcEvent struct {
 	Code      int32
 	ProcKind  uint32
 	StartNs   uint64
+	BusyNs    uint64
 }
 
 type gpeGpeReqEvent struct {
@@ -64,6 +68,7 @@ type gpeGpeReqEvent struct {
 	Seq         uint32
 	StartNs     uint64
 	LastWriteNs uint64
+	EstNs       uint64
 	BytesIn     uint64
 	BytesOut    uint64
 	Status      uint16
@@ -85,9 +90,13 @@ type gpeListenPorts struct {
 }
 
 type gpeProcInfo struct {
-	_      structs.HostLayout
-	Master uint32
-	Kind   uint32
+	_         structs.HostLayout
+	Master    uint32
+	Kind      uint32
+	Inflight  uint32
+	Pad       uint32
+	BusySince uint64
+	BusyNs    uint64
 }
 
 type gpeSlot struct {

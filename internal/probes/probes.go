@@ -171,6 +171,11 @@ func (p *Probes) Track(tgid, master uint32, kind ProcKind) error {
 			return nil
 		}
 		if errors.Is(err, ebpf.ErrKeyExist) {
+			// Keep what the kernel counted of it (a worker its master's fork already added).
+			var had gpeProcInfo
+			if p.objs.Procs.Lookup(tgid, &had) == nil {
+				v.Inflight, v.BusySince, v.BusyNs = had.Inflight, had.BusySince, had.BusyNs
+			}
 			if err = p.objs.Procs.Update(tgid, v, ebpf.UpdateExist); err == nil {
 				p.filterAdd(tgid, -1)
 				return nil
@@ -182,6 +187,25 @@ func (p *Probes) Track(tgid, master uint32, kind ProcKind) error {
 		p.filterAdd(tgid, -1)
 		return fmt.Errorf("track %d: %w", tgid, err)
 	}
+}
+
+// Occupancy is a worker's requests in flight and the time it had one, as the kernel counts
+// them (struct proc_info): no record says when a request starts.
+type Occupancy struct {
+	InFlight uint32 // requests read whose status line is not written yet
+	// BusyNS is the time with InFlight > 0 up to when it last went back to 0; while InFlight
+	// > 0, the time since BusySince (CLOCK_MONOTONIC ns) is busy too.
+	BusyNS    uint64
+	BusySince uint64
+}
+
+// Occupancy reads tgid's figures; false if the kernel does not track it (any more).
+func (p *Probes) Occupancy(tgid uint32) (Occupancy, bool) {
+	var v gpeProcInfo
+	if err := p.objs.Procs.Lookup(tgid, &v); err != nil {
+		return Occupancy{}, false
+	}
+	return Occupancy{InFlight: v.Inflight, BusyNS: v.BusyNs, BusySince: v.BusySince}, true
 }
 
 // Untrack removes a process from the kernel's table; a process that is not there is no error.
@@ -232,6 +256,7 @@ func (p *Probes) Read(ev *Event) error {
 	for {
 		if n := len(p.synth); n > 0 {
 			*ev = p.synth[0]
+			ev.Line = ev.line[:len(p.synth[0].Line)]
 			p.synth = append(p.synth[:0], p.synth[1:]...)
 			return nil
 		}

@@ -110,26 +110,31 @@ func testRequestStateMachine(t *testing.T, mode string) {
 	if _, _, err := unix.Recvfrom(srv, buf, 0); err != nil {
 		t.Fatal(err)
 	}
+	// In flight in the kernel's count from its read to its status line, and busy meanwhile.
+	if o, ok := p.Occupancy(me); !ok || o.InFlight != 1 || o.BusySince == 0 {
+		t.Errorf("after the read: occupancy %+v (tracked %v), want 1 in flight", o, ok)
+	}
 	time.Sleep(20 * time.Millisecond)
 	unix.Sendto(srv, []byte("HTTP/1.1 100 Continue\r\n\r\n"), 0, nil)
+	if o, _ := p.Occupancy(me); o.InFlight != 1 {
+		t.Errorf("after a 100 Continue: %d in flight, want 1 (interim)", o.InFlight)
+	}
 	unix.Sendto(srv, []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n"), 0, nil)
+	if o, _ := p.Occupancy(me); o.InFlight != 0 || o.BusyNS < uint64(20*time.Millisecond) || o.BusyNS > uint64(time.Second) {
+		t.Errorf("after the status line: occupancy %+v, want 0 in flight and about 20 ms busy", o)
+	}
 	unix.Sendto(srv, []byte("no"), 0, nil)
 	unix.Close(srv)
 
+	// One record for the whole request, when it ends.
 	rec := record(p)
 	got := rec.requests(t, 3*time.Second)
-	if len(got) != 3 {
-		t.Fatalf("got %d request records, want 3: %+v", len(got), got)
+	if len(got) != 1 {
+		t.Fatalf("got %d request records, want 1: %+v", len(got), got)
 	}
-	start, resp, end := got[0], got[1], got[2]
-	if start.Kind != KindReqStart || string(start.Line) != "GET /users/42" {
-		t.Errorf("start: kind %s line %q, want request_start %q", start.Kind, start.Line, "GET /users/42")
-	}
-	if resp.Kind != KindReqResp || resp.Status != 503 {
-		t.Errorf("resp: kind %s status %d, want request_response 503 (the 100 is interim)", resp.Kind, resp.Status)
-	}
-	if end.Kind != KindReqEnd || end.Status != 503 || end.Reason != EndClose {
-		t.Errorf("end: kind %s status %d reason %d, want request_end 503 close", end.Kind, end.Status, end.Reason)
+	end := got[0]
+	if end.Kind != KindReqEnd || end.Status != 503 || end.Reason != EndClose || string(end.Line) != "GET /users/42" {
+		t.Errorf("end: kind %s status %d reason %d line %q, want request_end 503 close %q", end.Kind, end.Status, end.Reason, end.Line, "GET /users/42")
 	}
 	if d := time.Duration(end.LastWriteNS - end.StartNS); d < 20*time.Millisecond || d > time.Second {
 		t.Errorf("duration %v, want about 20ms", d)
@@ -144,8 +149,8 @@ func testRequestStateMachine(t *testing.T, mode string) {
 		t.Errorf("lost %d, %v", n, err)
 	}
 
-	// A request line that arrives a few bytes at a time is reassembled from START + LINE
-	// records, and the query string still never leaves the kernel.
+	// A request line that arrives a few bytes at a time is reassembled from the END's first
+	// piece and the LINE records before it, and the query string still never leaves the kernel.
 	cl2, srv2 := tcpConnect(t, ln)
 	defer unix.Close(cl2)
 	var line []byte
@@ -171,9 +176,13 @@ func testRequestStateMachine(t *testing.T, mode string) {
 	unix.Sendto(srv2, []byte("HTTP/1.1 200 OK\r\n\r\n"), 0, nil)
 	unix.Close(srv2)
 	var kinds []Kind
+	var more []byte
 	for _, ev := range rec.requests(t, 3*time.Second) {
-		if ev.Kind == KindReqStart || ev.Kind == KindReqLine {
-			line = append(line, ev.Line...)
+		switch ev.Kind {
+		case KindReqLine:
+			more = append(more, ev.Line...)
+		case KindReqEnd:
+			line = append(append(line, ev.Line...), more...)
 		}
 		kinds = append(kinds, ev.Kind)
 	}
@@ -235,18 +244,12 @@ func testUnixConnectionClose(t *testing.T, mode string) {
 	unix.Close(srv)
 
 	got := record(p).requests(t, 3*SweepInterval)
-	if len(got) != 3 {
-		t.Fatalf("got %d request records, want 3 (start, response, end): %+v", len(got), got)
+	if len(got) != 1 {
+		t.Fatalf("got %d request records, want 1 (the end, from the sweep): %+v", len(got), got)
 	}
-	start, resp, end := got[0], got[1], got[2]
-	if start.Kind != KindReqStart || string(start.Line) != "GET /over/unix" {
-		t.Errorf("start: kind %s line %q", start.Kind, start.Line)
-	}
-	if resp.Kind != KindReqResp || resp.Status != 404 {
-		t.Errorf("resp: kind %s status %d, want request_response 404", resp.Kind, resp.Status)
-	}
-	if end.Kind != KindReqEnd || end.Reason != EndClose || end.Status != 404 || end.Seq != start.Seq || end.FD != uint32(srv) {
-		t.Errorf("end: %+v, want request_end close 404 on fd %d seq %d", end, srv, start.Seq)
+	end := got[0]
+	if end.Kind != KindReqEnd || end.Reason != EndClose || end.Status != 404 || end.FD != uint32(srv) || string(end.Line) != "GET /over/unix" {
+		t.Errorf("end: %+v line %q, want request_end close 404 on fd %d, %q", end, end.Line, srv, "GET /over/unix")
 	}
 	if end.BytesIn != uint64(len(req)) || end.BytesOut != uint64(len(head)+len(body)) {
 		t.Errorf("bytes in/out %d/%d, want %d/%d", end.BytesIn, end.BytesOut, len(req), len(head)+len(body))
@@ -366,7 +369,7 @@ func (r *recorder) requests(t *testing.T, within time.Duration) []Event {
 			if !ok {
 				t.Fatal("probes closed")
 			}
-			if ev.Kind < KindReqStart {
+			if ev.Kind < KindReqEnd {
 				continue
 			}
 			got = append(got, ev)
@@ -415,18 +418,12 @@ func testProbation(t *testing.T, mode string) {
 	io.send(srv, []byte(answer))
 	unix.Close(srv)
 	got := rec.requests(t, 2*time.Second)
-	if len(got) != 3 {
-		t.Fatalf("got %d request records, want start, response, end: %+v", len(got), got)
+	if len(got) != 1 {
+		t.Fatalf("got %d request records, want 1, its end: %+v", len(got), got)
 	}
-	start, resp, end := got[0], got[1], got[2]
-	if start.Kind != KindReqStart || len(start.Line) != 0 {
-		t.Errorf("start: kind %s line %q, want request_start with no line", start.Kind, start.Line)
-	}
-	if resp.Kind != KindReqResp || resp.Status != 400 {
-		t.Errorf("resp: kind %s status %d, want request_response 400", resp.Kind, resp.Status)
-	}
-	if end.Kind != KindReqEnd || end.Status != 400 || end.Reason != EndClose || end.Seq != start.Seq {
-		t.Errorf("end: %+v, want request_end 400 close", end)
+	end := got[0]
+	if end.Kind != KindReqEnd || end.Status != 400 || end.Reason != EndClose || len(end.Line) != 0 {
+		t.Errorf("end: %+v line %q, want request_end 400 close with no line", end, end.Line)
 	}
 	if end.BytesIn != uint64(len(garbage)) || end.BytesOut != uint64(len(answer)) {
 		t.Errorf("bytes in/out %d/%d, want %d/%d", end.BytesIn, end.BytesOut, len(garbage), len(answer))
@@ -506,9 +503,9 @@ func testSlotTaken(t *testing.T, mode string) {
 	unix.Sendto(srv, []byte("HTTP/1.1 201 Created\r\n\r\n"), 0, nil)
 	unix.Close(srv)
 	got := rec.requests(t, 3*time.Second)
-	if len(got) != 3 || string(got[0].Line) != "GET /no/slot" || got[1].Status != 201 ||
-		got[2].Kind != KindReqEnd || got[2].Reason != EndClose {
-		t.Fatalf("got %+v, want start GET /no/slot, response 201, end close", got)
+	if len(got) != 1 || string(got[0].Line) != "GET /no/slot" || got[0].Status != 201 ||
+		got[0].Kind != KindReqEnd || got[0].Reason != EndClose {
+		t.Fatalf("got %+v, want one end: GET /no/slot, 201, close", got)
 	}
 	if p.objs.Conns.Iterate().Next(&sk, &c) {
 		t.Errorf("the ended connection is still in the hash map: %+v", c)
@@ -670,5 +667,75 @@ func TestQueueWaitOff(t *testing.T) {
 	}
 	if !slices.Contains(raw, "sock_recv_length") {
 		t.Errorf("the socket hooks are missing: %v (the test reads the wrong attachments)", raw)
+	}
+}
+
+// TestExitEndsRequests: a worker that dies while it serves a request (kill -9) has that
+// request ended by the kernel, with reason exit and no status, before its EXIT record: its
+// connection is still open when the exit tracepoint fires. Its busy time rides on the EXIT.
+func TestExitEndsRequests(t *testing.T) { forEachMode(t, testExitEndsRequests) }
+
+func testExitEndsRequests(t *testing.T, mode string) {
+	p := loadMode(t, mode)
+	defer p.Close()
+	ln := tcpListen(t)
+	cl, srv := tcpConnect(t, ln)
+	defer unix.Close(cl)
+	// The worker: a process that receives the request on fd 3 (recv: both modes see it) and hangs.
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 is needed for the worker process: ", err)
+	}
+	f := os.NewFile(uintptr(srv), "srv")
+	cmd := exec.Command(py, "-c", "import os, socket, time\nos.write(1, b'a')\nsocket.socket(fileno=3).recv(4096)\nos.write(1, b'r')\ntime.sleep(60)\n")
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It says when it runs (its exec is over: a worker that execs becomes a master, as in a
+	// USR2 upgrade), then blocks in recv until the request is sent, after Track below.
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer cmd.Process.Kill()
+	if _, err := out.Read(make([]byte, 1)); err != nil {
+		t.Fatal("the worker did not start: ", err)
+	}
+	pid := uint32(cmd.Process.Pid)
+	if err := p.Track(pid, 1, ProcWorker); err != nil {
+		t.Fatal(err)
+	}
+	rec := record(p)
+	unix.Write(cl, []byte("GET /dying/now?secret=1 HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if _, err := out.Read(make([]byte, 1)); err != nil {
+		t.Fatal("the worker did not read the request: ", err)
+	}
+	if o, ok := p.Occupancy(pid); !ok || o.InFlight != 1 {
+		t.Errorf("occupancy %+v (tracked %v), want 1 in flight", o, ok)
+	}
+	time.Sleep(30 * time.Millisecond)
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	var got []Event
+	deadline := time.After(3 * time.Second)
+	for len(got) < 2 {
+		select {
+		case ev := <-rec.events:
+			if ev.TGID == pid && (ev.Kind == KindReqEnd || ev.Kind == KindExit) {
+				got = append(got, ev)
+			}
+		case <-deadline:
+			t.Fatalf("got %+v, want the request's end, then the exit", got)
+		}
+	}
+	end, exit := got[0], got[1]
+	if end.Kind != KindReqEnd || end.Reason != EndExit || end.Status != 0 || string(end.Line) != "GET /dying/now" {
+		t.Errorf("first: %s reason %d status %d line %q, want request_end exit, no status, %q", end.Kind, end.Reason, end.Status, end.Line, "GET /dying/now")
+	}
+	if exit.Kind != KindExit || exit.BusyNS < uint64(30*time.Millisecond) || exit.BusyNS > uint64(5*time.Second) {
+		t.Errorf("second: %s busy %v, want exit with about 30 ms busy", exit.Kind, time.Duration(exit.BusyNS))
 	}
 }

@@ -71,12 +71,18 @@ func (p *Probes) sweepUnix(now time.Time) {
 		if !ended[i] || (c.State != connReading && c.State != connResponding) {
 			continue
 		}
-		p.synth = append(p.synth, Event{
+		ev := Event{
 			Kind: KindReqEnd, TGID: c.Owner.Tgid, TS: monotonicNS(),
 			FD: c.Owner.Fd, Seq: c.Seq, StartNS: c.StartNs, LastWriteNS: c.LastWriteNs,
-			BytesIn: c.BytesIn, BytesOut: c.BytesOut, Status: c.Status,
+			EstablishedNS: c.EstNs, BytesIn: c.BytesIn, BytesOut: c.BytesOut, Status: c.Status,
 			Reason: EndClose, Flags: Flags(c.Flags),
-		})
+		}
+		n := min(int(c.HeadLen), LineMax)
+		for i := 0; i < n; i++ {
+			ev.line[i] = byte(c.Line[i])
+		}
+		ev.Line = ev.line[:n] // only its length is kept: Read points it at the copy it returns
+		p.synth = append(p.synth, ev)
 	}
 }
 
