@@ -614,8 +614,84 @@ static long cut_step(__u64 i, void *data)
  * where the line stands. Only those bytes go into a record (send_line): the query string, the
  * fragment, the protocol version and every header never leave the kernel.
  */
-static __always_inline __u32 cut_line(char *line, __u32 n, __u32 *phase, __u32 pos)
+/* Bytes of a word that end a path (' ', '?', '#', CR, LF, NUL): the high bit of each such
+ * byte, exact from the lowest one up (what is above a match may be a false one). */
+static __always_inline __u64 path_ends(__u64 v)
 {
+	const __u64 ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+	__u64 m = 0;
+	m |= ((v ^ (ones * ' ')) - ones) & ~(v ^ (ones * ' '));
+	m |= ((v ^ (ones * '?')) - ones) & ~(v ^ (ones * '?'));
+	m |= ((v ^ (ones * '#')) - ones) & ~(v ^ (ones * '#'));
+	m |= ((v ^ (ones * '\r')) - ones) & ~(v ^ (ones * '\r'));
+	m |= ((v ^ (ones * '\n')) - ones) & ~(v ^ (ones * '\n'));
+	m |= (v - ones) & ~v;
+	return m & highs;
+}
+
+/* The index (0-7) of the byte whose high bit is the lowest set bit of m (m != 0), without a
+ * branch: (m & -m) >> 7 is 1 << 8k, and times 0x0706050403020100 its top byte is 7 - k. */
+static __always_inline __u32 first_byte(__u64 m)
+{
+	__u64 b = (m & -m) >> 7;
+	return 7 - (__u32)((b * 0x0706050403020100ULL) >> 56);
+}
+
+#define GPE_FAST_WORDS 28 /* paths of up to 28 words (at least 224 bytes) are cut without a loop callback */
+
+/*
+ * The common case of cut_line, with no callback per byte: a request line whose method and
+ * path are both whole in the first read (n bytes of line). Returns the bytes to keep, or 0
+ * when the slow path must decide (anything else: not a request line, in pieces, very long).
+ */
+static __always_inline __u32 cut_fast(struct gpe_req_start *e, __u32 n)
+{
+	char *line = e->line;
+	__u32 m = 0, bad = 0;
+#pragma unroll
+	for (__u32 i = 1; i < 16; i++) {
+		char ch = line[i];
+		if (!m && !bad) {
+			if (ch == ' ')
+				m = i;
+			else if (ch < 'A' || ch > 'Z')
+				bad = 1;
+		}
+	}
+	if (bad || m == 0 || m + 1 >= n || line[0] < 'A' || line[0] > 'Z')
+		return 0;
+	/* Through memory, as in cut_line: one state from here on, not one per method length. */
+	*(volatile __u16 *)&e->req.pad = m;
+	m = *(volatile __u16 *)&e->req.pad & 15;
+	char t = line[m + 1];
+	if (t != '/' && t != '*' && t != 'h')
+		return 0;
+	__u32 off = m + 1;
+	for (__u32 w = 0; w < GPE_FAST_WORDS; w++) {
+		__u64 v = *(__u64 *)(line + off + 8 * w);
+		__u64 e = path_ends(v);
+		if (e) {
+			__u32 end = off + 8 * w + first_byte(e);
+			return end < n ? end : 0; /* past the read: stale bytes, not the line */
+		}
+	}
+	return 0;
+}
+
+static __always_inline __u32 cut_line(struct gpe_req_start *e, __u32 n, __u32 *phase, __u32 pos)
+{
+	char *line = e->line;
+	if (pos == 0 && *phase == LINE_METHOD) {
+		/* Through the record's memory: a load from a map value is one unknown number to the
+		 * verifier, not one state per way cut_fast can end (those would be multiplied by
+		 * everything after, past its instruction limit). */
+		*(volatile __u16 *)&e->req.line_len = cut_fast(e, n);
+		__u32 kept = *(volatile __u16 *)&e->req.line_len;
+		if (kept && kept <= GPE_LINE_MAX) {
+			*phase = LINE_DONE;
+			return kept;
+		}
+	}
 	struct cut_ctx x = {.line = line, .n = n, .phase = *phase, .pos = pos};
 	bpf_loop(GPE_LINE_MAX, cut_step, &x, 0);
 	*phase = x.phase;
@@ -686,7 +762,7 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 		return;
 	}
 	__u32 phase = LINE_METHOD;
-	__u32 kept = cut_line(line, len, &phase, 0);
+	__u32 kept = cut_line(e, len, &phase, 0);
 	if (must_look_like_request && phase == LINE_INVALID) {
 		/* Continuation bytes of the current request (e.g. a body drained late). */
 		c->bytes_in += n;
@@ -707,7 +783,7 @@ static __always_inline void continue_line(struct conn_key *k, struct conn *c, __
 	if (!e)
 		return;
 	__u32 phase = c->phase;
-	__u32 kept = cut_line(e->line, len, &phase, c->line_len);
+	__u32 kept = cut_line(e, len, &phase, c->line_len);
 	c->phase = phase;
 	__u32 room = GPE_LINE_MAX - (c->line_len & (GPE_LINE_MAX - 1));
 	if (kept > room)

@@ -739,3 +739,50 @@ func testExitEndsRequests(t *testing.T, mode string) {
 		t.Errorf("second: %s busy %v, want exit with about 30 ms busy", exit.Kind, time.Duration(exit.BusyNS))
 	}
 }
+
+// TestCutLine: the kernel's cut of the request line after the path, on the fast path (method
+// and path whole in the first read: words scanned, no callback per byte) and on the slow one
+// it falls back to (long paths, odd lines), agrees with what the path ends at.
+func TestCutLine(t *testing.T) { forEachMode(t, testCutLine) }
+
+func testCutLine(t *testing.T, mode string) {
+	p := loadAsWorker(t, mode)
+	io := ioFor(mode)
+	rec := record(p)
+	ln := tcpListen(t)
+	long := "/" + strings.Repeat("abcdefgh", 30)   // 241 bytes: past the fast path's 28 words
+	longer := "/" + strings.Repeat("abcdefgh", 40) // past the 256 bytes kept
+	for _, tc := range []struct{ req, want string }{
+		{"GET / HTTP/1.1\r\n\r\n", "GET /"},
+		{"GET /ok HTTP/1.1\r\n\r\n", "GET /ok"},
+		{"GET /a?b=c HTTP/1.1\r\n\r\n", "GET /a"},
+		{"GET /frag#x HTTP/1.1\r\n\r\n", "GET /frag"},
+		{"GET /exactly/16/b HTTP/1.0\r\n\r\n", "GET /exactly/16/b"},
+		{"POST /api/v1/users/12345/orders?x=1 HTTP/1.1\r\n\r\n", "POST /api/v1/users/12345/orders"},
+		{"OPTIONS * HTTP/1.1\r\n\r\n", "OPTIONS *"},
+		{"GET http://h/p?q HTTP/1.1\r\n\r\n", "GET http://h/p"},
+		{"PROPPATCHXXXXXX /x HTTP/1.1\r\n\r\n", "PROPPATCHXXXXXX /x"}, // a 15-letter method
+		{"GET /noversion\r\n\r\n", "GET /noversion"},
+		{"GET " + long + " HTTP/1.1\r\n\r\n", "GET " + long},
+		{"GET " + longer + " HTTP/1.1\r\n\r\n", ("GET " + longer)[:LineMax]},
+		{"GET /x", "GET /x"}, // the read ends with the path: the slow path keeps it all
+	} {
+		cl, srv := tcpConnect(t, ln)
+		unix.Write(cl, []byte(tc.req))
+		buf := make([]byte, 4096)
+		if _, err := io.recv(srv, buf); err != nil {
+			t.Fatal(err)
+		}
+		io.send(srv, []byte("HTTP/1.1 204 No Content\r\n\r\n"))
+		unix.Close(srv)
+		unix.Close(cl)
+		got := rec.requests(t, 3*time.Second)
+		if len(got) != 1 || got[0].Kind != KindReqEnd || string(got[0].Line) != tc.want {
+			var line string
+			if len(got) > 0 {
+				line = string(got[len(got)-1].Line)
+			}
+			t.Errorf("%q: %d records, line %q, want one end with %q", tc.req, len(got), line, tc.want)
+		}
+	}
+}
