@@ -308,6 +308,9 @@ struct {
 /* Non-zero: the reader drains the ring on a timer (probes.go) and is never woken. */
 volatile const __u64 wakeup_bytes = 0;
 
+/* Non-zero: on_tcp_state is attached (--queue-wait), so established may hold entries. */
+volatile const __u32 queue_wait = 1;
+
 struct signal_struct {
 	struct {
 		int counter;
@@ -923,6 +926,9 @@ static __always_inline __u32 unix_ino(struct sock *sk)
 	return BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
 }
 
+static __always_inline void take(struct conn_key *k, struct conn *c, __u64 buf, __s64 n, __u64 now,
+				 struct proc_info *pi);
+
 /* A new connection of a worker: its first read. A request line (or a TLS handshake) starts a
  * request; anything else puts the connection in probation. */
 static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 hash, int tcp,
@@ -938,7 +944,7 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 has
 		c = bpf_map_lookup_elem(&conns, &key);
 	} else {
 		__u64 key = (__u64)sk;
-		__u64 *est = bpf_map_lookup_elem(&established, &key);
+		__u64 *est = queue_wait ? bpf_map_lookup_elem(&established, &key) : 0;
 		if (est) {
 			fresh.est_ns = *est;
 			bpf_map_delete_elem(&established, &key);
@@ -947,6 +953,14 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 has
 	}
 	if (!c)
 		return;
+	take(k, c, buf, n, now, pi);
+}
+
+/* The first read of connection c by worker k: a request line (or a TLS handshake) starts a
+ * request; anything else puts the connection in probation. */
+static __always_inline void take(struct conn_key *k, struct conn *c, __u64 buf, __s64 n, __u64 now,
+				 struct proc_info *pi)
+{
 	start_request(k, c, buf, n, now, 1, pi);
 	if (c->state == CONN_IDLE) {
 		/* Not a request line: garbage sent to the port, or one of the worker's own client
@@ -990,7 +1004,7 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	__u64 buf = call->buf;
 	__u64 now = bpf_ktime_get_ns();
 	struct conn_key k = {.tgid = tgid, .fd = call->fd};
-	if (c && (c->owner.tgid != k.tgid || c->owner.fd != k.fd ||
+	if (c && c->owner.tgid && (c->owner.tgid != k.tgid || c->owner.fd != k.fd ||
 		  (c->unix_sock && op == OP_RECV && c->state != CONN_READING && unix_ino(sk) != c->ino))) {
 		/* The socket moved to another fd or process, or (Unix: no hook sees the close) the
 		 * entry is of a socket that was freed unseen, whose memory now holds another. */
@@ -1011,9 +1025,14 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	}
 
 	if (op == OP_RECV) {
-		if (!c)
+		if (!c) {
 			adopt(&k, sk, hash, tcp, buf, n, now, pi);
-		else if (c->state == CONN_READING) {
+		} else if (!c->owner.tgid) {
+			/* Its slot was taken when it was established (on_tcp_state): it is this
+			 * worker's from its first read. */
+			c->owner = k;
+			take(&k, c, buf, n, now, pi);
+		} else if (c->state == CONN_READING) {
 			if (c->phase < LINE_DONE && c->line_len < GPE_LINE_MAX)
 				continue_line(&k, c, buf, n, now);
 			else
@@ -1255,8 +1274,23 @@ int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
 	struct listen_ports *lp = bpf_map_lookup_elem(&listen_ports, &zero);
 	if (!lp || !lp->on[sk->__sk_common.skc_num])
 		return 0;
-	__u64 key = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
+	struct slot *s = slot_of(sk->__sk_common.skc_hash);
+	if (s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0) {
+		/* The connection's slot, taken now for the worker that will read it: no owner
+		 * until then (on_io), its establishment kept. The socket lock orders these writes
+		 * before any read of it (the worker's recv waits for this softirq's). A connection
+		 * no worker reads gives it back when it is destroyed. */
+		s->c.owner.tgid = 0;
+		s->c.owner.fd = 0;
+		s->c.est_ns = now;
+		s->c.seq = 0;
+		s->c.state = CONN_IDLE;
+		s->c.unix_sock = 0;
+		s->c.head_len = 0;
+		return 0;
+	}
+	__u64 key = (__u64)sk;
 	bpf_map_update_elem(&established, &key, &now, BPF_ANY);
 	return 0;
 }

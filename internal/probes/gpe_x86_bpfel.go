@@ -130,6 +130,7 @@ const (
 	gpeProgOnTcpDestroy   = "on_tcp_destroy"
 	gpeProgOnTcpState     = "on_tcp_state"
 	gpeVarNextSeq         = "next_seq"
+	gpeVarQueueWait       = "queue_wait"
 	gpeVarTcpInConns      = "tcp_in_conns"
 	gpeVarUnusedProcEvent = "unused_proc_event"
 	gpeVarUnusedReqStart  = "unused_req_start"
@@ -211,6 +212,7 @@ type gpeMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeVariableSpecs struct {
 	NextSeq         *ebpf.VariableSpec `ebpf:"next_seq"`
+	QueueWait       *ebpf.VariableSpec `ebpf:"queue_wait"`
 	TcpInConns      *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
 	UnusedProcEvent *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.VariableSpec `ebpf:"unused_req_start"`
@@ -267,6 +269,7 @@ func (m *gpeMaps) Close() error {
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpeVariables struct {
 	NextSeq         *ebpf.Variable `ebpf:"next_seq"`
+	QueueWait       *ebpf.Variable `ebpf:"queue_wait"`
 	TcpInConns      *ebpf.Variable `ebpf:"tcp_in_conns"`
 	UnusedProcEvent *ebpf.Variable `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.Variable `ebpf:"unused_req_start"`

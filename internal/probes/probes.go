@@ -97,6 +97,13 @@ func Load(cfg Config) (_ *Probes, err error) {
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
 	// kernel does not have); every map serves both.
 	hooks := hooksOf(mode)
+	queueWait := uint32(0)
+	if cfg.QueueWait {
+		queueWait = 1
+	}
+	if err := spec.Variables["queue_wait"].Set(queueWait); err != nil {
+		return nil, fmt.Errorf("set queue_wait: %w", err)
+	}
 	if !cfg.QueueWait {
 		hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == gpeProgOnTcpState })
 	}

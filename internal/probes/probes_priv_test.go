@@ -786,3 +786,62 @@ func testCutLine(t *testing.T, mode string) {
 		}
 	}
 }
+
+// TestQueueWaitStamp: a connection to a listening port user space named is stamped when the
+// kernel establishes it, in its slot (taken then, before any worker reads it) or, when that
+// slot is held, in the established map; its first request's END carries the stamp, and the
+// time until the worker's first read is its wait in the accept queue.
+func TestQueueWaitStamp(t *testing.T) {
+	for _, held := range []bool{false, true} {
+		name := map[bool]string{false: "slot", true: "slot held"}[held]
+		t.Run(name, func(t *testing.T) {
+			p := loadAsWorker(t, HooksSocket)
+			if held {
+				n := p.objs.Slots.MaxEntries()
+				keys, vals := make([]uint32, n), make([]gpeSlot, n)
+				for i := range keys {
+					keys[i], vals[i].Sk = uint32(i), 1<<62
+				}
+				if _, err := p.objs.Slots.BatchUpdate(keys, vals, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ln := tcpListen(t)
+			sa, _ := unix.Getsockname(ln)
+			if err := p.SetListenPorts([]uint16{uint16(sa.(*unix.SockaddrInet4).Port)}); err != nil {
+				t.Fatal(err)
+			}
+			rec := record(p)
+			cl, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(cl)
+			if err := unix.Connect(cl, sa); err != nil {
+				t.Fatal(err)
+			}
+			unix.Write(cl, []byte("GET /queued HTTP/1.1\r\n\r\n"))
+			time.Sleep(40 * time.Millisecond) // in the accept queue
+			srv, _, err := unix.Accept4(ln, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := unix.Read(srv, make([]byte, 4096)); err != nil {
+				t.Fatal(err)
+			}
+			unix.Write(srv, []byte("HTTP/1.1 200 OK\r\n\r\n"))
+			unix.Close(srv)
+			got := rec.requests(t, 3*time.Second)
+			if len(got) != 1 || string(got[0].Line) != "GET /queued" || got[0].Status != 200 {
+				t.Fatalf("got %+v, want one end of GET /queued, 200", got)
+			}
+			end := got[0]
+			if end.EstablishedNS == 0 || end.EstablishedNS > end.StartNS {
+				t.Fatalf("established %d, start %d: want a stamp before the start", end.EstablishedNS, end.StartNS)
+			}
+			if w := time.Duration(end.StartNS - end.EstablishedNS); w < 40*time.Millisecond || w > time.Second {
+				t.Errorf("wait in the accept queue %v, want about 40 ms", w)
+			}
+		})
+	}
+}
