@@ -99,8 +99,17 @@ func (s *session) gunicorn(workers int) (*gunicorn, error) {
 	return g, nil
 }
 
-// observe starts a gpe-ebpf on master in a hook mode ("" or "default": the binary's default).
+// noQueue is the suffix of an arm that runs a hook mode with --queue-wait=false: without the
+// hook on every TCP state change of the host.
+const noQueue = "-noqueue"
+
+// observe starts a gpe-ebpf on master in a hook mode ("" or "default": the binary's default;
+// "socket-noqueue": socket hooks, --queue-wait=false).
 func (s *session) observe(master int, mode string, extra ...string) (*observer, error) {
+	if base, ok := strings.CutSuffix(mode, noQueue); ok {
+		extra = append([]string{"--queue-wait=false"}, extra...)
+		mode = base
+	}
 	if mode != "" && mode != "default" {
 		extra = append([]string{"--hooks", mode}, extra...)
 	}
@@ -116,12 +125,17 @@ func (s *session) observe(master int, mode string, extra ...string) (*observer, 
 	return ob, nil
 }
 
-// hookModes is what -modes says, or both modes when the binary knows --hooks.
+// hookModes is what -modes says, or both modes when the binary knows --hooks, and socket mode
+// without the accept-queue hook too when it knows --queue-wait.
 func hookModes(bin, flagValue string) []string {
 	if flagValue != "" {
 		return strings.Split(flagValue, ",")
 	}
-	if out, _ := execOutput(bin, "--help"); strings.Contains(out, "--hooks") {
+	out, _ := execOutput(bin, "--help")
+	switch {
+	case strings.Contains(out, "--queue-wait"):
+		return []string{"socket", "socket" + noQueue, "syscall"}
+	case strings.Contains(out, "--hooks"):
 		return []string{"socket", "syscall"}
 	}
 	return []string{"default"}

@@ -9,10 +9,13 @@
  *   tp_btf/sched_process_exit    a tracked process's last thread exits, with its wait status
  *   tp_btf/signal_generate       a signal is queued for a tracked process (sender recorded)
  *   tracepoint/oom/mark_victim   the OOM killer picked a tracked process
- *   tp_btf/tcp_destroy_sock      a worker's TCP connection is gone (closed or reset): the request ends
- *   tp_btf/inet_sock_set_state   a connection to a tracked master's TCP listener is established
- *                                (SYN_RECV → ESTABLISHED): the start of its wait in the accept
- *                                queue, which a worker's first read of it ends
+ *   tp_btf/inet_sock_set_state   (--queue-wait, the default) a connection to a tracked master's
+ *                                TCP listener is established (SYN_RECV → ESTABLISHED): it takes
+ *                                its slot, stamped with the start of its wait in the accept
+ *                                queue, which a worker's first read of it ends; and a worker's
+ *                                TCP connection moves to CLOSE: the request ends
+ *   tp_btf/tcp_destroy_sock      (--queue-wait=false instead) a worker's TCP connection is gone
+ *                                (closed or reset): the request ends
  * Socket mode (--hooks socket, the default where the kernel has them):
  *   tp_btf/sock_recv_length      a read from a socket returned (recvfrom, recvmsg, read, readv)
  *   tp_btf/sock_send_length      a write to a socket returned (sendto, sendmsg, write, writev,
@@ -1240,14 +1243,8 @@ int on_sys_send(struct sys_exit_ctx *ctx)
 
 /* ---- both modes ---- */
 
-/*
- * A worker's TCP connection is destroyed once it is closed on both sides (or reset) and the
- * worker has closed its fd: no more of the response can be written, the request ends. Its
- * state changes (inet_sock_set_state) would say so a round trip earlier, but fire about ten
- * times per connection for every TCP connection on the host; this fires once per socket.
- */
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(on_tcp_destroy, struct sock *sk)
+/* A worker's TCP connection is gone: the request on it ends, its entry is given back. */
+static __always_inline int tcp_gone(struct sock *sk)
 {
 	struct slot *in = 0;
 	struct conn *c = find_tcp(sk, sk->__sk_common.skc_hash, &in);
@@ -1260,14 +1257,30 @@ int BPF_PROG(on_tcp_destroy, struct sock *sk)
 }
 
 /*
- * A TCP state change, anywhere on the host (about ten per connection). Only a passive open
- * reaching ESTABLISHED (the handshake's last ACK; the connection now waits in its listener's
- * accept queue) on a tracked listener's port goes further. It runs in softirq, in whatever
- * process the packet arrived: the socket is the key.
+ * A worker's TCP connection is destroyed once it is closed on both sides (or reset) and the
+ * worker has closed its fd: no more of the response can be written, the request ends. Attached
+ * only with --queue-wait=false: on_tcp_state, which runs on every TCP state change anyway,
+ * sees the same end (the move to CLOSE), and one program fewer runs twice a connection.
+ */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_tcp_destroy, struct sock *sk)
+{
+	return tcp_gone(sk);
+}
+
+/*
+ * A TCP state change, anywhere on the host (about ten per connection). Two go further:
+ * - a move to CLOSE (from TIME_WAIT's start, LAST_ACK, or a reset: the worker has closed its
+ *   fd, or the connection was reset): the request on it ends, as in on_tcp_destroy;
+ * - a passive open reaching ESTABLISHED (the handshake's last ACK; the connection now waits
+ *   in its listener's accept queue) on a tracked listener's port.
+ * It runs in softirq or in the closing process: the socket is the key.
  */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
 {
+	if (newstate == GPE_TCP_CLOSE)
+		return tcp_gone(sk);
 	if (newstate != GPE_TCP_ESTABLISHED || oldstate != GPE_TCP_SYN_RECV)
 		return 0;
 	__u32 zero = 0;

@@ -153,6 +153,7 @@ struct linux_binprm;
 #define GPE_IPPROTO_TCP 6
 #define GPE_TCP_ESTABLISHED 1 /* enum tcp_state */
 #define GPE_TCP_SYN_RECV 3
+#define GPE_TCP_CLOSE 7
 #define GPE_MSG_PEEK 2
 #define GPE_S_IFMT 0170000
 #define GPE_S_IFSOCK 0140000

@@ -8,7 +8,7 @@ import (
 )
 
 // Hook modes: how the kernel side sees a worker's socket calls (Config.Hooks). Both emit the
-// same records; the process hooks and the TCP end (tcp_destroy_sock) are the same in both.
+// same records; the process hooks and the TCP hooks are the same in both.
 const (
 	// HooksAuto is HooksSocket where the kernel has the socket tracepoints, else HooksSyscall.
 	HooksAuto = "auto"
@@ -74,8 +74,9 @@ type hook struct {
 	group, name, prog string
 }
 
-// commonHooks are attached in both modes: the process tree, the end of a TCP connection, and
-// the establishment of one to a tracked listener (the accept-queue wait).
+// commonHooks are attached in both modes: the process tree, and the TCP hooks. Of those two,
+// Load keeps one: inet_sock_set_state (a connection's establishment, for the accept-queue wait,
+// and its end) with QueueWait, else tcp_destroy_sock (its end).
 var commonHooks = []hook{
 	{"", "sched_process_fork", gpeProgOnFork},
 	{"", "sched_process_exec", gpeProgOnExec},

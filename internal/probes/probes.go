@@ -104,9 +104,13 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err := spec.Variables["queue_wait"].Set(queueWait); err != nil {
 		return nil, fmt.Errorf("set queue_wait: %w", err)
 	}
+	// One of the two TCP hooks sees a connection's end: on_tcp_state (every TCP state change,
+	// the accept-queue stamp too) or, without it, on_tcp_destroy (once a socket).
+	drop := gpeProgOnTcpDestroy
 	if !cfg.QueueWait {
-		hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == gpeProgOnTcpState })
+		drop = gpeProgOnTcpState
 	}
+	hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == drop })
 	keep := make(map[string]bool)
 	for _, h := range hooks {
 		keep[h.prog] = true

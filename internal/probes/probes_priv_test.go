@@ -521,13 +521,13 @@ func TestHookModeAttachments(t *testing.T) {
 	want := map[string]struct{ tracepoints, raw, progs []string }{
 		HooksSocket: {
 			tracepoints: []string{"mark_victim"},
-			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "sock_recv_length", "sock_send_length", "tcp_destroy_sock"},
-			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sock_recv", "on_sock_send", "on_tcp_destroy", "on_tcp_state"},
+			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "sock_recv_length", "sock_send_length"},
+			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sock_recv", "on_sock_send", "on_tcp_state"},
 		},
 		HooksSyscall: {
 			tracepoints: []string{"mark_victim", "sys_exit_recvfrom", "sys_exit_recvmsg", "sys_exit_sendfile64", "sys_exit_sendmsg", "sys_exit_sendto"},
-			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate", "tcp_destroy_sock"},
-			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sys_recv", "on_sys_send", "on_tcp_destroy", "on_tcp_state"},
+			raw:         []string{"inet_sock_set_state", "sched_process_exec", "sched_process_exit", "sched_process_fork", "signal_generate"},
+			progs:       []string{"on_exec", "on_exit", "on_fork", "on_oom", "on_signal", "on_sys_recv", "on_sys_send", "on_tcp_state"},
 		},
 	}
 	forEachMode(t, func(t *testing.T, mode string) {
@@ -650,7 +650,7 @@ func TestProgramStats(t *testing.T) {
 }
 
 // TestQueueWaitOff: without QueueWait (--queue-wait=false) the hook on every TCP state change
-// of the host is neither loaded nor attached.
+// of the host is neither loaded nor attached, and tcp_destroy_sock ends TCP requests instead.
 func TestQueueWaitOff(t *testing.T) {
 	requireRoot(t)
 	cfg := DefaultConfig()
@@ -665,8 +665,29 @@ func TestQueueWaitOff(t *testing.T) {
 	if slices.Contains(raw, "inet_sock_set_state") {
 		t.Errorf("inet_sock_set_state attached with QueueWait off: %v", raw)
 	}
+	if !slices.Contains(raw, "tcp_destroy_sock") {
+		t.Errorf("tcp_destroy_sock not attached with QueueWait off (nothing would end TCP requests): %v", raw)
+	}
 	if !slices.Contains(raw, "sock_recv_length") {
 		t.Errorf("the socket hooks are missing: %v (the test reads the wrong attachments)", raw)
+	}
+	// TCP requests still end at the connection's end, seen by tcp_destroy_sock.
+	if err := p.Track(uint32(os.Getpid()), 1, ProcWorker); err != nil {
+		t.Fatal(err)
+	}
+	rec := record(p)
+	ln := tcpListen(t)
+	cl, srv := tcpConnect(t, ln)
+	defer unix.Close(cl)
+	unix.Write(cl, []byte("GET /no/queue HTTP/1.1\r\n\r\n"))
+	if _, err := unix.Read(srv, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(srv, []byte("HTTP/1.1 200 OK\r\n\r\n"))
+	unix.Close(srv)
+	got := rec.requests(t, 3*time.Second)
+	if len(got) != 1 || got[0].Reason != EndClose || string(got[0].Line) != "GET /no/queue" || got[0].EstablishedNS != 0 {
+		t.Errorf("got %+v, want one end by close of GET /no/queue, with no establishment stamp", got)
 	}
 }
 
