@@ -24,7 +24,7 @@ func (s *session) kernelTimePhase(ctx context.Context, g *gunicorn) error {
 	us := map[string][]float64{}
 	runs := map[string][]float64{}
 	for i := range o.kernelRuns {
-		for _, m := range s.modes {
+		for _, m := range append(append([]string{}, s.modes...), emptyArm) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -45,31 +45,45 @@ func (s *session) kernelTimePhase(ctx context.Context, g *gunicorn) error {
 			newFigure(m+":   program runs per request", "runs", runs[m], "", nil),
 		)
 	}
+	s.res.add(
+		newFigure("floor: empty programs: BPF kernel time per request", "µs", us[emptyArm], "", nil),
+		newFigure("floor:   program runs per request", "runs", runs[emptyArm], "", nil),
+	)
 	return nil
 }
 
 func (s *session) kernelTimeRun(ctx context.Context, g *gunicorn, mode string, i int) (run, error) {
 	r := run{Phase: "kernel-time", Arm: mode, Pair: i}
-	ob, err := s.observe(g.pid(), mode)
-	if err != nil {
-		return r, err
+	pid := os.Getpid() // emptyArm: the programs are this process's
+	if mode == emptyArm {
+		undo, err := emptyHooks()
+		if err != nil {
+			return r, err
+		}
+		defer undo()
+	} else {
+		ob, err := s.observe(g.pid(), mode)
+		if err != nil {
+			return r, err
+		}
+		defer ob.stop()
+		r.ObserverPID = ob.cmd.Process.Pid
+		pid = r.ObserverPID
+		time.Sleep(200 * time.Millisecond)
 	}
-	defer ob.stop()
-	r.ObserverPID = ob.cmd.Process.Pid
-	time.Sleep(200 * time.Millisecond)
 	stats, err := enableRunStats()
 	if err != nil {
 		return r, fmt.Errorf("enable BPF run statistics: %w", err)
 	}
 	defer stats.Close()
-	n0, t0, err := programStats(r.ObserverPID)
+	n0, t0, err := programStats(pid)
 	if err != nil {
 		return r, err
 	}
 	if r.Wrk, err = runWrk(ctx, g.url("/ok"), s.o.wrkThreads, s.o.wrkConns, s.o.run, ""); err != nil {
 		return r, err
 	}
-	n1, t1, err := programStats(r.ObserverPID)
+	n1, t1, err := programStats(pid)
 	if err != nil {
 		return r, err
 	}

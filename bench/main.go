@@ -43,7 +43,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin/gpe-ebpf", "gpe-ebpf binary (make build)")
 	flag.StringVar(&o.out, "out", "bench/out", "directory of the JSON results")
-	flag.StringVar(&o.modes, "modes", "", "hook modes compared, comma-separated (default: socket,syscall when the binary has --hooks)")
+	flag.StringVar(&o.modes, "modes", "", "arms observed by gpe-ebpf, comma-separated: socket, syscall, socket-noqueue (socket with --queue-wait=false) (default: all three when the binary has --queue-wait)")
 	flag.IntVar(&o.pairs, "pairs", 15, "rounds of the throughput comparison (each runs every arm once)")
 	flag.IntVar(&o.otherPairs, "other-pairs", 10, "rounds of the other-process comparison")
 	flag.IntVar(&o.kernelRuns, "kernel-runs", 3, "runs per mode with BPF run statistics on")

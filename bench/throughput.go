@@ -8,12 +8,13 @@ import (
 
 // throughputPhase saturates 2 sync workers with wrk on /ok, in rounds that each run every arm
 // once: unobserved twice ("off", and "off-again", whose ratio to "off" is the resolution of
-// the comparison) and observed in each hook mode. The order flips every round. It yields the
+// the comparison), observed in each hook mode, and with empty programs on socket mode's hooks
+// (emptyArm: the floor). The order flips every round. It yields the
 // throughput ratios, the CPU per request of the workers, wrk and gpe-ebpf, and the exactness
 // of the counts.
 func (s *session) throughputPhase(ctx context.Context, g *gunicorn) error {
 	o := s.o
-	arms := append([]string{"off-again", "off"}, s.modes...)
+	arms := append(append([]string{"off-again", "off"}, s.modes...), emptyArm)
 	fmt.Printf("\n[throughput] %d rounds of %v, wrk -t%d -c%d -d%s %s\n", o.pairs, arms, o.wrkThreads, o.wrkConns, o.run, g.url("/ok"))
 	workers := children(g.pid())
 	rps := map[string][]float64{}
@@ -91,17 +92,29 @@ func (s *session) throughputPhase(ctx context.Context, g *gunicorn) error {
 		}
 		s.res.note("%s: gpe-ebpf CPU pooled over its throughput runs: %.2f µs/request (%.0f ticks of 10 ms over %.0f requests)", m, ticks*1e6/clkTck/reqs, ticks, reqs)
 	}
+	s.res.add(
+		newFigure("floor: empty programs on "+fmt.Sprint(floorHooks)+": throughput ratio", "observed/unobserved", ratios(rps[emptyArm], rps["off"]), "", nil),
+		newFigure("floor:   added: workers", "µs", minus(field(emptyArm, worker), field("off", worker)), "", nil),
+		newFigure("floor:   added: wrk", "µs", minus(field(emptyArm, wrkCPU), field("off", wrkCPU)), "", nil),
+	)
 	s.res.note("throughput: wrk socket errors + non-2xx over all runs: %d", socketErrs)
 	return nil
 }
 
-// throughputRun is one wrk run of an arm: unobserved, or with a gpe-ebpf started for it in
-// that hook mode (and stopped after).
+// throughputRun is one wrk run of an arm: unobserved, with empty programs on the hooks
+// (emptyArm), or with a gpe-ebpf started for it in that hook mode (and stopped after).
 func (s *session) throughputRun(ctx context.Context, g *gunicorn, workers []int, arm string, pair int) (run, error) {
 	o := s.o
 	r := run{Phase: "throughput", Arm: arm, Pair: pair}
 	var err error
-	if arm == "off" || arm == "off-again" {
+	if arm == "off" || arm == "off-again" || arm == emptyArm {
+		if arm == emptyArm {
+			undo, err := emptyHooks()
+			if err != nil {
+				return r, err
+			}
+			defer undo()
+		}
 		w0 := onCPU(workers...)
 		if r.Wrk, err = runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.run, ""); err != nil {
 			return r, err
