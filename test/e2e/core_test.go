@@ -79,6 +79,19 @@ func TestSyncEndToEnd(t *testing.T) {
 	if n := ms.bucket("gunicorn_http_request_duration_seconds", slow, le); n != nSlow {
 		t.Errorf("%d /slow requests at or below %gs (the bucket above the slowest client latency, %v), want %d", n, le, slices.Max(slowClient), nSlow)
 	}
+	// Busy time and in flight are the kernel's counts: nothing in flight now, and the workers
+	// were busy at least the 50 ms of each /slow request (in flight from its first byte read to
+	// its status line, which the app writes after the sleep) and at most the clients' wall time.
+	if n := ms.sum("gunicorn_worker_requests_in_flight", nil); n != 0 {
+		t.Errorf("requests in flight %v after the clients finished, want 0", n)
+	}
+	var clientTotal time.Duration
+	for _, d := range slowClient {
+		clientTotal += d
+	}
+	if busy := ms.sum("gunicorn_worker_busy_seconds_total", nil); busy < nSlow*0.05 || busy > clientTotal.Seconds()+float64(nOK+nFail)*0.1 {
+		t.Errorf("busy seconds %v, want between %v (the /slow sleeps) and the clients' time", busy, nSlow*0.05)
+	}
 	// The worker histograms agree with the per-endpoint ones.
 	if n := ms.sum("gunicorn_worker_request_duration_seconds", nil); n != nOK+nFail+nSlow {
 		t.Errorf("worker duration histogram count %v, want %d", n, nOK+nFail+nSlow)
