@@ -147,3 +147,16 @@ func TestReady(t *testing.T) {
 		t.Error("not ready with a master")
 	}
 }
+
+// TestTLSUprobesFlag: --tls-uprobes turns the probes' TLS programs on (auto, the default) or off.
+func TestTLSUprobesFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{{nil, true}, {[]string{"--tls-uprobes", "auto"}, true}, {[]string{"--tls-uprobes", "off"}, false}} {
+		cfg, err := parseConfig(append([]string{"--pid", "1"}, tc.args...), env(), io.Discard)
+		if err != nil || cfg.Probes.TLS != tc.want {
+			t.Errorf("%v: tls %v, %v; want %v", tc.args, cfg.Probes.TLS, err, tc.want)
+		}
+	}
+}

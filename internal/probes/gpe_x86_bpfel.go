@@ -96,6 +96,31 @@ type gpeSlot struct {
 	C  gpeConn
 }
 
+type gpeTlsCall struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Buf  uint64
+	Lenp uint64
+	Sk   uint64
+	Fd   uint32
+	Op   uint16
+	Ex   uint16
+}
+
+type gpeTlsConn struct {
+	_   structs.HostLayout
+	Sk  uint64
+	Fd  uint32
+	Pad uint32
+}
+
+type gpeTlsKey struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -109,6 +134,9 @@ const (
 	gpeMapProcs           = "procs"
 	gpeMapScratch         = "scratch"
 	gpeMapSlots           = "slots"
+	gpeMapTlsCalls        = "tls_calls"
+	gpeMapTlsSocks        = "tls_socks"
+	gpeMapTlsSsl          = "tls_ssl"
 	gpeProgOnExec         = "on_exec"
 	gpeProgOnExit         = "on_exit"
 	gpeProgOnFork         = "on_fork"
@@ -116,12 +144,21 @@ const (
 	gpeProgOnSignal       = "on_signal"
 	gpeProgOnSockRecv     = "on_sock_recv"
 	gpeProgOnSockSend     = "on_sock_send"
+	gpeProgOnSslRead      = "on_ssl_read"
+	gpeProgOnSslReadEx    = "on_ssl_read_ex"
+	gpeProgOnSslRet       = "on_ssl_ret"
+	gpeProgOnSslSetFd     = "on_ssl_set_fd"
+	gpeProgOnSslWrite     = "on_ssl_write"
+	gpeProgOnSslWriteEx   = "on_ssl_write_ex"
 	gpeProgOnSysRecv      = "on_sys_recv"
 	gpeProgOnSysSend      = "on_sys_send"
 	gpeProgOnTcpDestroy   = "on_tcp_destroy"
 	gpeProgOnTcpState     = "on_tcp_state"
 	gpeVarNextSeq         = "next_seq"
 	gpeVarTcpInConns      = "tcp_in_conns"
+	gpeVarTlsInCalls      = "tls_in_calls"
+	gpeVarTlsOn           = "tls_on"
+	gpeVarTlsSocksN       = "tls_socks_n"
 	gpeVarUnusedProcEvent = "unused_proc_event"
 	gpeVarUnusedReqStart  = "unused_req_start"
 	gpeVarWakeupBytes     = "wakeup_bytes"
@@ -176,6 +213,12 @@ type gpeProgramSpecs struct {
 	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnSslRead    *ebpf.ProgramSpec `ebpf:"on_ssl_read"`
+	OnSslReadEx  *ebpf.ProgramSpec `ebpf:"on_ssl_read_ex"`
+	OnSslRet     *ebpf.ProgramSpec `ebpf:"on_ssl_ret"`
+	OnSslSetFd   *ebpf.ProgramSpec `ebpf:"on_ssl_set_fd"`
+	OnSslWrite   *ebpf.ProgramSpec `ebpf:"on_ssl_write"`
+	OnSslWriteEx *ebpf.ProgramSpec `ebpf:"on_ssl_write_ex"`
 	OnSysRecv    *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
 	OnSysSend    *ebpf.ProgramSpec `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
@@ -195,6 +238,9 @@ type gpeMapSpecs struct {
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
+	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
+	TlsSocks    *ebpf.MapSpec `ebpf:"tls_socks"`
+	TlsSsl      *ebpf.MapSpec `ebpf:"tls_ssl"`
 }
 
 // gpeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -203,6 +249,9 @@ type gpeMapSpecs struct {
 type gpeVariableSpecs struct {
 	NextSeq         *ebpf.VariableSpec `ebpf:"next_seq"`
 	TcpInConns      *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
+	TlsInCalls      *ebpf.VariableSpec `ebpf:"tls_in_calls"`
+	TlsOn           *ebpf.VariableSpec `ebpf:"tls_on"`
+	TlsSocksN       *ebpf.VariableSpec `ebpf:"tls_socks_n"`
 	UnusedProcEvent *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.VariableSpec `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -237,6 +286,9 @@ type gpeMaps struct {
 	Procs       *ebpf.Map `ebpf:"procs"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Slots       *ebpf.Map `ebpf:"slots"`
+	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
+	TlsSocks    *ebpf.Map `ebpf:"tls_socks"`
+	TlsSsl      *ebpf.Map `ebpf:"tls_ssl"`
 }
 
 func (m *gpeMaps) Close() error {
@@ -250,6 +302,9 @@ func (m *gpeMaps) Close() error {
 		m.Procs,
 		m.Scratch,
 		m.Slots,
+		m.TlsCalls,
+		m.TlsSocks,
+		m.TlsSsl,
 	)
 }
 
@@ -259,6 +314,9 @@ func (m *gpeMaps) Close() error {
 type gpeVariables struct {
 	NextSeq         *ebpf.Variable `ebpf:"next_seq"`
 	TcpInConns      *ebpf.Variable `ebpf:"tcp_in_conns"`
+	TlsInCalls      *ebpf.Variable `ebpf:"tls_in_calls"`
+	TlsOn           *ebpf.Variable `ebpf:"tls_on"`
+	TlsSocksN       *ebpf.Variable `ebpf:"tls_socks_n"`
 	UnusedProcEvent *ebpf.Variable `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.Variable `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -275,6 +333,12 @@ type gpePrograms struct {
 	OnSignal     *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
+	OnSslRead    *ebpf.Program `ebpf:"on_ssl_read"`
+	OnSslReadEx  *ebpf.Program `ebpf:"on_ssl_read_ex"`
+	OnSslRet     *ebpf.Program `ebpf:"on_ssl_ret"`
+	OnSslSetFd   *ebpf.Program `ebpf:"on_ssl_set_fd"`
+	OnSslWrite   *ebpf.Program `ebpf:"on_ssl_write"`
+	OnSslWriteEx *ebpf.Program `ebpf:"on_ssl_write_ex"`
 	OnSysRecv    *ebpf.Program `ebpf:"on_sys_recv"`
 	OnSysSend    *ebpf.Program `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
@@ -290,6 +354,12 @@ func (p *gpePrograms) Close() error {
 		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
+		p.OnSslRead,
+		p.OnSslReadEx,
+		p.OnSslRet,
+		p.OnSslSetFd,
+		p.OnSslWrite,
+		p.OnSslWriteEx,
 		p.OnSysRecv,
 		p.OnSysSend,
 		p.OnTcpDestroy,
