@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// tlsPhase measures what a request to a Gunicorn serving HTTPS itself costs when gpe-ebpf
+// observes it through the libssl uprobes (README "Gunicorn serving TLS"): 2 sync workers with a
+// self-signed certificate, saturated by wrk over HTTPS (sync workers close every connection, so
+// each request carries its handshake), in rounds of unobserved twice and observed in each hook
+// mode. Then, per mode, one run with the kernel's BPF run statistics on: the programs' time per
+// request (the socket hooks and the uprobe programs), and how many uprobe programs ran. A
+// uprobe's trap (the breakpoint, its single-step, the return trampoline) is not BPF time: it
+// shows in the workers' CPU per request and in the throughput.
+func (s *session) tlsPhase(ctx context.Context) error {
+	o := s.o
+	cert, key := filepath.Join(s.tmp, "tls-cert.pem"), filepath.Join(s.tmp, "tls-key.pem")
+	if out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+		"-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert).CombinedOutput(); err != nil {
+		return fmt.Errorf("make a certificate: %w: %s", err, out)
+	}
+	g, err := s.gunicorn(2, "--certfile", cert, "--keyfile", key)
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+	arms := append([]string{"off-again", "off"}, s.modes...)
+	fmt.Printf("\n[tls] %d rounds of %v, wrk -t%d -c%d -d%s %s\n", o.tlsPairs, arms, o.wrkThreads, o.wrkConns, o.run, g.url("/ok"))
+	workers := children(g.pid())
+	rps := map[string][]float64{}
+	byArm := map[string][]run{}
+	err = eachRound(ctx, o.tlsPairs, arms, func(pair int, arm string) error {
+		r, err := s.throughputRun(ctx, g, workers, arm, pair)
+		if err != nil {
+			return err
+		}
+		r.Phase = "tls"
+		rps[arm] = append(rps[arm], r.Wrk.PerSec)
+		byArm[arm] = append(byArm[arm], r)
+		s.res.Runs = append(s.res.Runs, r)
+		fmt.Printf("  round %2d %-10s %8.0f req/s %7d requests  CPU µs/request: workers %6.1f", pair, arm, r.Wrk.PerSec, r.Wrk.Requests, r.WorkerUS)
+		if r.ObserverPID != 0 {
+			fmt.Printf("  gpe-ebpf %5.2f  counted %7.0f  lost %.0f", r.ObserverUS, r.Counted, r.Lost)
+		}
+		fmt.Println()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	worker := func(arm string) []float64 {
+		var out []float64
+		for _, r := range byArm[arm] {
+			out = append(out, r.WorkerUS)
+		}
+		return out
+	}
+	s.res.add(
+		newFigure("tls: control, unobserved ÷ unobserved", "ratio", ratios(rps["off-again"], rps["off"]), "", nil),
+		newFigure("tls: unobserved HTTPS throughput", "req/s", rps["off"], "", nil),
+		newFigure("tls: workers' CPU per HTTPS request, unobserved", "µs", worker("off"), "", nil),
+	)
+	for _, m := range s.modes {
+		var diffs, lost, added, observer []float64
+		for i, r := range byArm[m] {
+			diffs = append(diffs, r.Counted-float64(r.Wrk.Requests))
+			lost = append(lost, r.Lost)
+			observer = append(observer, r.ObserverUS)
+			if i < len(byArm["off"]) {
+				added = append(added, r.WorkerUS-byArm["off"][i].WorkerUS)
+			}
+		}
+		s.res.add(
+			newFigure("tls "+m+": throughput ratio", "observed/unobserved", ratios(rps[m], rps["off"]), "", nil),
+			newFigure("tls "+m+":   added: workers' CPU per request (uprobe traps + BPF)", "µs", added, "", nil),
+			newFigure("tls "+m+": gpe-ebpf CPU per request", "µs", observer, "", nil),
+			exactFigure("tls "+m+": exactness, counted − wrk completed", diffs, o.wrkConns),
+			zeroFigure("tls "+m+": events lost", lost),
+		)
+	}
+	fmt.Printf("\n[tls kernel time] 1 run per mode, BPF run statistics on\n")
+	for _, m := range s.modes {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		before := len(s.res.Runs)
+		r, err := s.kernelTimeRun(ctx, g, m, 0)
+		if err != nil {
+			return err
+		}
+		r.Phase = "tls-kernel-time"
+		s.res.Runs = append(s.res.Runs[:before], r)
+		fmt.Printf("  %-8s %7d requests  BPF %.2f µs/request in %.1f program runs/request\n", m, r.Wrk.Requests, r.BPFUS, r.BPFRuns)
+		s.res.add(
+			newFigure("tls "+m+": BPF kernel time per HTTPS request", "µs", []float64{r.BPFUS}, "", nil),
+			newFigure("tls "+m+":   program runs per request", "runs", []float64{r.BPFRuns}, "", nil),
+		)
+	}
+	if out, _ := execOutput(s.bin, "--help"); !strings.Contains(out, "--tls-uprobes") {
+		s.res.note("tls: %s has no --tls-uprobes: it counts nothing of a TLS Gunicorn, and the observed arms measure only its socket hooks", s.bin)
+	}
+	return nil
+}
