@@ -81,8 +81,10 @@ type session struct {
 	deadline time.Time
 	res      *results
 
-	gunicorns   []*gunicorn
-	observers   []*observer
+	gunicorns []*gunicorn
+	observers []*observer
+	// load drives the throughput and kernel-time runs: wrk, or hey in the tls phase (tls.go).
+	load        func(ctx context.Context, url string, conns int, d time.Duration) (wrkResult, error)
 	ready, took []float64 // start-up of every observer: exec → /metrics, and its own log figure
 }
 

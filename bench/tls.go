@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // tlsPhase measures what a request to a Gunicorn serving HTTPS itself costs when gpe-ebpf
 // observes it through the libssl uprobes (README "Gunicorn serving TLS"): 2 sync workers with a
-// self-signed certificate, saturated by wrk over HTTPS (sync workers close every connection, so
+// self-signed certificate, saturated by hey over HTTPS (runHey says why not wrk) (sync workers close every connection, so
 // each request carries its handshake), in rounds of unobserved twice and observed in each hook
 // mode. Then, per mode, one run with the kernel's BPF run statistics on: the programs' time per
 // request (the socket hooks and the uprobe programs), and how many uprobe programs ran. A
@@ -28,8 +31,10 @@ func (s *session) tlsPhase(ctx context.Context) error {
 		return err
 	}
 	defer g.stop()
+	s.load = runHey
+	defer func() { s.load = nil }()
 	arms := append([]string{"off-again", "off"}, s.modes...)
-	fmt.Printf("\n[tls] %d rounds of %v, wrk -t%d -c%d -d%s %s\n", o.tlsPairs, arms, o.wrkThreads, o.wrkConns, o.run, g.url("/ok"))
+	fmt.Printf("\n[tls] %d rounds of %v, hey -c%d -z%s %s\n", o.tlsPairs, arms, o.wrkConns, o.run, g.url("/ok"))
 	workers := children(g.pid())
 	rps := map[string][]float64{}
 	byArm := map[string][]run{}
@@ -78,7 +83,7 @@ func (s *session) tlsPhase(ctx context.Context) error {
 			newFigure("tls "+m+": throughput ratio", "observed/unobserved", ratios(rps[m], rps["off"]), "", nil),
 			newFigure("tls "+m+":   added: workers' CPU per request (uprobe traps + BPF)", "µs", added, "", nil),
 			newFigure("tls "+m+": gpe-ebpf CPU per request", "µs", observer, "", nil),
-			exactFigure("tls "+m+": exactness, counted − wrk completed", diffs, o.wrkConns),
+			exactFigure("tls "+m+": exactness, counted − hey completed", diffs, o.wrkConns),
 			zeroFigure("tls "+m+": events lost", lost),
 		)
 	}
@@ -104,4 +109,59 @@ func (s *session) tlsPhase(ctx context.Context) error {
 		s.res.note("tls: %s has no --tls-uprobes: it counts nothing of a TLS Gunicorn, and the observed arms measure only its socket hooks", s.bin)
 	}
 	return nil
+}
+
+// runLoad runs the session's load generator (wrk unless the phase set another) on url.
+func (s *session) runLoad(ctx context.Context, url string) (wrkResult, error) {
+	if s.load != nil {
+		return s.load(ctx, url, s.o.wrkConns, s.o.run)
+	}
+	return runWrk(ctx, url, s.o.wrkThreads, s.o.wrkConns, s.o.run, "")
+}
+
+var (
+	heyStatusRE = regexp.MustCompile(`\[(\d{3})\]\s+(\d+) responses`)
+	heyErrorRE  = regexp.MustCompile(`(?m)^\s+\[(\d+)\]\s+\S`)
+	heyTotalRE  = regexp.MustCompile(`Total:\s+([\d.]+) secs`)
+)
+
+// runHey is runWrk's result from hey: the tls phase's load. wrk busy-polls its TLS sockets
+// (strace: some 100 reads that fail with EAGAIN per request while it handshakes), which runs
+// the socket hooks' filter about 1,500 times per request in socket mode: its own cost, not
+// Gunicorn's. hey's Go client waits in epoll.
+func runHey(ctx context.Context, url string, conns int, d time.Duration) (wrkResult, error) {
+	cmd := exec.CommandContext(ctx, "hey", "-z", d.String(), "-c", strconv.Itoa(conns), "-t", "10", url)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("hey: %w: %s", err, out)
+	}
+	r, err := parseHey(string(out))
+	r.CPUSeconds = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	return r, err
+}
+
+func parseHey(out string) (wrkResult, error) {
+	var r wrkResult
+	m := heyTotalRE.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("hey output not understood: %s", out)
+	}
+	r.Seconds, _ = strconv.ParseFloat(m[1], 64)
+	for _, m := range heyStatusRE.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.ParseUint(m[2], 10, 64)
+		r.Requests += n
+		if !strings.HasPrefix(m[1], "2") && !strings.HasPrefix(m[1], "3") {
+			r.Non2xx += n
+		}
+	}
+	if i := strings.Index(out, "Error distribution:"); i >= 0 {
+		for _, m := range heyErrorRE.FindAllStringSubmatch(out[i:], -1) {
+			n, _ := strconv.ParseUint(m[1], 10, 64)
+			r.SocketErrors += n
+		}
+	}
+	if r.Seconds > 0 {
+		r.PerSec = float64(r.Requests) / r.Seconds
+	}
+	return r, nil
 }
