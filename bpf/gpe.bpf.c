@@ -1120,6 +1120,8 @@ int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
  *                                plaintext buffer, per thread
  *   uretprobe of those four      it returns: the plaintext bytes go through on_io, the same
  *                                state machine as a plaintext connection's, with call.tls set
+ * One entry program serves the five functions, told apart by the attach cookie (enum
+ * tls_func), and one return program the four.
  * The ciphertext the socket hooks see of a socket tied to an SSL, or in a thread that is inside
  * one of these calls, is skipped (tls_skip), so nothing is counted twice. An SSL whose
  * SSL_set_fd was not seen (wrapped before the uprobes were attached) is tied to the socket of
@@ -1232,12 +1234,18 @@ static __always_inline int tls_skip(struct sock *sk, __s64 fd)
 	return 0;
 }
 
+/* Which function a uprobe is on: its attach cookie (tls.go, tlsFuncs). */
+enum tls_func {
+	TLS_SET_FD = 1,   /* SSL_set_fd(ssl, fd) */
+	TLS_READ = 2,     /* SSL_read(ssl, buf, num) */
+	TLS_READ_EX = 3,  /* SSL_read_ex(ssl, buf, num, *readbytes) */
+	TLS_WRITE = 4,    /* SSL_write(ssl, buf, num) */
+	TLS_WRITE_EX = 5, /* SSL_write_ex(ssl, buf, num, *written) */
+};
+
 /* SSL_set_fd(ssl, fd): the SSL's socket, in the calling worker. */
-SEC("uprobe")
-int on_ssl_set_fd(struct pt_regs *ctx)
+static __always_inline int tls_set_fd(void *ssl, int fd)
 {
-	void *ssl = (void *)GPE_UPROBE_ARG0(ctx);
-	int fd = (int)GPE_UPROBE_ARG1(ctx);
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct sock *sk = fd_sock((__u32)fd);
 	if (!sk)
@@ -1249,6 +1257,7 @@ int on_ssl_set_fd(struct pt_regs *ctx)
 	return 0;
 }
 
+/* A thread enters SSL_read/SSL_write(_ex): remember the SSL and the plaintext buffer. */
 static __always_inline int tls_enter(void *ssl, void *buf, void *lenp, __u16 op, __u16 ex)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -1260,30 +1269,23 @@ static __always_inline int tls_enter(void *ssl, void *buf, void *lenp, __u16 op,
 	return 0;
 }
 
-SEC("uprobe")
-int on_ssl_read(struct pt_regs *ctx)
+/* The entry of any of the five functions, told apart by the attach cookie. */
+static __always_inline int tls_entry(struct pt_regs *ctx)
 {
-	return tls_enter((void *)GPE_UPROBE_ARG0(ctx), (void *)GPE_UPROBE_ARG1(ctx), 0, OP_RECV, 0);
-}
-
-SEC("uprobe")
-int on_ssl_read_ex(struct pt_regs *ctx)
-{
-	return tls_enter((void *)GPE_UPROBE_ARG0(ctx), (void *)GPE_UPROBE_ARG1(ctx),
-			 (void *)GPE_UPROBE_ARG3(ctx), OP_RECV, 1);
-}
-
-SEC("uprobe")
-int on_ssl_write(struct pt_regs *ctx)
-{
-	return tls_enter((void *)GPE_UPROBE_ARG0(ctx), (void *)GPE_UPROBE_ARG1(ctx), 0, OP_SEND, 0);
-}
-
-SEC("uprobe")
-int on_ssl_write_ex(struct pt_regs *ctx)
-{
-	return tls_enter((void *)GPE_UPROBE_ARG0(ctx), (void *)GPE_UPROBE_ARG1(ctx),
-			 (void *)GPE_UPROBE_ARG3(ctx), OP_SEND, 1);
+	void *ssl = (void *)GPE_UPROBE_ARG0(ctx);
+	__u64 f = bpf_get_attach_cookie(ctx);
+	switch (f) {
+	case TLS_SET_FD:
+		return tls_set_fd(ssl, (int)GPE_UPROBE_ARG1(ctx));
+	case TLS_READ:
+	case TLS_WRITE:
+		return tls_enter(ssl, (void *)GPE_UPROBE_ARG1(ctx), 0, f == TLS_READ ? OP_RECV : OP_SEND, 0);
+	case TLS_READ_EX:
+	case TLS_WRITE_EX:
+		return tls_enter(ssl, (void *)GPE_UPROBE_ARG1(ctx), (void *)GPE_UPROBE_ARG3(ctx),
+				 f == TLS_READ_EX ? OP_RECV : OP_SEND, 1);
+	}
+	return 0;
 }
 
 /*
@@ -1291,8 +1293,7 @@ int on_ssl_write_ex(struct pt_regs *ctx)
  * failed is passed as EAGAIN: a read that finds nothing after a response (an event-loop worker
  * reading again: SSL_ERROR_WANT_READ) ends it, as on a plaintext connection.
  */
-SEC("uretprobe")
-int on_ssl_ret(struct pt_regs *ctx)
+static __always_inline int tls_return(struct pt_regs *ctx)
 {
 	long ret = (long)GPE_UPROBE_RET(ctx);
 	__u64 id = bpf_get_current_pid_tgid();
@@ -1332,6 +1333,36 @@ int on_ssl_ret(struct pt_regs *ctx)
 	return on_io(sk, BPF_CORE_READ(sk, __sk_common.skc_hash),
 		     BPF_CORE_READ(sk, __sk_common.skc_family), BPF_CORE_READ(sk, sk_protocol), tgid,
 		     n, tc.op == OP_SEND, &call);
+}
+
+/*
+ * The programs, twice: a uprobe_multi link (Linux 6.6+) attaches one program to all the
+ * functions of a worker's libssl at once, and closes in one RCU grace period; a perf-event
+ * uprobe (older kernels) is one link per function, and each takes its own grace period to
+ * close (tls.go). The kernel wants a different attach type for each; the bodies are the same.
+ */
+SEC("uprobe.multi")
+int on_ssl_enter_m(struct pt_regs *ctx)
+{
+	return tls_entry(ctx);
+}
+
+SEC("uretprobe.multi")
+int on_ssl_ret_m(struct pt_regs *ctx)
+{
+	return tls_return(ctx);
+}
+
+SEC("uprobe")
+int on_ssl_enter(struct pt_regs *ctx)
+{
+	return tls_entry(ctx);
+}
+
+SEC("uretprobe")
+int on_ssl_ret(struct pt_regs *ctx)
+{
+	return tls_return(ctx);
 }
 
 /* Referenced so their BTF is emitted and bpf2go writes the Go types. */

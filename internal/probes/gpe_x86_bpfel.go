@@ -144,12 +144,10 @@ const (
 	gpeProgOnSignal       = "on_signal"
 	gpeProgOnSockRecv     = "on_sock_recv"
 	gpeProgOnSockSend     = "on_sock_send"
-	gpeProgOnSslRead      = "on_ssl_read"
-	gpeProgOnSslReadEx    = "on_ssl_read_ex"
+	gpeProgOnSslEnter     = "on_ssl_enter"
+	gpeProgOnSslEnterM    = "on_ssl_enter_m"
 	gpeProgOnSslRet       = "on_ssl_ret"
-	gpeProgOnSslSetFd     = "on_ssl_set_fd"
-	gpeProgOnSslWrite     = "on_ssl_write"
-	gpeProgOnSslWriteEx   = "on_ssl_write_ex"
+	gpeProgOnSslRetM      = "on_ssl_ret_m"
 	gpeProgOnSysRecv      = "on_sys_recv"
 	gpeProgOnSysSend      = "on_sys_send"
 	gpeProgOnTcpDestroy   = "on_tcp_destroy"
@@ -213,12 +211,10 @@ type gpeProgramSpecs struct {
 	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
-	OnSslRead    *ebpf.ProgramSpec `ebpf:"on_ssl_read"`
-	OnSslReadEx  *ebpf.ProgramSpec `ebpf:"on_ssl_read_ex"`
+	OnSslEnter   *ebpf.ProgramSpec `ebpf:"on_ssl_enter"`
+	OnSslEnterM  *ebpf.ProgramSpec `ebpf:"on_ssl_enter_m"`
 	OnSslRet     *ebpf.ProgramSpec `ebpf:"on_ssl_ret"`
-	OnSslSetFd   *ebpf.ProgramSpec `ebpf:"on_ssl_set_fd"`
-	OnSslWrite   *ebpf.ProgramSpec `ebpf:"on_ssl_write"`
-	OnSslWriteEx *ebpf.ProgramSpec `ebpf:"on_ssl_write_ex"`
+	OnSslRetM    *ebpf.ProgramSpec `ebpf:"on_ssl_ret_m"`
 	OnSysRecv    *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
 	OnSysSend    *ebpf.ProgramSpec `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
@@ -333,12 +329,10 @@ type gpePrograms struct {
 	OnSignal     *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
-	OnSslRead    *ebpf.Program `ebpf:"on_ssl_read"`
-	OnSslReadEx  *ebpf.Program `ebpf:"on_ssl_read_ex"`
+	OnSslEnter   *ebpf.Program `ebpf:"on_ssl_enter"`
+	OnSslEnterM  *ebpf.Program `ebpf:"on_ssl_enter_m"`
 	OnSslRet     *ebpf.Program `ebpf:"on_ssl_ret"`
-	OnSslSetFd   *ebpf.Program `ebpf:"on_ssl_set_fd"`
-	OnSslWrite   *ebpf.Program `ebpf:"on_ssl_write"`
-	OnSslWriteEx *ebpf.Program `ebpf:"on_ssl_write_ex"`
+	OnSslRetM    *ebpf.Program `ebpf:"on_ssl_ret_m"`
 	OnSysRecv    *ebpf.Program `ebpf:"on_sys_recv"`
 	OnSysSend    *ebpf.Program `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
@@ -354,12 +348,10 @@ func (p *gpePrograms) Close() error {
 		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
-		p.OnSslRead,
-		p.OnSslReadEx,
+		p.OnSslEnter,
+		p.OnSslEnterM,
 		p.OnSslRet,
-		p.OnSslSetFd,
-		p.OnSslWrite,
-		p.OnSslWriteEx,
+		p.OnSslRetM,
 		p.OnSysRecv,
 		p.OnSysSend,
 		p.OnTcpDestroy,

@@ -71,8 +71,10 @@ type Probes struct {
 	once       sync.Once
 	filter     []byte // the kernel's tracked-process filter, mapped here (filterAdd)
 
-	tlsMu    sync.Mutex
-	tlsLinks map[uint32][]link.Link // the TLS uprobes of each process (tls.go)
+	tlsMu      sync.Mutex
+	tlsLinks   map[uint32][]link.Link // the TLS uprobes of each process (tls.go)
+	tlsClosing sync.WaitGroup         // DetachTLS's closes in the background
+	tlsMulti   bool                   // the TLS uprobes are uprobe_multi links (tls.go)
 
 	lastSweep time.Time // of the Unix connections (unixsweep.go)
 	synth     []Event   // ENDs of closed Unix connections, returned before the next record
@@ -113,8 +115,9 @@ func Load(cfg Config) (_ *Probes, err error) {
 	for _, h := range hooks {
 		keep[h.prog] = true
 	}
+	multi := cfg.TLS && haveUprobeMulti()
 	if cfg.TLS {
-		for _, name := range tlsPrograms() {
+		for _, name := range tlsPrograms(multi) {
 			keep[name] = true
 		}
 	}
@@ -123,7 +126,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 			delete(spec.Programs, name)
 		}
 	}
-	p := &Probes{cfg: cfg, hooks: mode, closed: make(chan struct{}), tlsLinks: map[uint32][]link.Link{}, burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
+	p := &Probes{cfg: cfg, hooks: mode, closed: make(chan struct{}), tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi, burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var verr *ebpf.VerifierError

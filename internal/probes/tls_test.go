@@ -31,22 +31,24 @@ func TestLibsslOf(t *testing.T) {
 	}
 }
 
-// TestTLSPrograms: every TLS probe names a program of the object, and each function traced
-// on return is traced on entry too (the return program reads what the entry one stored).
+// TestTLSPrograms: both program pairs are in the object, and every cookie names one function.
 func TestTLSPrograms(t *testing.T) {
 	spec, err := loadGpe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry := map[string]bool{}
-	for _, p := range tlsProbes {
-		if spec.Programs[p.prog] == nil {
-			t.Errorf("%s: no program %s in the object", p.symbol, p.prog)
+	for _, multi := range []bool{true, false} {
+		for _, name := range tlsPrograms(multi) {
+			if spec.Programs[name] == nil {
+				t.Errorf("no program %s in the object", name)
+			}
 		}
-		if !p.ret {
-			entry[p.symbol] = true
-		} else if !entry[p.symbol] {
-			t.Errorf("%s: a uretprobe without its uprobe before it", p.symbol)
+	}
+	seen := map[uint64]string{}
+	for _, f := range tlsFuncs {
+		if other, ok := seen[f.cookie]; ok || f.cookie == 0 {
+			t.Errorf("%s: cookie %d (also %q)", f.symbol, f.cookie, other)
 		}
+		seen[f.cookie] = f.symbol
 	}
 }
