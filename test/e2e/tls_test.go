@@ -455,3 +455,86 @@ func TestTLSReload(t *testing.T) {
 		t.Errorf("the new workers are counted %v requests, want at least %d", byNew, n)
 	}
 }
+
+// TestTLSContainer: a TLS Gunicorn in its own PID, mount and network namespaces whose libssl is
+// another file than the host's (a copy bind-mounted over the same path, visible only inside).
+// gpe-ebpf on the host must open the worker's library through /proc/PID/root to put the
+// uprobes on the inode the worker runs: the host's file at that path would never trap.
+func TestTLSContainer(t *testing.T) {
+	requireE2E(t)
+	n := newNetns(t)
+	cert, key, pool := selfSigned(t)
+	port := freePort(t)
+	const lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+	if _, err := os.Stat(lib); err != nil {
+		need(t, "the container test copies Debian's amd64 libssl", err)
+	}
+	dir := t.TempDir()
+	script := fmt.Sprintf("cp %s %s/libssl.so.3 && mount --bind %s/libssl.so.3 %s && "+
+		"exec ip netns exec %s gunicorn -w 2 -k sync -b 127.0.0.1:%d --certfile %s --keyfile %s --chdir %s app:app",
+		lib, dir, dir, lib, n.name, port, cert, key, appDir())
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script)
+	out := new(safeBuffer)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the container: %v", err)
+	}
+	var master int
+	t.Cleanup(func() {
+		if master != 0 {
+			syscall.Kill(master, syscall.SIGTERM)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("the container's output:\n%s", out.String())
+		}
+	})
+	waitFor(t, 30*time.Second, "the container's Gunicorn master and its 2 workers", func() bool {
+		kids := children(cmd.Process.Pid)
+		if len(kids) != 1 {
+			return false
+		}
+		master = kids[0]
+		return len(children(master)) == 2
+	})
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: n.dial,
+		TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+	base := fmt.Sprintf("https://127.0.0.1:%d", port)
+	waitFor(t, 20*time.Second, "the container's Gunicorn to answer HTTPS", func() bool {
+		st, _, err := fetch(client, base+"/", "", "")
+		return err == nil && st != 0
+	})
+	workers := children(master)
+	for _, w := range workers {
+		inside, err1 := os.Stat(fmt.Sprintf("/proc/%d/root%s", w, lib))
+		host, err2 := os.Stat(lib)
+		if err1 != nil || err2 != nil || os.SameFile(inside, host) {
+			t.Fatalf("worker %d's libssl is the host's file (%v, %v): the test would prove nothing", w, err1, err2)
+		}
+	}
+	p := startGPE(t, "--pid", strconv.Itoa(master))
+	p.waitTLSAttached(t, workers)
+	const nReq = 20
+	for i := 0; i < nReq; i++ {
+		if st, _, err := fetch(client, base+"/ok", "", ""); err != nil || st != 200 {
+			t.Fatalf("GET /ok in the container: %d, %v", st, err)
+		}
+	}
+	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, nReq)
+	if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": "/ok", "status": "200"}); got != nReq {
+		t.Errorf("/ok counted %v, want %d", got, nReq)
+	}
+	for _, w := range workers {
+		if anon, err := libsslAnon(w); err != nil || anon == 0 {
+			t.Errorf("worker %d: %d kB anonymous in its libssl code (%v), want the breakpoints' pages", w, anon, err)
+		}
+	}
+}
