@@ -41,7 +41,8 @@
  *
  * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
  * tracepoints); 5.17 in syscall mode (bpf_loop; bpf_task_pt_regs is 5.15, atomic fetch-and-add
- * and compare-and-swap 5.12). Tested on 6.18.
+ * and compare-and-swap 5.12). The TLS uprobes: uprobe_multi links from 6.6, else perf-event
+ * uprobes with attach cookies (5.15). Tested on 6.18.
  */
 #include "include/gpe_kernel.h"
 #include <bpf/bpf_helpers.h>
