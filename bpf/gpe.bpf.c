@@ -41,7 +41,7 @@
  *
  * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
  * tracepoints); 5.17 in syscall mode (bpf_loop; bpf_task_pt_regs is 5.15, atomic fetch-and-add
- * and compare-and-swap 5.12). The TLS uprobes: uprobe_multi links from 6.6, else perf-event
+ * and compare-and-swap 5.12). The TLS uprobes: uprobe_multi links from 6.10, else perf-event
  * uprobes with attach cookies (5.15). Tested on 6.18.
  */
 #include "include/gpe_kernel.h"
@@ -1337,10 +1337,11 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 }
 
 /*
- * The programs, twice: a uprobe_multi link (Linux 6.6+) attaches one program to all the
- * functions of a worker's libssl at once, and closes in one RCU grace period; a perf-event
- * uprobe (older kernels) is one link per function, and each takes its own grace period to
- * close (tls.go). The kernel wants a different attach type for each; the bodies are the same.
+ * The programs, twice: a uprobe_multi link (used from Linux 6.10, tls.go) attaches one
+ * program to all the functions of a worker's libssl at once, and closes in one RCU grace
+ * period; a perf-event uprobe (older kernels, --tls-uprobes perf) is one link per function,
+ * and each takes its own grace period to close. The kernel wants a different attach type for
+ * each; the bodies are the same.
  */
 SEC("uprobe.multi")
 int on_ssl_enter_m(struct pt_regs *ctx)

@@ -38,6 +38,9 @@ type Config struct {
 	// TLS loads the libssl uprobe programs (tls.go), which AttachTLS attaches to a worker, and
 	// makes the socket hooks skip the ciphertext of the connections they see the plaintext of.
 	TLS bool
+	// TLSPerfEvents attaches perf-event uprobes (nine a worker) even where the kernel has
+	// uprobe_multi links (two a worker; used from Linux 6.10, tls.go).
+	TLSPerfEvents bool
 }
 
 // DefaultConfig is what gpe-ebpf runs with. Wake-ups are batched by default: waking the reader
@@ -115,7 +118,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 	for _, h := range hooks {
 		keep[h.prog] = true
 	}
-	multi := cfg.TLS && haveUprobeMulti()
+	multi := cfg.TLS && !cfg.TLSPerfEvents && haveUprobeMulti()
 	if cfg.TLS {
 		for _, name := range tlsPrograms(multi) {
 			keep[name] = true

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // TLS: the plaintext of a worker's TLS connections, from uprobes on the libssl it has mapped
@@ -40,7 +41,8 @@ var tlsFuncs = []tlsFunc{
 }
 
 // tlsPrograms are the programs Load keeps when Config.TLS is on: the uprobe_multi pair where
-// the kernel has uprobe_multi links (Linux 6.6+), else the perf-event pair.
+// the kernel has uprobe_multi links that filter by process (haveUprobeMulti), else the
+// perf-event pair.
 func tlsPrograms(multi bool) []string {
 	if multi {
 		return []string{gpeProgOnSslEnterM, gpeProgOnSslRetM}
@@ -48,8 +50,26 @@ func tlsPrograms(multi bool) []string {
 	return []string{gpeProgOnSslEnter, gpeProgOnSslRet}
 }
 
-// haveUprobeMulti says whether the kernel has uprobe_multi links.
-func haveUprobeMulti() bool { return features.HaveBPFLinkUprobeMulti() == nil }
+// haveUprobeMulti says whether the kernel has uprobe_multi links whose PID filter takes in
+// every thread of the process: before Linux 6.10 (commit 46ba0e49b642, "bpf: fix multi-uprobe
+// PID filtering logic") it took only the thread the PID names, which would miss the calls of
+// a gthread worker's threads.
+func haveUprobeMulti() bool {
+	return kernelAtLeast(6, 10) && features.HaveBPFLinkUprobeMulti() == nil
+}
+
+// kernelAtLeast compares the running kernel's release with major.minor.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var maj, min int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &maj, &min); err != nil {
+		return false
+	}
+	return maj > major || maj == major && min >= minor
+}
 
 // TLSAttach is what AttachTLS did for one process.
 type TLSAttach struct {

@@ -3,6 +3,7 @@ package probes
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -35,9 +36,26 @@ func startHelper(t *testing.T, name string, args ...string) int {
 // TestAttachTLS: the uprobes go on the libssl a process has mapped (Debian's Python with its
 // ssl module imported, as a Gunicorn worker has), all nine of them, once; a process without
 // libssl gets none and no error; DetachTLS takes them off.
+// It runs with the uprobe_multi links where the kernel has them, and with perf-event uprobes.
 func TestAttachTLS(t *testing.T) {
-	p := loadMode(t, HooksSocket)
+	for _, perf := range []bool{false, true} {
+		t.Run(fmt.Sprintf("perf=%v", perf), func(t *testing.T) { testAttachTLS(t, perf) })
+	}
+}
+
+func testAttachTLS(t *testing.T, perf bool) {
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Hooks = HooksSocket
+	cfg.TLSPerfEvents = perf
+	p, err := Load(cfg)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
 	defer p.Close()
+	if perf && p.tlsMulti {
+		t.Fatal("TLSPerfEvents loaded the uprobe_multi programs")
+	}
 	py := startHelper(t, "/usr/bin/python3", "-c", "import ssl, sys, time; print('ready', flush=True); time.sleep(60)")
 	sh := startHelper(t, "/bin/sh", "-c", "echo ready; exec sleep 60")
 

@@ -258,14 +258,21 @@ func TestTLSPlainHTTPToTLSPort(t *testing.T) {
 // their libssl carries no breakpoint (its code pages are the file's: no anonymous copy, which a
 // breakpoint makes), and nothing of theirs is counted. The same counts grow for Gunicorn's
 // requests, so the check would see a leak.
+// It runs with the uprobe_multi links (auto, on this kernel) and with perf-event uprobes (perf).
 func TestTLSOtherProcess(t *testing.T) {
 	requireE2E(t)
 	for _, tool := range []string{"openssl", "curl"} {
 		_, err := exec.LookPath(tool)
 		need(t, "the other-process check runs "+tool+" (make deps)", err)
 	}
+	for _, mode := range []string{"auto", "perf"} {
+		t.Run(mode, func(t *testing.T) { testTLSOtherProcess(t, mode) })
+	}
+}
+
+func testTLSOtherProcess(t *testing.T, mode string) {
 	g := startTLSGunicorn(t, gunicornOpts{})
-	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	p := startGPE(t, "--pid", strconv.Itoa(g.PID), "--tls-uprobes", mode)
 	p.waitTLSAttached(t, g.Workers())
 
 	port := freePort(t)
@@ -536,5 +543,52 @@ func TestTLSContainer(t *testing.T) {
 		if anon, err := libsslAnon(w); err != nil || anon == 0 {
 			t.Errorf("worker %d: %d kB anonymous in its libssl code (%v), want the breakpoints' pages", w, anon, err)
 		}
+	}
+}
+
+// TestTLSPerfEvents: --tls-uprobes perf (the perf-event uprobes that kernels before 6.10 get)
+// measures sync and gthread workers (their threads included) as exactly as the uprobe_multi
+// links: counts, endpoints and statuses equal the clients' record and the access log.
+func TestTLSPerfEvents(t *testing.T) {
+	requireE2E(t)
+	_, err := exec.LookPath("hey")
+	need(t, "this test drives load with hey (make deps)", err)
+	for _, wc := range workerClasses {
+		if wc.name != "sync" && wc.name != "gthread" {
+			continue
+		}
+		t.Run(wc.name, func(t *testing.T) {
+			g := startTLSGunicorn(t, gunicornOpts{WorkerClass: wc.class, Args: wc.args})
+			p := startGPE(t, "--pid", strconv.Itoa(g.PID), "--tls-uprobes", "perf")
+			for pid, a := range p.waitTLSAttached(t, g.Workers()) {
+				if a.probes != 9 {
+					t.Errorf("worker %d: %d perf-event uprobes, want 9", pid, a.probes)
+				}
+			}
+			dir := t.TempDir()
+			var all []response
+			// hey sends n/c requests per connection: n is a multiple of c.
+			for _, l := range []load{{path: "/ok", n: 320, c: 8, keepAlive: true}, {path: "/missing", n: 96, c: 8}, {path: "/status/503", n: 48, c: 4, keepAlive: true}} {
+				rs := runHey(t, g.Base, l, dir)
+				if len(rs) != l.n {
+					t.Fatalf("%s: %d responses of %d", l.path, len(rs), l.n)
+				}
+				all = append(all, rs...)
+			}
+			entries := accessLogSettled(t, g.gunicorn, len(all))
+			ms := p.settle(t, "gunicorn_worker_requests_total", nil, float64(len(all)))
+			if got := ms.sum("gunicorn_worker_requests_total", nil); got != float64(len(all)) || len(entries) != len(all) {
+				t.Errorf("requests_total = %v, the clients saw %d, the access log has %d", got, len(all), len(entries))
+			}
+			for _, want := range []struct {
+				endpoint string
+				status   string
+				n        float64
+			}{{"/ok", "200", 320}, {"/missing", "404", 96}, {"/status/{id}", "503", 48}} {
+				if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": want.endpoint, "status": want.status}); got != want.n {
+					t.Errorf("%s %s: %v, want %v", want.endpoint, want.status, got, want.n)
+				}
+			}
+		})
 	}
 }
