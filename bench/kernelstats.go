@@ -80,7 +80,7 @@ func (s *session) kernelTimeRun(ctx context.Context, g *gunicorn, mode string, i
 	if err != nil {
 		return r, err
 	}
-	if r.Wrk, err = runWrk(ctx, g.url("/ok"), s.o.wrkThreads, s.o.wrkConns, s.o.run, ""); err != nil {
+	if r.Wrk, err = s.runLoad(ctx, g.url("/ok")); err != nil {
 		return r, err
 	}
 	n1, t1, err := programStats(pid)

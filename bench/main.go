@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,8 @@ type options struct {
 	maxEndp    int
 	scrapes    int
 	budget     time.Duration
+	tlsPairs   int
+	phases     string
 }
 
 func main() {
@@ -58,6 +61,8 @@ func main() {
 	flag.IntVar(&o.maxEndp, "max-endpoints", 200, "gpe-ebpf --max-endpoints in the memory run")
 	flag.IntVar(&o.scrapes, "scrapes", 200, "scrapes timed")
 	flag.DurationVar(&o.budget, "budget", 12*time.Minute, "the whole benchmark stops starting work after this")
+	flag.IntVar(&o.tlsPairs, "tls-pairs", 5, "rounds of the HTTPS comparison (tls phase)")
+	flag.StringVar(&o.phases, "phases", "all", "phases to run, comma-separated: throughput,kernel,others,tls,memory (all: every one)")
 	flag.Parse()
 	if err := bench(o); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -76,8 +81,10 @@ type session struct {
 	deadline time.Time
 	res      *results
 
-	gunicorns   []*gunicorn
-	observers   []*observer
+	gunicorns []*gunicorn
+	observers []*observer
+	// load drives the throughput and kernel-time runs: wrk, or hey in the tls phase (tls.go).
+	load        func(ctx context.Context, url string, conns int, d time.Duration) (wrkResult, error)
 	ready, took []float64 // start-up of every observer: exec → /metrics, and its own log figure
 }
 
@@ -90,8 +97,8 @@ func (s *session) cleanup() {
 	}
 }
 
-func (s *session) gunicorn(workers int) (*gunicorn, error) {
-	g, err := startGunicorn(s.root, workers)
+func (s *session) gunicorn(workers int, extra ...string) (*gunicorn, error) {
+	g, err := startGunicorn(s.root, workers, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +190,7 @@ func bench(o options) error {
 			"dd_bytes": fmt.Sprint(o.ddBytes), "ping_pongs": fmt.Sprint(o.pingPongs),
 			"mem_requests": fmt.Sprint(o.memReqs), "mem_workers": fmt.Sprint(o.memWorkers),
 			"paths": fmt.Sprint(o.paths), "max_endpoints": fmt.Sprint(o.maxEndp), "scrapes": fmt.Sprint(o.scrapes),
+			"tls_pairs": fmt.Sprint(o.tlsPairs), "phases": o.phases,
 		},
 		LoadAvgs: []string{loadAvg()},
 	}
@@ -202,27 +210,43 @@ func bench(o options) error {
 	}
 
 	// Throughput, kernel time and the cost to other processes share one 2-worker Gunicorn.
-	g, err := s.gunicorn(2)
-	if err != nil {
-		return err
+	if s.runs("throughput") || s.runs("kernel") || s.runs("others") {
+		g, err := s.gunicorn(2)
+		if err != nil {
+			return err
+		}
+		if s.runs("throughput") {
+			if err := s.throughputPhase(ctx, g); err != nil {
+				return err
+			}
+		}
+		if s.runs("kernel") {
+			if err := s.kernelTimePhase(ctx, g); err != nil {
+				return err
+			}
+		}
+		if s.runs("others") {
+			if err := s.othersPhase(ctx, g); err != nil {
+				return err
+			}
+		}
+		g.stop()
+		s.gunicorns = nil
 	}
-	if err := s.throughputPhase(ctx, g); err != nil {
-		return err
+	if s.runs("tls") {
+		if err := s.tlsPhase(ctx); err != nil {
+			return err
+		}
+		s.gunicorns = nil
 	}
-	if err := s.kernelTimePhase(ctx, g); err != nil {
-		return err
-	}
-	if err := s.othersPhase(ctx, g); err != nil {
-		return err
-	}
-	g.stop()
-	s.gunicorns = nil
 
-	ob, body, err := s.memoryPhase(ctx)
-	if err != nil {
-		return err
+	if s.runs("memory") {
+		ob, body, err := s.memoryPhase(ctx)
+		if err != nil {
+			return err
+		}
+		s.scrapePhase(ctx, ob, body)
 	}
-	s.scrapePhase(ctx, ob, body)
 	s.cleanup()
 	s.gunicorns, s.observers = nil, nil
 	s.res.add(
@@ -230,6 +254,11 @@ func bench(o options) error {
 		newFigure("start-up: the 'attached ... took=' log line", "ms", s.took, "", nil),
 	)
 	return s.write(start)
+}
+
+// runs says whether -phases asks for phase.
+func (s *session) runs(phase string) bool {
+	return s.o.phases == "all" || slices.Contains(strings.Split(s.o.phases, ","), phase)
 }
 
 // write prints the table and writes the JSON.

@@ -24,3 +24,27 @@ func TestParseWrk(t *testing.T) {
 		})
 	}
 }
+
+// TestParseHey: hey's summary, as the tls phase reads it.
+func TestParseHey(t *testing.T) {
+	out := `
+Summary:
+  Total:	2.0031 secs
+  Slowest:	0.0411 secs
+  Requests/sec:	611.5399
+
+Status code distribution:
+  [200]	1220 responses
+  [503]	5 responses
+
+Error distribution:
+  [3]	Get "https://127.0.0.1:1/ok": EOF
+`
+	r, err := parseHey(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests != 1225 || r.Non2xx != 5 || r.SocketErrors != 3 || r.Seconds != 2.0031 {
+		t.Errorf("parseHey = %+v", r)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,20 +37,26 @@ func freePort() (int, error) {
 
 // gunicorn is a Gunicorn master we started, sync workers, test/app on loopback.
 type gunicorn struct {
-	cmd  *exec.Cmd
-	port int
-	log  *bytes.Buffer
+	cmd    *exec.Cmd
+	port   int
+	log    *bytes.Buffer
+	scheme string // https when extra gave it a --certfile
 }
 
-func startGunicorn(root string, workers int) (*gunicorn, error) {
+// startGunicorn starts it with extra flags (--certfile and --keyfile: it serves HTTPS).
+func startGunicorn(root string, workers int, extra ...string) (*gunicorn, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	g := &gunicorn{port: port, log: &bytes.Buffer{}}
-	g.cmd = exec.Command("gunicorn", "--workers", strconv.Itoa(workers), "--worker-class", "sync",
+	g := &gunicorn{port: port, log: &bytes.Buffer{}, scheme: "http"}
+	if slices.Contains(extra, "--certfile") {
+		g.scheme = "https"
+	}
+	args := []string{"--workers", strconv.Itoa(workers), "--worker-class", "sync",
 		"--bind", fmt.Sprintf("127.0.0.1:%d", port), "--chdir", filepath.Join(root, "test", "app"),
-		"--log-level", "warning", "--backlog", "2048", "app:app")
+		"--log-level", "warning", "--backlog", "2048"}
+	g.cmd = exec.Command("gunicorn", append(append(args, extra...), "app:app")...)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := g.cmd.Start(); err != nil {
@@ -65,8 +73,10 @@ func startGunicorn(root string, workers int) (*gunicorn, error) {
 	return nil, fmt.Errorf("gunicorn with %d workers not ready after 60s: %s", workers, g.log.String())
 }
 
-func (g *gunicorn) pid() int               { return g.cmd.Process.Pid }
-func (g *gunicorn) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", g.port, path) }
+func (g *gunicorn) pid() int { return g.cmd.Process.Pid }
+func (g *gunicorn) url(path string) string {
+	return fmt.Sprintf("%s://127.0.0.1:%d%s", g.scheme, g.port, path)
+}
 
 func (g *gunicorn) stop() {
 	if g == nil || g.cmd.Process == nil {
@@ -99,7 +109,8 @@ func children(pid int) []int {
 }
 
 func httpOK(url string) bool {
-	c := http.Client{Timeout: time.Second}
+	// The tls phase's Gunicorn has a self-signed certificate the bench just made.
+	c := http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	resp, err := c.Get(url)
 	if err != nil {
 		return false

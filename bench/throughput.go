@@ -104,7 +104,6 @@ func (s *session) throughputPhase(ctx context.Context, g *gunicorn) error {
 // throughputRun is one wrk run of an arm: unobserved, with empty programs on the hooks
 // (emptyArm), or with a gpe-ebpf started for it in that hook mode (and stopped after).
 func (s *session) throughputRun(ctx context.Context, g *gunicorn, workers []int, arm string, pair int) (run, error) {
-	o := s.o
 	r := run{Phase: "throughput", Arm: arm, Pair: pair}
 	var err error
 	if arm == "off" || arm == "off-again" || arm == emptyArm {
@@ -116,7 +115,7 @@ func (s *session) throughputRun(ctx context.Context, g *gunicorn, workers []int,
 			defer undo()
 		}
 		w0 := onCPU(workers...)
-		if r.Wrk, err = runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.run, ""); err != nil {
+		if r.Wrk, err = s.runLoad(ctx, g.url("/ok")); err != nil {
 			return r, err
 		}
 		r.setCPU(onCPU(workers...) - w0)
@@ -136,7 +135,7 @@ func (s *session) throughputRun(ctx context.Context, g *gunicorn, workers []int,
 	t0, _ := cpuTicks(r.ObserverPID)
 	s0 := onCPU(r.ObserverPID)
 	w0 := onCPU(workers...)
-	if r.Wrk, err = runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.run, ""); err != nil {
+	if r.Wrk, err = s.runLoad(ctx, g.url("/ok")); err != nil {
 		return r, err
 	}
 	r.setCPU(onCPU(workers...) - w0)

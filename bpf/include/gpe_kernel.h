@@ -78,6 +78,8 @@ struct tcp_sock {
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
 	unsigned long r10;
+	unsigned long ax; /* a uretprobe's return value */
+	unsigned long cx; /* a uprobe's fourth argument (the user ABI; a syscall's is r10) */
 	unsigned long dx;
 	unsigned long si;
 	unsigned long di;
@@ -88,6 +90,11 @@ struct pt_regs {
 #define GPE_SYSCALL_ARG1(r) BPF_CORE_READ(r, si)
 #define GPE_SYSCALL_ARG2(r) BPF_CORE_READ(r, dx)
 #define GPE_SYSCALL_ARG3(r) BPF_CORE_READ(r, r10)
+/* A uprobe's arguments (the user ABI) and a uretprobe's return value: ctx fields, relocated. */
+#define GPE_UPROBE_ARG0(r) ((r)->di)
+#define GPE_UPROBE_ARG1(r) ((r)->si)
+#define GPE_UPROBE_ARG3(r) ((r)->cx)
+#define GPE_UPROBE_RET(r) ((r)->ax)
 #elif defined(__TARGET_ARCH_arm64)
 struct user_pt_regs {
 	u64 regs[31];
@@ -101,6 +108,10 @@ struct pt_regs___gpe {
 #define GPE_SYSCALL_ARG1(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[1])
 #define GPE_SYSCALL_ARG2(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[2])
 #define GPE_SYSCALL_ARG3(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[3])
+#define GPE_UPROBE_ARG0(r) (((struct user_pt_regs *)(r))->regs[0])
+#define GPE_UPROBE_ARG1(r) (((struct user_pt_regs *)(r))->regs[1])
+#define GPE_UPROBE_ARG3(r) (((struct user_pt_regs *)(r))->regs[3])
+#define GPE_UPROBE_RET(r) (((struct user_pt_regs *)(r))->regs[0])
 #else
 #error "gpe-ebpf is built for amd64 and arm64 only"
 #endif

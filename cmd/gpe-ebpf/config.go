@@ -107,7 +107,7 @@ var flagGroups = []struct {
 	{"Metrics endpoint", []string{"metrics-port", "bind-address", "metrics-path", "tls-cert-file", "tls-key-file", "web.config.file"}},
 	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "ignore-route", "sample-interval", "multiproc-dir"}},
 	{"Redis forwarding", []string{"redis-enabled", "redis-host", "redis-port", "redis-db", "redis-password", "redis-key-prefix", "redis-forward-interval", "redis-instance"}},
-	{"Kernel side", []string{"hooks", "queue-wait", "ring-buffer-size", "wakeup-bytes"}},
+	{"Kernel side", []string{"hooks", "queue-wait", "tls-uprobes", "ring-buffer-size", "wakeup-bytes"}},
 	{"Logging and other", []string{"log-level", "log-format", "version", "help"}},
 }
 
@@ -143,6 +143,7 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 
 	fs.BoolVar(&cfg.Probes.QueueWait, "queue-wait", cfg.Probes.QueueWait, "time each TCP connection's wait in the accept queue (gunicorn_request_queue_seconds): a hook on every TCP state change of the host, about ten per connection")
 	fs.StringVar(&cfg.Probes.Hooks, "hooks", cfg.Probes.Hooks, "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), syscall (Linux 5.17+; every syscall on the host takes the slow path) or auto (socket where the kernel has it)")
+	fs.Var(tlsUprobes{&cfg.Probes}, "tls-uprobes", "auto: measure workers that serve TLS themselves (--certfile) through uprobes on the libssl each worker has mapped, scoped to the workers (uprobe_multi links on Linux 6.10+); perf: the same with perf-event uprobes on any kernel; off: none")
 	fs.Uint32Var(ringBytes, "ring-buffer-size", cfg.Probes.RingBufferBytes, "ring buffer size in bytes (a power of two, at least the page size)")
 	fs.Uint64Var(&cfg.Probes.WakeupBytes, "wakeup-bytes", cfg.Probes.WakeupBytes, "batch ring-buffer wake-ups: > 0 drains the ring every 100ms (a record waits at most that long); 0 wakes the reader for every record")
 

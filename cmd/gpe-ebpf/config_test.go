@@ -147,3 +147,25 @@ func TestReady(t *testing.T) {
 		t.Error("not ready with a master")
 	}
 }
+
+// TestTLSUprobesFlag: --tls-uprobes turns the probes' TLS programs on (auto, the default, or
+// perf: perf-event uprobes) or off.
+func TestTLSUprobesFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		tls, perf bool
+	}{
+		{nil, true, false},
+		{[]string{"--tls-uprobes", "auto"}, true, false},
+		{[]string{"--tls-uprobes", "perf"}, true, true},
+		{[]string{"--tls-uprobes", "off"}, false, false},
+	} {
+		cfg, err := parseConfig(append([]string{"--pid", "1"}, tc.args...), env(), io.Discard)
+		if err != nil || cfg.Probes.TLS != tc.tls || cfg.Probes.TLSPerfEvents != tc.perf {
+			t.Errorf("%v: tls %v perf %v, %v; want %v %v", tc.args, cfg.Probes.TLS, cfg.Probes.TLSPerfEvents, err, tc.tls, tc.perf)
+		}
+	}
+	if _, err := parseConfig([]string{"--pid", "1", "--tls-uprobes", "kprobe"}, env(), io.Discard); err == nil {
+		t.Error("--tls-uprobes kprobe accepted")
+	}
+}

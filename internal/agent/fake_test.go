@@ -254,12 +254,18 @@ type running struct {
 // start builds, attaches and runs an agent; the test's cleanup stops it.
 func start(t *testing.T, cfg Config) *running {
 	t.Helper()
+	k := newFakeKernel()
+	return startOn(t, cfg, k, k)
+}
+
+// startOn is start with the kernel given: kernel is k, or a Kernel built around it.
+func startOn(t *testing.T, cfg Config, k *fakeKernel, kernel Kernel) *running {
+	t.Helper()
 	a, err := New(cfg, testLogger(t))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	k := newFakeKernel()
-	if err := a.Attach(k); err != nil {
+	if err := a.Attach(kernel); err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -35,6 +35,7 @@ func (a *Agent) attach(info proc.Info) error {
 	a.noteContainer(m)
 	for _, w := range pids {
 		a.noteContainer(w)
+		a.watchTLS(w, 0)
 	}
 	a.log.Info("attached to master", "master_pid", m, "app", proc.App(info.Cmdline), "workers", pids)
 	return nil
@@ -96,6 +97,7 @@ func (a *Agent) read() {
 		case ev.Kind == probes.KindExit && ev.ProcKind == probes.ProcMaster:
 			a.noteGone(ev.TGID)
 		case ev.Kind == probes.KindExec && ev.ProcKind == probes.ProcWorker:
+			a.unwatchTLS(ev.TGID)
 			a.noteContainer(ev.TGID)
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
 		case ev.Kind == probes.KindSignal && ev.ProcKind == probes.ProcWorker:
@@ -103,8 +105,10 @@ func (a *Agent) read() {
 				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
 		case ev.Kind == probes.KindFork:
 			a.noteContainer(ev.TGID)
+			a.watchTLS(ev.TGID, ev.TS)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
 		case ev.Kind == probes.KindExit:
+			a.unwatchTLS(ev.TGID)
 			a.log.Debug("worker exited", "master_pid", ev.Master, "worker_pid", ev.TGID, "status", ev.Code)
 		}
 	}

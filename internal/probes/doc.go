@@ -7,4 +7,7 @@
 // The hook mode (Config.Hooks, hooks.go) is chosen here, once: the socket tracepoints where the
 // kernel has them (6.3+), else the syscall tracepoints (5.17+). Only that mode's programs are
 // loaded, and both produce the same records, so nothing above this package knows which ran.
+//
+// TLS (tls.go): with Config.TLS, AttachTLS puts uprobes on the libssl a worker has mapped,
+// scoped to that worker, and its plaintext goes through the same request records.
 package probes

@@ -105,6 +105,31 @@ type gpeSlot struct {
 	C  gpeConn
 }
 
+type gpeTlsCall struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Buf  uint64
+	Lenp uint64
+	Sk   uint64
+	Fd   uint32
+	Op   uint16
+	Ex   uint16
+}
+
+type gpeTlsConn struct {
+	_   structs.HostLayout
+	Sk  uint64
+	Fd  uint32
+	Pad uint32
+}
+
+type gpeTlsKey struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -118,6 +143,9 @@ const (
 	gpeMapProcs           = "procs"
 	gpeMapScratch         = "scratch"
 	gpeMapSlots           = "slots"
+	gpeMapTlsCalls        = "tls_calls"
+	gpeMapTlsSocks        = "tls_socks"
+	gpeMapTlsSsl          = "tls_ssl"
 	gpeProgOnExec         = "on_exec"
 	gpeProgOnExit         = "on_exit"
 	gpeProgOnFork         = "on_fork"
@@ -125,6 +153,10 @@ const (
 	gpeProgOnSignal       = "on_signal"
 	gpeProgOnSockRecv     = "on_sock_recv"
 	gpeProgOnSockSend     = "on_sock_send"
+	gpeProgOnSslEnter     = "on_ssl_enter"
+	gpeProgOnSslEnterM    = "on_ssl_enter_m"
+	gpeProgOnSslRet       = "on_ssl_ret"
+	gpeProgOnSslRetM      = "on_ssl_ret_m"
 	gpeProgOnSysRecv      = "on_sys_recv"
 	gpeProgOnSysSend      = "on_sys_send"
 	gpeProgOnTcpDestroy   = "on_tcp_destroy"
@@ -132,6 +164,9 @@ const (
 	gpeVarNextSeq         = "next_seq"
 	gpeVarQueueWait       = "queue_wait"
 	gpeVarTcpInConns      = "tcp_in_conns"
+	gpeVarTlsInCalls      = "tls_in_calls"
+	gpeVarTlsOn           = "tls_on"
+	gpeVarTlsSocksN       = "tls_socks_n"
 	gpeVarUnusedProcEvent = "unused_proc_event"
 	gpeVarUnusedReqStart  = "unused_req_start"
 	gpeVarWakeupBytes     = "wakeup_bytes"
@@ -186,6 +221,10 @@ type gpeProgramSpecs struct {
 	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnSslEnter   *ebpf.ProgramSpec `ebpf:"on_ssl_enter"`
+	OnSslEnterM  *ebpf.ProgramSpec `ebpf:"on_ssl_enter_m"`
+	OnSslRet     *ebpf.ProgramSpec `ebpf:"on_ssl_ret"`
+	OnSslRetM    *ebpf.ProgramSpec `ebpf:"on_ssl_ret_m"`
 	OnSysRecv    *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
 	OnSysSend    *ebpf.ProgramSpec `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
@@ -205,6 +244,9 @@ type gpeMapSpecs struct {
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
+	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
+	TlsSocks    *ebpf.MapSpec `ebpf:"tls_socks"`
+	TlsSsl      *ebpf.MapSpec `ebpf:"tls_ssl"`
 }
 
 // gpeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -214,6 +256,9 @@ type gpeVariableSpecs struct {
 	NextSeq         *ebpf.VariableSpec `ebpf:"next_seq"`
 	QueueWait       *ebpf.VariableSpec `ebpf:"queue_wait"`
 	TcpInConns      *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
+	TlsInCalls      *ebpf.VariableSpec `ebpf:"tls_in_calls"`
+	TlsOn           *ebpf.VariableSpec `ebpf:"tls_on"`
+	TlsSocksN       *ebpf.VariableSpec `ebpf:"tls_socks_n"`
 	UnusedProcEvent *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.VariableSpec `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -248,6 +293,9 @@ type gpeMaps struct {
 	Procs       *ebpf.Map `ebpf:"procs"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Slots       *ebpf.Map `ebpf:"slots"`
+	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
+	TlsSocks    *ebpf.Map `ebpf:"tls_socks"`
+	TlsSsl      *ebpf.Map `ebpf:"tls_ssl"`
 }
 
 func (m *gpeMaps) Close() error {
@@ -261,6 +309,9 @@ func (m *gpeMaps) Close() error {
 		m.Procs,
 		m.Scratch,
 		m.Slots,
+		m.TlsCalls,
+		m.TlsSocks,
+		m.TlsSsl,
 	)
 }
 
@@ -271,6 +322,9 @@ type gpeVariables struct {
 	NextSeq         *ebpf.Variable `ebpf:"next_seq"`
 	QueueWait       *ebpf.Variable `ebpf:"queue_wait"`
 	TcpInConns      *ebpf.Variable `ebpf:"tcp_in_conns"`
+	TlsInCalls      *ebpf.Variable `ebpf:"tls_in_calls"`
+	TlsOn           *ebpf.Variable `ebpf:"tls_on"`
+	TlsSocksN       *ebpf.Variable `ebpf:"tls_socks_n"`
 	UnusedProcEvent *ebpf.Variable `ebpf:"unused_proc_event"`
 	UnusedReqStart  *ebpf.Variable `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -287,6 +341,10 @@ type gpePrograms struct {
 	OnSignal     *ebpf.Program `ebpf:"on_signal"`
 	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
 	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
+	OnSslEnter   *ebpf.Program `ebpf:"on_ssl_enter"`
+	OnSslEnterM  *ebpf.Program `ebpf:"on_ssl_enter_m"`
+	OnSslRet     *ebpf.Program `ebpf:"on_ssl_ret"`
+	OnSslRetM    *ebpf.Program `ebpf:"on_ssl_ret_m"`
 	OnSysRecv    *ebpf.Program `ebpf:"on_sys_recv"`
 	OnSysSend    *ebpf.Program `ebpf:"on_sys_send"`
 	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
@@ -302,6 +360,10 @@ func (p *gpePrograms) Close() error {
 		p.OnSignal,
 		p.OnSockRecv,
 		p.OnSockSend,
+		p.OnSslEnter,
+		p.OnSslEnterM,
+		p.OnSslRet,
+		p.OnSslRetM,
 		p.OnSysRecv,
 		p.OnSysSend,
 		p.OnTcpDestroy,

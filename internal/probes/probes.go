@@ -35,6 +35,12 @@ type Config struct {
 	// (gunicorn_request_queue_seconds): it runs on every TCP state change of the host, about
 	// ten a connection. Off, that histogram stays empty.
 	QueueWait bool
+	// TLS loads the libssl uprobe programs (tls.go), which AttachTLS attaches to a worker, and
+	// makes the socket hooks skip the ciphertext of the connections they see the plaintext of.
+	TLS bool
+	// TLSPerfEvents attaches perf-event uprobes (nine a worker) even where the kernel has
+	// uprobe_multi links (two a worker; used from Linux 6.10, tls.go).
+	TLSPerfEvents bool
 }
 
 // DefaultConfig is what gpe-ebpf runs with. Wake-ups are batched by default: waking the reader
@@ -44,7 +50,7 @@ type Config struct {
 // ≈ 180 µs around a 2 ms drain), whatever it reads: 100 ms instead of 50 took the observer's CPU
 // per request at saturation from 1.5 to 1.2 µs, and halved its cost when idle.
 func DefaultConfig() Config {
-	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true}
+	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true, TLS: true}
 }
 
 // ErrClosed is returned by Read once Close has been called.
@@ -67,6 +73,11 @@ type Probes struct {
 	burstBytes uint64        // a drain of this many bytes (a quarter of the ring) is a burst
 	once       sync.Once
 	filter     []byte // the kernel's tracked-process filter, mapped here (filterAdd)
+
+	tlsMu      sync.Mutex
+	tlsLinks   map[uint32][]link.Link // the TLS uprobes of each process (tls.go)
+	tlsClosing sync.WaitGroup         // DetachTLS's closes in the background
+	tlsMulti   bool                   // the TLS uprobes are uprobe_multi links (tls.go)
 
 	lastSweep time.Time // of the Unix connections (unixsweep.go)
 	synth     []Event   // ENDs of closed Unix connections, returned before the next record
@@ -94,14 +105,13 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err := spec.Variables["wakeup_bytes"].Set(cfg.WakeupBytes); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
+	if err := spec.Variables["tls_on"].Set(boolU32(cfg.TLS)); err != nil {
+		return nil, fmt.Errorf("set tls_on: %w", err)
+	}
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
 	// kernel does not have); every map serves both.
 	hooks := hooksOf(mode)
-	queueWait := uint32(0)
-	if cfg.QueueWait {
-		queueWait = 1
-	}
-	if err := spec.Variables["queue_wait"].Set(queueWait); err != nil {
+	if err := spec.Variables["queue_wait"].Set(boolU32(cfg.QueueWait)); err != nil {
 		return nil, fmt.Errorf("set queue_wait: %w", err)
 	}
 	// One of the two TCP hooks sees a connection's end: on_tcp_state (every TCP state change,
@@ -115,12 +125,18 @@ func Load(cfg Config) (_ *Probes, err error) {
 	for _, h := range hooks {
 		keep[h.prog] = true
 	}
+	multi := cfg.TLS && !cfg.TLSPerfEvents && haveUprobeMulti()
+	if cfg.TLS {
+		for _, name := range tlsPrograms(multi) {
+			keep[name] = true
+		}
+	}
 	for name := range spec.Programs {
 		if !keep[name] {
 			delete(spec.Programs, name)
 		}
 	}
-	p := &Probes{cfg: cfg, hooks: mode, closed: make(chan struct{}), burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
+	p := &Probes{cfg: cfg, hooks: mode, closed: make(chan struct{}), tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi, burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var verr *ebpf.VerifierError
@@ -392,6 +408,7 @@ func (p *Probes) Close() error {
 	if p.reader != nil {
 		errs = append(errs, p.reader.Close())
 	}
+	errs = append(errs, p.closeTLS())
 	for _, l := range p.links {
 		errs = append(errs, l.Close())
 	}
@@ -406,4 +423,11 @@ func (p *Probes) Close() error {
 		p.coll = nil
 	}
 	return errors.Join(errs...)
+}
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -516,7 +516,9 @@ func testSlotTaken(t *testing.T, mode string) {
 // syscall of every task on the host on the kernel's slow path) and loads no syscall-mode
 // program; syscall mode attaches its five sys_exit tracepoints and loads no socket-mode
 // program. What is attached is read back from the kernel, through bpftool's list of this
-// process's tracepoint attachments, and the programs' names from their IDs.
+// process's tracepoint attachments, and the programs' names from their IDs. The TLS programs
+// (tls.go: the uprobe_multi pair where the kernel has it) are loaded in both modes, and
+// attached to nothing until AttachTLS names a worker.
 func TestHookModeAttachments(t *testing.T) {
 	want := map[string]struct{ tracepoints, raw, progs []string }{
 		HooksSocket: {
@@ -554,8 +556,10 @@ func TestHookModeAttachments(t *testing.T) {
 			progs = append(progs, info.Name)
 		}
 		sort.Strings(progs)
-		if got := strings.Join(progs, " "); got != strings.Join(want[mode].progs, " ") {
-			t.Errorf("programs loaded: %s, want %s", got, strings.Join(want[mode].progs, " "))
+		wantProgs := append(slices.Clone(want[mode].progs), tlsPrograms(haveUprobeMulti())...)
+		sort.Strings(wantProgs)
+		if got := strings.Join(progs, " "); got != strings.Join(wantProgs, " ") {
+			t.Errorf("programs loaded: %s, want %s", got, strings.Join(wantProgs, " "))
 		}
 	})
 }

@@ -124,6 +124,12 @@ func TestWorkerClasses(t *testing.T) {
 func testWorkerClass(t *testing.T, wc workerClass) {
 	g := startGunicorn(t, gunicornOpts{WorkerClass: wc.class, App: wc.app, Args: wc.args})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	checkWorkerClass(t, g, p, wc, g.URL())
+}
+
+// checkWorkerClass drives loadPlan against base, the URL of Gunicorn g (http:// or https://),
+// and checks what gpe-ebpf p counted against the clients' record and the access log.
+func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base string) {
 	dir := t.TempDir()
 
 	sent := map[string]int{}
@@ -131,7 +137,7 @@ func testWorkerClass(t *testing.T, wc workerClass) {
 	latency := map[string]float64{}
 	var all []response
 	for _, l := range loadPlan {
-		rs := runHey(t, g.URL(), l, dir)
+		rs := runHey(t, base, l, dir)
 		ep := endpointOf(l.path)
 		sent[ep] += l.n
 		if byStatus[ep] == nil {
