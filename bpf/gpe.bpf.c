@@ -236,6 +236,14 @@ struct {
 	__type(value, __u64);
 } established SEC(".maps");
 
+/* Where adopt builds a new connection's entry (per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct conn);
+} fresh_conn SEC(".maps");
+
 /* TCP connections put in conns (an upper bound: LRU evictions are not counted down). While it
  * is 0, a TCP socket's end needs no hash lookup. */
 __u64 tcp_in_conns = 0;
@@ -503,8 +511,8 @@ static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct
 }
 
 /*
- * A START or LINE record is built here, per CPU: the first bytes of a read are copied into
- * entry 0's line and cut there; an END is built in entry 1 from the connection's state (its
+ * Records are built here, per CPU: the first bytes of a read are copied into entry 0's line
+ * and cut there (a LINE piece is sent from it); an END is built in entry 1 from the connection's state (its
  * line included), and only the header and the kept bytes go into the ring (send_line), so
  * "GET /ok" takes 80 bytes of it, not 328.
  */
@@ -944,22 +952,42 @@ static __always_inline void take(struct conn_key *k, struct conn *c, __u64 buf, 
 static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 hash, int tcp,
 				  __u64 buf, __s64 n, __u64 now, struct proc_info *pi)
 {
-	struct conn fresh = {.owner = *k};
+	/* The new entry is built in a per-CPU map value, not on the stack: with its line it is
+	 * 328 bytes, and a program's stack with a callback's (the cut) is at most 512. */
+	__u32 zero = 0;
+	struct conn *fresh = bpf_map_lookup_elem(&fresh_conn, &zero);
+	if (!fresh)
+		return;
+	fresh->owner = *k;
+	fresh->start_ns = 0;
+	fresh->last_write_ns = 0;
+	fresh->bytes_in = 0;
+	fresh->bytes_out = 0;
+	fresh->seq = 0;
+	fresh->status = 0;
+	fresh->state = CONN_IDLE;
+	fresh->phase = 0;
+	fresh->line_len = 0;
+	fresh->flags = 0;
+	fresh->unix_sock = 0;
+	fresh->ino = 0;
+	fresh->est_ns = 0;
+	fresh->head_len = 0;
 	struct conn *c;
 	if (!tcp) {
-		fresh.unix_sock = 1;
-		fresh.ino = unix_ino(sk);
+		fresh->unix_sock = 1;
+		fresh->ino = unix_ino(sk);
 		__u64 key = (__u64)sk;
-		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+		bpf_map_update_elem(&conns, &key, fresh, BPF_ANY);
 		c = bpf_map_lookup_elem(&conns, &key);
 	} else {
 		__u64 key = (__u64)sk;
 		__u64 *est = queue_wait ? bpf_map_lookup_elem(&established, &key) : 0;
 		if (est) {
-			fresh.est_ns = *est;
+			fresh->est_ns = *est;
 			bpf_map_delete_elem(&established, &key);
 		}
-		c = new_tcp(sk, hash, &fresh);
+		c = new_tcp(sk, hash, fresh);
 	}
 	if (!c)
 		return;

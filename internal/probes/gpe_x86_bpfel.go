@@ -138,6 +138,7 @@ const (
 	gpeMapEstablished     = "established"
 	gpeMapEvents          = "events"
 	gpeMapFilter          = "filter"
+	gpeMapFreshConn       = "fresh_conn"
 	gpeMapListenPorts     = "listen_ports"
 	gpeMapLost            = "lost"
 	gpeMapProcs           = "procs"
@@ -239,6 +240,7 @@ type gpeMapSpecs struct {
 	Established *ebpf.MapSpec `ebpf:"established"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Filter      *ebpf.MapSpec `ebpf:"filter"`
+	FreshConn   *ebpf.MapSpec `ebpf:"fresh_conn"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
@@ -288,6 +290,7 @@ type gpeMaps struct {
 	Established *ebpf.Map `ebpf:"established"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Filter      *ebpf.Map `ebpf:"filter"`
+	FreshConn   *ebpf.Map `ebpf:"fresh_conn"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Lost        *ebpf.Map `ebpf:"lost"`
 	Procs       *ebpf.Map `ebpf:"procs"`
@@ -304,6 +307,7 @@ func (m *gpeMaps) Close() error {
 		m.Established,
 		m.Events,
 		m.Filter,
+		m.FreshConn,
 		m.ListenPorts,
 		m.Lost,
 		m.Procs,
