@@ -656,15 +656,7 @@ func TestProgramStats(t *testing.T) {
 // TestQueueWaitOff: without QueueWait (--queue-wait=false) the hook on every TCP state change
 // of the host is neither loaded nor attached, and tcp_destroy_sock ends TCP requests instead.
 func TestQueueWaitOff(t *testing.T) {
-	requireRoot(t)
-	cfg := DefaultConfig()
-	cfg.Hooks = HooksSocket
-	cfg.QueueWait = false
-	p, err := Load(cfg)
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer p.Close()
+	p := loadSocketWith(t, func(c *Config) { c.QueueWait = false })
 	_, raw := perfList(t)
 	if slices.Contains(raw, "inet_sock_set_state") {
 		t.Errorf("inet_sock_set_state attached with QueueWait off: %v", raw)
@@ -869,4 +861,20 @@ func TestQueueWaitStamp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadSocketWith loads the probes in socket mode with the defaults as tweak changes them;
+// the test's cleanup closes them.
+func loadSocketWith(t *testing.T, tweak func(*Config)) *Probes {
+	t.Helper()
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Hooks = HooksSocket
+	tweak(&cfg)
+	p, err := Load(cfg)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
 }

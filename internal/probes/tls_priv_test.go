@@ -90,15 +90,7 @@ func testAttachTLS(t *testing.T, perf bool) {
 
 // TestTLSOff: with TLS off (--tls-uprobes off) no TLS program is loaded and AttachTLS says so.
 func TestTLSOff(t *testing.T) {
-	requireRoot(t)
-	cfg := DefaultConfig()
-	cfg.Hooks = HooksSocket
-	cfg.TLS = false
-	p, err := Load(cfg)
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer p.Close()
+	p := loadSocketWith(t, func(c *Config) { c.TLS = false })
 	if _, err := p.AttachTLS(1); !errors.Is(err, ErrTLSOff) {
 		t.Errorf("AttachTLS with TLS off: %v, want ErrTLSOff", err)
 	}
