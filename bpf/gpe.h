@@ -3,7 +3,9 @@
  * Records shared between gpe.bpf.c and internal/probes (bpf2go turns them into Go types).
  * Every field is naturally aligned and padding is explicit (the file compiles with -Wpadded),
  * so the Go structs bpf2go writes line up byte for byte. Each record starts with the same
- * 16-byte header so the reader can switch on `kind` before decoding the rest.
+ * 16-byte header so the reader can switch on `kind` before decoding the rest. The enums are
+ * generated into Go too (bpf2go -type, gen.go): internal/probes checks that the Go constants
+ * (internal/probes/layout_test.go) have their values.
  */
 #ifndef GPE_H
 #define GPE_H
@@ -23,9 +25,11 @@ enum gpe_event_kind {
 	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces, before its END */
 };
 
-/* gpe_req_event.flags */
-#define GPE_FLAG_TLS 1         /* the connection carries TLS: nothing was parsed */
-#define GPE_FLAG_CLIENT_GONE 2 /* the client had closed its side when the status line was written */
+/* gpe_req_event.flags: bits. */
+enum gpe_req_flag {
+	GPE_FLAG_TLS = 1,         /* the connection carries TLS: nothing was parsed */
+	GPE_FLAG_CLIENT_GONE = 2, /* the client had closed its side when the status line was written */
+};
 
 enum gpe_proc_kind {
 	GPE_PROC_MASTER = 1,

@@ -38,10 +38,44 @@ type gpeConn struct {
 	Pad         [3]uint16
 }
 
+type gpeConnState uint32
+
+const (
+	gpeConnStateCONN_IDLE       gpeConnState = 0
+	gpeConnStateCONN_READING    gpeConnState = 1
+	gpeConnStateCONN_RESPONDING gpeConnState = 2
+	gpeConnStateCONN_TLS        gpeConnState = 3
+	gpeConnStateCONN_PROBATION  gpeConnState = 4
+)
+
 type gpeFilter struct {
 	_ structs.HostLayout
 	N [2048]uint32
 }
+
+type gpeGpeEndReason uint32
+
+const (
+	gpeGpeEndReasonGPE_END_NEXT     gpeGpeEndReason = 1
+	gpeGpeEndReasonGPE_END_CLOSE    gpeGpeEndReason = 2
+	gpeGpeEndReasonGPE_END_SHUTDOWN gpeGpeEndReason = 3
+	gpeGpeEndReasonGPE_END_REUSED   gpeGpeEndReason = 4
+	gpeGpeEndReasonGPE_END_PIPELINE gpeGpeEndReason = 5
+	gpeGpeEndReasonGPE_END_WAIT     gpeGpeEndReason = 6
+	gpeGpeEndReasonGPE_END_EXIT     gpeGpeEndReason = 7
+)
+
+type gpeGpeEventKind uint32
+
+const (
+	gpeGpeEventKindGPE_EV_FORK     gpeGpeEventKind = 1
+	gpeGpeEventKindGPE_EV_EXIT     gpeGpeEventKind = 2
+	gpeGpeEventKindGPE_EV_EXEC     gpeGpeEventKind = 3
+	gpeGpeEventKindGPE_EV_SIGNAL   gpeGpeEventKind = 4
+	gpeGpeEventKindGPE_EV_OOM      gpeGpeEventKind = 5
+	gpeGpeEventKindGPE_EV_REQ_END  gpeGpeEventKind = 8
+	gpeGpeEventKindGPE_EV_REQ_LINE gpeGpeEventKind = 9
+)
 
 type gpeGpeHdr struct {
 	_    structs.HostLayout
@@ -61,6 +95,13 @@ type gpeGpeProcEvent struct {
 	BusyNs    uint64
 }
 
+type gpeGpeProcKind uint32
+
+const (
+	gpeGpeProcKindGPE_PROC_MASTER gpeGpeProcKind = 1
+	gpeGpeProcKindGPE_PROC_WORKER gpeGpeProcKind = 2
+)
+
 type gpeGpeReqEvent struct {
 	_           structs.HostLayout
 	Hdr         gpeGpeHdr
@@ -77,6 +118,13 @@ type gpeGpeReqEvent struct {
 	LineLen     uint16
 	Pad         uint16
 }
+
+type gpeGpeReqFlag uint32
+
+const (
+	gpeGpeReqFlagGPE_FLAG_TLS         gpeGpeReqFlag = 1
+	gpeGpeReqFlagGPE_FLAG_CLIENT_GONE gpeGpeReqFlag = 2
+)
 
 type gpeGpeReqStart struct {
 	_    structs.HostLayout
@@ -168,7 +216,12 @@ const (
 	gpeVarTlsInCalls      = "tls_in_calls"
 	gpeVarTlsOn           = "tls_on"
 	gpeVarTlsSocksN       = "tls_socks_n"
+	gpeVarUnusedConnState = "unused_conn_state"
+	gpeVarUnusedEndReason = "unused_end_reason"
+	gpeVarUnusedEventKind = "unused_event_kind"
 	gpeVarUnusedProcEvent = "unused_proc_event"
+	gpeVarUnusedProcKind  = "unused_proc_kind"
+	gpeVarUnusedReqFlag   = "unused_req_flag"
 	gpeVarUnusedReqStart  = "unused_req_start"
 	gpeVarWakeupBytes     = "wakeup_bytes"
 )
@@ -261,7 +314,12 @@ type gpeVariableSpecs struct {
 	TlsInCalls      *ebpf.VariableSpec `ebpf:"tls_in_calls"`
 	TlsOn           *ebpf.VariableSpec `ebpf:"tls_on"`
 	TlsSocksN       *ebpf.VariableSpec `ebpf:"tls_socks_n"`
+	UnusedConnState *ebpf.VariableSpec `ebpf:"unused_conn_state"`
+	UnusedEndReason *ebpf.VariableSpec `ebpf:"unused_end_reason"`
+	UnusedEventKind *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedProcEvent *ebpf.VariableSpec `ebpf:"unused_proc_event"`
+	UnusedProcKind  *ebpf.VariableSpec `ebpf:"unused_proc_kind"`
+	UnusedReqFlag   *ebpf.VariableSpec `ebpf:"unused_req_flag"`
 	UnusedReqStart  *ebpf.VariableSpec `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -329,7 +387,12 @@ type gpeVariables struct {
 	TlsInCalls      *ebpf.Variable `ebpf:"tls_in_calls"`
 	TlsOn           *ebpf.Variable `ebpf:"tls_on"`
 	TlsSocksN       *ebpf.Variable `ebpf:"tls_socks_n"`
+	UnusedConnState *ebpf.Variable `ebpf:"unused_conn_state"`
+	UnusedEndReason *ebpf.Variable `ebpf:"unused_end_reason"`
+	UnusedEventKind *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedProcEvent *ebpf.Variable `ebpf:"unused_proc_event"`
+	UnusedProcKind  *ebpf.Variable `ebpf:"unused_proc_kind"`
+	UnusedReqFlag   *ebpf.Variable `ebpf:"unused_req_flag"`
 	UnusedReqStart  *ebpf.Variable `ebpf:"unused_req_start"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

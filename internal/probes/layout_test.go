@@ -31,3 +31,38 @@ func TestRecordLayout(t *testing.T) {
 		})
 	}
 }
+
+// The Go constants must have the values of the C enums, which bpf2go generated (-type).
+func TestEnumValues(t *testing.T) {
+	tests := []struct {
+		name      string
+		got, want uint64
+	}{
+		{"fork", uint64(KindFork), uint64(gpeGpeEventKindGPE_EV_FORK)},
+		{"exit", uint64(KindExit), uint64(gpeGpeEventKindGPE_EV_EXIT)},
+		{"exec", uint64(KindExec), uint64(gpeGpeEventKindGPE_EV_EXEC)},
+		{"signal", uint64(KindSignal), uint64(gpeGpeEventKindGPE_EV_SIGNAL)},
+		{"oom", uint64(KindOOM), uint64(gpeGpeEventKindGPE_EV_OOM)},
+		{"req_end", uint64(KindReqEnd), uint64(gpeGpeEventKindGPE_EV_REQ_END)},
+		{"req_line", uint64(KindReqLine), uint64(gpeGpeEventKindGPE_EV_REQ_LINE)},
+		{"master", uint64(ProcMaster), uint64(gpeGpeProcKindGPE_PROC_MASTER)},
+		{"worker", uint64(ProcWorker), uint64(gpeGpeProcKindGPE_PROC_WORKER)},
+		{"end_next", uint64(EndNext), uint64(gpeGpeEndReasonGPE_END_NEXT)},
+		{"end_close", uint64(EndClose), uint64(gpeGpeEndReasonGPE_END_CLOSE)},
+		{"end_shutdown", uint64(EndShutdown), uint64(gpeGpeEndReasonGPE_END_SHUTDOWN)},
+		{"end_reused", uint64(EndReused), uint64(gpeGpeEndReasonGPE_END_REUSED)},
+		{"end_pipeline", uint64(EndPipeline), uint64(gpeGpeEndReasonGPE_END_PIPELINE)},
+		{"end_wait", uint64(EndWait), uint64(gpeGpeEndReasonGPE_END_WAIT)},
+		{"end_exit", uint64(EndExit), uint64(gpeGpeEndReasonGPE_END_EXIT)},
+		{"flag_tls", uint64(FlagTLS), uint64(gpeGpeReqFlagGPE_FLAG_TLS)},
+		{"flag_client_gone", uint64(FlagClientGone), uint64(gpeGpeReqFlagGPE_FLAG_CLIENT_GONE)},
+		{"line_max", LineMax, uint64(len(gpeGpeReqStart{}.Line))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Fatalf("got %d, want %d", tt.got, tt.want)
+			}
+		})
+	}
+}
