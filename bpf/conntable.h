@@ -11,7 +11,7 @@
 /* The slot of a socket whose sk_hash is hash. */
 static __always_inline struct slot *slot_of(__u32 hash)
 {
-	__u32 i = hash & (GPE_CONN_SLOTS - 1);
+	__u32 i = hash & slot_mask;
 	return bpf_map_lookup_elem(&slots, &i);
 }
 

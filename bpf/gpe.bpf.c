@@ -90,3 +90,4 @@ const enum gpe_proc_kind *unused_proc_kind __attribute__((unused));
 const enum gpe_end_reason *unused_end_reason __attribute__((unused));
 const enum gpe_req_flag *unused_req_flag __attribute__((unused));
 const enum conn_state *unused_conn_state __attribute__((unused));
+const enum gpe_drop_reason *unused_drop_reason __attribute__((unused));

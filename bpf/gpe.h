@@ -12,7 +12,9 @@
 
 #define GPE_LINE_MAX 256 /* bytes of the first request segment copied, once per request */
 #define GPE_FILTER_SLOTS 2048 /* slots of the tracked-process filter (a power of two) */
-#define GPE_CONN_SLOTS 8192   /* slots of the TCP connection table (a power of two) */
+#define GPE_CONN_SLOTS 8192   /* most slots of the TCP connection table (a power of two); the
+			       * slots used and the size of conns are set at load (probes.go,
+			       * --max-connections) */
 
 enum gpe_event_kind {
 	GPE_EV_FORK = 1,      /* a tracked master forked a process (a worker) */
@@ -23,6 +25,8 @@ enum gpe_event_kind {
 	/* 6 and 7 were a request's start and status line: no longer sent (one record a request) */
 	GPE_EV_REQ_END = 8,   /* a request ended (next request, close, exit...): the whole request */
 	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces, before its END */
+	GPE_EV_TLS = 10,      /* a tracked worker read a TLS handshake: the first time in its life
+			       * (a gpe_proc_event; user space attaches the TLS uprobes) */
 };
 
 /* gpe_req_event.flags: bits. */
@@ -47,13 +51,23 @@ enum gpe_end_reason {
 	GPE_END_EXIT = 7,     /* the worker exited with the request in flight (sent before its EXIT) */
 };
 
+/*
+ * Why something the kernel side should have tracked was dropped: the index of the `drops`
+ * counters (gpe_ebpf_connections_dropped_total{reason}).
+ */
+enum gpe_drop_reason {
+	GPE_DROP_TABLE_FULL = 0, /* a request on a connection the full table had no room for: it
+				  * is counted here, not in the request metrics */
+	GPE_DROP_REASONS = 1,
+};
+
 struct gpe_hdr {
 	__u32 kind;
 	__u32 tgid;  /* the process the event is about */
 	__u64 ts_ns; /* bpf_ktime_get_ns() when the event happened */
 };
 
-/* GPE_EV_FORK, EXIT, EXEC, SIGNAL, OOM. */
+/* GPE_EV_FORK, EXIT, EXEC, SIGNAL, OOM, TLS. */
 struct gpe_proc_event {
 	struct gpe_hdr hdr;
 	__u32 other_tgid; /* FORK: the parent; SIGNAL: the sender */

@@ -93,9 +93,10 @@ static __always_inline __u32 first_byte(__u64 m)
  * path are both whole in the first read (n bytes of line). Returns the bytes to keep, or 0
  * when the slow path must decide (anything else: not a request line, in pieces, very long).
  */
-static __always_inline __u32 cut_fast(struct gpe_req_start *e, __u32 n)
+/* The length of the method that starts the n bytes of line ("GET" in "GET /"), or 0 if they do
+ * not start with an upper-case method of at most 15 letters, a space and a byte after it. */
+static __always_inline __u32 method_len(char *line, __u32 n)
 {
-	char *line = e->line;
 	__u32 m = 0, bad = 0;
 #pragma unroll
 	for (__u32 i = 1; i < 16; i++) {
@@ -108,6 +109,15 @@ static __always_inline __u32 cut_fast(struct gpe_req_start *e, __u32 n)
 		}
 	}
 	if (bad || m == 0 || m + 1 >= n || line[0] < 'A' || line[0] > 'Z')
+		return 0;
+	return m;
+}
+
+static __always_inline __u32 cut_fast(struct gpe_req_start *e, __u32 n)
+{
+	char *line = e->line;
+	__u32 m = method_len(line, n);
+	if (!m)
 		return 0;
 	/* Through memory, as in cut_line: one state from here on, not one per method length. */
 	*(volatile __u16 *)&e->req.pad = m;
@@ -156,20 +166,53 @@ static __always_inline __u32 cut_line(struct gpe_req_start *e, __u32 n, __u32 *p
 	return x.kept;
 }
 
-/* The status code of an HTTP/1.x status line at the start of buf, or 0. */
-static __always_inline __u16 status_code(__u64 buf, __s64 n)
+#define GPE_H2_PREFACE_LEN 24
+
+/* Do the first 24 bytes of line (8-byte aligned) hold the HTTP/2 client connection preface,
+ * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113, 3.4)? Three words, little-endian. */
+static __always_inline int h2_preface(const char *line)
 {
-	char s[13];
-	if (n < 12)
+	const __u64 *w = (const __u64 *)line;
+	return w[0] == 0x5448202a20495250ULL /* "PRI * HT" */ &&
+	       w[1] == 0x0a0d302e322f5054ULL /* "TP/2.0\r\n" */ &&
+	       w[2] == 0x0a0d0a0d4d530a0dULL; /* "\r\nSM\r\n\r\n" */
+}
+
+/* A status code's three digits (100 to 599), or 0. */
+static __always_inline __u16 three_digits(char a, char b, char c)
+{
+	if (a < '1' || a > '5' || b < '0' || b > '9' || c < '0' || c > '9')
 		return 0;
-	if (bpf_probe_read_user(s, 12, (void *)buf) != 0)
-		return 0;
+	return (a - '0') * 100 + (b - '0') * 10 + (c - '0');
+}
+
+/*
+ * The status code of a status line "HTTP/<d>.<d...> NNN" in the first len bytes of s (12 or
+ * 16), or 0. Gunicorn answers with the client's version: HTTP/1.1 and 1.0, and also 0.9, 1.10
+ * or 2.0 when a client asked with those; each is an answer whose status counts. A minor
+ * version of up to five digits fits in 16 bytes.
+ */
+static __always_inline __u16 parse_status(const char *s, __u32 len)
+{
 	if (s[0] != 'H' || s[1] != 'T' || s[2] != 'T' || s[3] != 'P' || s[4] != '/' ||
-	    s[5] != '1' || s[6] != '.' || s[8] != ' ')
+	    s[5] < '0' || s[5] > '9' || s[6] != '.' || s[7] < '0' || s[7] > '9')
 		return 0;
-	if (s[9] < '1' || s[9] > '5' || s[10] < '0' || s[10] > '9' || s[11] < '0' || s[11] > '9')
-		return 0;
-	return (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+	__u32 last = len >= 16 ? 12 : 8; /* where the space may be, with three digits after it */
+	__u32 sp = 0, bad = 0;
+	__u16 code = 0;
+#pragma unroll
+	for (__u32 i = 8; i < 13; i++) {
+		char ch = s[i];
+		if (!sp && !bad) {
+			if (ch == ' ') {
+				sp = i;
+				code = three_digits(s[i + 1], s[i + 2], s[i + 3]);
+			} else if (ch < '0' || ch > '9') {
+				bad = 1;
+			}
+		}
+	}
+	return sp && sp <= last ? code : 0;
 }
 
 #endif /* GPE_HTTP_H */

@@ -14,11 +14,14 @@
  * time it had one: user space reads them at each scrape (gunicorn_worker_requests_in_flight,
  * gunicorn_worker_busy_seconds_total), so that no record has to say when a request starts.
  */
+/* proc_info.flags */
+#define PROC_TLS_SEEN 1 /* a TLS handshake was read: GPE_EV_TLS was sent */
+
 struct proc_info {
 	__u32 master;
 	__u32 kind;       /* enum gpe_proc_kind */
 	__u32 inflight;   /* requests in flight */
-	__u32 pad;
+	__u32 flags;      /* PROC_* */
 	__u64 busy_since; /* when inflight last went from 0 to 1 */
 	__u64 busy_ns;    /* time with inflight > 0, up to the last time it went back to 0 */
 };
@@ -57,6 +60,8 @@ enum conn_state {
 	CONN_TLS = 3,        /* the first bytes were a TLS record: nothing is parsed */
 	CONN_PROBATION = 4,  /* the first bytes were not a request line: a request only if the
 			      * worker answers them with a status line (Gunicorn's 400 to garbage) */
+	CONN_H2 = 5,         /* the first bytes were the HTTP/2 preface (h2c, or h2 after TLS with
+			      * ALPN): not HTTP/1, nothing is parsed, nothing is counted */
 };
 
 struct conn_key {
@@ -103,7 +108,8 @@ enum line_phase {
  * on the host asks (BENCHMARKS.md; a socket cookie, tried first, costs a helper call and a
  * write to the socket on first use). A slot is taken at the connection's first read
  * (compare-and-swap of the tag) and given back when the socket is destroyed. A connection
- * whose slot is taken goes to `conns` instead.
+ * whose slot is taken goes to `conns` instead. User space sets how many slots are used
+ * (slot_mask + 1, a power of two, at most GPE_CONN_SLOTS) and sizes the map to match.
  */
 struct slot {
 	__u64 sk; /* the socket holding the slot (struct sock *), 0 if free */
@@ -117,14 +123,20 @@ struct {
 	__type(value, struct slot);
 } slots SEC(".maps");
 
+/* The slots used, less one (probes.go sets it at load with the map's size). */
+volatile const __u32 slot_mask = GPE_CONN_SLOTS - 1;
+
 /*
  * Unix connections of tracked workers, and TCP ones whose slot was taken, keyed by their
- * socket (struct sock *). No hook sees a Unix socket close, so user space lists these
- * (unixsweep.go). LRU so that anything missed ages out; an entry can outlive its socket, whose
- * memory may then hold another (the owner and inode checks in on_io).
+ * socket (struct sock *). No hook sees a Unix socket close, so user space lists these and
+ * removes the closed ones (unixsweep.go); TCP ones leave at their socket's end (hook_tcp.h).
+ * An entry can outlive its socket, whose memory may then hold another (the owner and inode
+ * checks in on_io). Not LRU: an insert into a full LRU map evicts an entry, possibly one with
+ * a request in flight, which would then never end. Full, this map refuses the new connection
+ * instead, and its requests are counted as dropped (adopt). Sized at load (--max-connections).
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct conn);
@@ -166,8 +178,7 @@ struct {
 	__type(value, struct conn);
 } fresh_conn SEC(".maps");
 
-/* TCP connections put in conns (an upper bound: LRU evictions are not counted down). While it
- * is 0, a TCP socket's end needs no hash lookup. */
+/* TCP connections in conns. While it is 0, a TCP socket's end needs no hash lookup. */
 __u64 tcp_in_conns = 0;
 
 /* The last request id handed out: requests are told apart by (process, fd, id) in user space,
@@ -192,6 +203,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* What was dropped, by enum gpe_drop_reason, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GPE_DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
 
 /* Non-zero: the reader drains the ring on a timer (probes.go) and is never woken. */
 volatile const __u64 wakeup_bytes = 0;

@@ -95,6 +95,22 @@ struct task_struct___sig {
 	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
+/*
+ * Worker tgid (pi, or looked up) read a TLS handshake: the first time, say so (GPE_EV_TLS), so
+ * that user space attaches the TLS uprobes to the workers of a master it took for plaintext.
+ * Once a process: its later TLS connections send nothing.
+ */
+static __always_inline void tls_seen(__u32 tgid, struct proc_info *pi)
+{
+	if (!pi)
+		pi = tracked(tgid);
+	if (!pi || (pi->flags & PROC_TLS_SEEN))
+		return;
+	if (__sync_fetch_and_or(&pi->flags, PROC_TLS_SEEN) & PROC_TLS_SEEN)
+		return;
+	emit_proc(GPE_EV_TLS, tgid, 0, pi->master, 0, pi->kind, 0, 0);
+}
+
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
@@ -165,7 +181,7 @@ int on_oom(struct mark_victim_ctx *ctx)
 /*
  * The requests a worker that exits was serving end with it (GPE_END_EXIT), before its EXIT
  * record: its files are closed after this tracepoint, so its connections are all still in
- * the tables. A walk of the slots (GPE_CONN_SLOTS callbacks, a fraction of a millisecond) and
+ * the tables. A walk of the slots (slot_mask + 1 callbacks, a fraction of a millisecond) and
  * of conns, once per worker exit.
  */
 struct exit_walk {

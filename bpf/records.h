@@ -16,6 +16,13 @@ static __always_inline void count_lost(void)
 		*n += 1;
 }
 
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
+	if (n)
+		*n += 1;
+}
+
 /*
  * A wake-up is an irq_work: an interrupt the CPU sends itself (an APIC write, a hypercall in
  * a VM), then a wake_up of the reader's wait queue. In batched mode nobody waits there, so

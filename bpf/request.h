@@ -34,7 +34,7 @@ static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8
 		emit_end(k, c, reason, now);
 	if (c->state == CONN_READING)
 		flight(k->tgid, -1, now);
-	if (c->state != CONN_TLS)
+	if (c->state != CONN_TLS && c->state != CONN_H2)
 		c->state = CONN_IDLE;
 }
 
@@ -94,10 +94,19 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 	if (!e)
 		return;
 	char *line = e->line;
-	if (c->state == CONN_IDLE && c->seq == 0 && len > 0 && (__u8)line[0] == 0x16) {
-		/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
-		c->state = CONN_TLS;
-		return;
+	if (c->state == CONN_IDLE && c->seq == 0 && len > 0) {
+		if ((__u8)line[0] == 0x16) {
+			/* A TLS handshake record: the connection is encrypted, nothing can be parsed. */
+			c->state = CONN_TLS;
+			tls_seen(k->tgid, pi);
+			return;
+		}
+		if (len >= GPE_H2_PREFACE_LEN && h2_preface(line)) {
+			/* HTTP/2: its preface is no request line, and no HTTP/1 status line will
+			 * answer it. Left alone, not booked as a request without a response. */
+			c->state = CONN_H2;
+			return;
+		}
 	}
 	__u32 phase = LINE_METHOD;
 	__u32 kept = cut_line(e, len, &phase, 0);
@@ -133,6 +142,19 @@ static __always_inline void continue_line(struct conn_key *k, struct conn *c, __
 	pad_line(e->line, kept);
 	if (send_line(e, kept) != 0)
 		c->phase = LINE_INVALID; /* a piece is missing: keep no more of the line */
+}
+
+/* The status code of a status line at the start of the n bytes written at buf, or 0. */
+static __always_inline __u16 status_code(__u64 buf, __s64 n)
+{
+	char s[16];
+	if (n < 12)
+		return 0;
+	__builtin_memset(s, 0, sizeof(s)); /* a 12-byte read leaves no byte unknown */
+	__u32 len = n >= 16 ? 16 : 12;
+	if (bpf_probe_read_user(s, len, (void *)buf) != 0)
+		return 0;
+	return parse_status(s, len);
 }
 
 /*
@@ -206,8 +228,15 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 has
 		}
 		c = new_tcp(sk, hash, fresh);
 	}
-	if (!c)
+	if (!c) {
+		/* The table is full: nothing is evicted for this connection, whose requests are
+		 * counted as dropped instead, one for each read that starts with a request line. */
+		__u32 len = 0;
+		struct gpe_req_start *e = read_head(buf, n, &len);
+		if (e && method_len(e->line, len))
+			count_drop(GPE_DROP_TABLE_FULL);
 		return;
+	}
 	take(k, c, buf, n, now, pi);
 }
 
@@ -304,7 +333,7 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	}
 
 	/* Writes matter only on connections we know. */
-	if (!c || c->state == CONN_TLS || c->state == CONN_IDLE)
+	if (!c || c->state == CONN_TLS || c->state == CONN_IDLE || c->state == CONN_H2)
 		return 0;
 	if (op == OP_SEND) {
 		__u16 st = status_code(buf, n);

@@ -60,6 +60,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
 	defer lr.Close()
 	reg.MustRegister(export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover}, agg.Masters, lr))
+	reg.MustRegister(export.NewDropCollector(p.Dropped))
 	if cfg.Multiproc != "" {
 		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, a.MultiprocLive, logger))
 	}

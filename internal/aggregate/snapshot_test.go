@@ -13,7 +13,7 @@ func TestEventKinds(t *testing.T) {
 	a := New(DefaultConfig())
 	a.Handle(&probes.Event{Kind: probes.KindFork, TGID: 101, Other: 100})
 	s := a.Snapshot(0)
-	want := []string{"fork", "exit", "exec", "signal", "oom", "request_end", "request_line"}
+	want := []string{"fork", "exit", "exec", "signal", "oom", "request_end", "request_line", "tls"}
 	if !slices.Equal(s.EventKinds, want) {
 		t.Errorf("EventKinds %q, want %q", s.EventKinds, want)
 	}

@@ -18,15 +18,16 @@ const (
 	KindOOM    Kind = 5 // the OOM killer chose a tracked process
 	// 6 and 7 were a request's start and its status line: the kernel sends one record a
 	// request now, when it ends.
-	KindReqEnd   Kind = 8 // a request ended: the whole request
-	KindReqLine  Kind = 9 // more of a request line that arrived in pieces, before its end
-	kindSentinel Kind = 10
+	KindReqEnd   Kind = 8  // a request ended: the whole request
+	KindReqLine  Kind = 9  // more of a request line that arrived in pieces, before its end
+	KindTLS      Kind = 10 // a tracked worker read a TLS handshake, the first time in its life
+	kindSentinel Kind = 11
 )
 
 // KindNames names each kind for gpe_ebpf_events_total{kind}.
 var KindNames = [kindSentinel]string{
 	KindFork: "fork", KindExit: "exit", KindExec: "exec", KindSignal: "signal", KindOOM: "oom",
-	KindReqEnd: "request_end", KindReqLine: "request_line",
+	KindReqEnd: "request_end", KindReqLine: "request_line", KindTLS: "tls",
 }
 
 func (k Kind) String() string {
@@ -125,7 +126,7 @@ func Decode(raw []byte, ev *Event) error {
 	ev.TS = le.Uint64(raw[8:])
 	ev.Line = ev.line[:0]
 	switch ev.Kind {
-	case KindFork, KindExit, KindExec, KindSignal, KindOOM:
+	case KindFork, KindExit, KindExec, KindSignal, KindOOM, KindTLS:
 		if len(raw) < procSize {
 			return fmt.Errorf("decode %s: %d bytes: %w", ev.Kind, len(raw), ErrShortRecord)
 		}

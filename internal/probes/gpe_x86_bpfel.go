@@ -46,12 +46,20 @@ const (
 	gpeConnStateCONN_RESPONDING gpeConnState = 2
 	gpeConnStateCONN_TLS        gpeConnState = 3
 	gpeConnStateCONN_PROBATION  gpeConnState = 4
+	gpeConnStateCONN_H2         gpeConnState = 5
 )
 
 type gpeFilter struct {
 	_ structs.HostLayout
 	N [2048]uint32
 }
+
+type gpeGpeDropReason uint32
+
+const (
+	gpeGpeDropReasonGPE_DROP_TABLE_FULL gpeGpeDropReason = 0
+	gpeGpeDropReasonGPE_DROP_REASONS    gpeGpeDropReason = 1
+)
 
 type gpeGpeEndReason uint32
 
@@ -75,6 +83,7 @@ const (
 	gpeGpeEventKindGPE_EV_OOM      gpeGpeEventKind = 5
 	gpeGpeEventKindGPE_EV_REQ_END  gpeGpeEventKind = 8
 	gpeGpeEventKindGPE_EV_REQ_LINE gpeGpeEventKind = 9
+	gpeGpeEventKindGPE_EV_TLS      gpeGpeEventKind = 10
 )
 
 type gpeGpeHdr struct {
@@ -142,7 +151,7 @@ type gpeProcInfo struct {
 	Master    uint32
 	Kind      uint32
 	Inflight  uint32
-	Pad       uint32
+	Flags     uint32
 	BusySince uint64
 	BusyNs    uint64
 }
@@ -182,48 +191,51 @@ type gpeTlsKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	gpeMapConns           = "conns"
-	gpeMapEstablished     = "established"
-	gpeMapEvents          = "events"
-	gpeMapFilter          = "filter"
-	gpeMapFreshConn       = "fresh_conn"
-	gpeMapListenPorts     = "listen_ports"
-	gpeMapLost            = "lost"
-	gpeMapProcs           = "procs"
-	gpeMapScratch         = "scratch"
-	gpeMapSlots           = "slots"
-	gpeMapTlsCalls        = "tls_calls"
-	gpeMapTlsSocks        = "tls_socks"
-	gpeMapTlsSsl          = "tls_ssl"
-	gpeProgOnExec         = "on_exec"
-	gpeProgOnExit         = "on_exit"
-	gpeProgOnFork         = "on_fork"
-	gpeProgOnOom          = "on_oom"
-	gpeProgOnSignal       = "on_signal"
-	gpeProgOnSockRecv     = "on_sock_recv"
-	gpeProgOnSockSend     = "on_sock_send"
-	gpeProgOnSslEnter     = "on_ssl_enter"
-	gpeProgOnSslEnterM    = "on_ssl_enter_m"
-	gpeProgOnSslRet       = "on_ssl_ret"
-	gpeProgOnSslRetM      = "on_ssl_ret_m"
-	gpeProgOnSysRecv      = "on_sys_recv"
-	gpeProgOnSysSend      = "on_sys_send"
-	gpeProgOnTcpDestroy   = "on_tcp_destroy"
-	gpeProgOnTcpState     = "on_tcp_state"
-	gpeVarNextSeq         = "next_seq"
-	gpeVarQueueWait       = "queue_wait"
-	gpeVarTcpInConns      = "tcp_in_conns"
-	gpeVarTlsInCalls      = "tls_in_calls"
-	gpeVarTlsOn           = "tls_on"
-	gpeVarTlsSocksN       = "tls_socks_n"
-	gpeVarUnusedConnState = "unused_conn_state"
-	gpeVarUnusedEndReason = "unused_end_reason"
-	gpeVarUnusedEventKind = "unused_event_kind"
-	gpeVarUnusedProcEvent = "unused_proc_event"
-	gpeVarUnusedProcKind  = "unused_proc_kind"
-	gpeVarUnusedReqFlag   = "unused_req_flag"
-	gpeVarUnusedReqStart  = "unused_req_start"
-	gpeVarWakeupBytes     = "wakeup_bytes"
+	gpeMapConns            = "conns"
+	gpeMapDrops            = "drops"
+	gpeMapEstablished      = "established"
+	gpeMapEvents           = "events"
+	gpeMapFilter           = "filter"
+	gpeMapFreshConn        = "fresh_conn"
+	gpeMapListenPorts      = "listen_ports"
+	gpeMapLost             = "lost"
+	gpeMapProcs            = "procs"
+	gpeMapScratch          = "scratch"
+	gpeMapSlots            = "slots"
+	gpeMapTlsCalls         = "tls_calls"
+	gpeMapTlsSocks         = "tls_socks"
+	gpeMapTlsSsl           = "tls_ssl"
+	gpeProgOnExec          = "on_exec"
+	gpeProgOnExit          = "on_exit"
+	gpeProgOnFork          = "on_fork"
+	gpeProgOnOom           = "on_oom"
+	gpeProgOnSignal        = "on_signal"
+	gpeProgOnSockRecv      = "on_sock_recv"
+	gpeProgOnSockSend      = "on_sock_send"
+	gpeProgOnSslEnter      = "on_ssl_enter"
+	gpeProgOnSslEnterM     = "on_ssl_enter_m"
+	gpeProgOnSslRet        = "on_ssl_ret"
+	gpeProgOnSslRetM       = "on_ssl_ret_m"
+	gpeProgOnSysRecv       = "on_sys_recv"
+	gpeProgOnSysSend       = "on_sys_send"
+	gpeProgOnTcpDestroy    = "on_tcp_destroy"
+	gpeProgOnTcpState      = "on_tcp_state"
+	gpeVarNextSeq          = "next_seq"
+	gpeVarQueueWait        = "queue_wait"
+	gpeVarSlotMask         = "slot_mask"
+	gpeVarTcpInConns       = "tcp_in_conns"
+	gpeVarTlsInCalls       = "tls_in_calls"
+	gpeVarTlsOn            = "tls_on"
+	gpeVarTlsSocksN        = "tls_socks_n"
+	gpeVarUnusedConnState  = "unused_conn_state"
+	gpeVarUnusedDropReason = "unused_drop_reason"
+	gpeVarUnusedEndReason  = "unused_end_reason"
+	gpeVarUnusedEventKind  = "unused_event_kind"
+	gpeVarUnusedProcEvent  = "unused_proc_event"
+	gpeVarUnusedProcKind   = "unused_proc_kind"
+	gpeVarUnusedReqFlag    = "unused_req_flag"
+	gpeVarUnusedReqStart   = "unused_req_start"
+	gpeVarWakeupBytes      = "wakeup_bytes"
 )
 
 // loadGpe returns the embedded CollectionSpec for gpe.
@@ -290,6 +302,7 @@ type gpeProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeMapSpecs struct {
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	Drops       *ebpf.MapSpec `ebpf:"drops"`
 	Established *ebpf.MapSpec `ebpf:"established"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Filter      *ebpf.MapSpec `ebpf:"filter"`
@@ -308,20 +321,22 @@ type gpeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeVariableSpecs struct {
-	NextSeq         *ebpf.VariableSpec `ebpf:"next_seq"`
-	QueueWait       *ebpf.VariableSpec `ebpf:"queue_wait"`
-	TcpInConns      *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
-	TlsInCalls      *ebpf.VariableSpec `ebpf:"tls_in_calls"`
-	TlsOn           *ebpf.VariableSpec `ebpf:"tls_on"`
-	TlsSocksN       *ebpf.VariableSpec `ebpf:"tls_socks_n"`
-	UnusedConnState *ebpf.VariableSpec `ebpf:"unused_conn_state"`
-	UnusedEndReason *ebpf.VariableSpec `ebpf:"unused_end_reason"`
-	UnusedEventKind *ebpf.VariableSpec `ebpf:"unused_event_kind"`
-	UnusedProcEvent *ebpf.VariableSpec `ebpf:"unused_proc_event"`
-	UnusedProcKind  *ebpf.VariableSpec `ebpf:"unused_proc_kind"`
-	UnusedReqFlag   *ebpf.VariableSpec `ebpf:"unused_req_flag"`
-	UnusedReqStart  *ebpf.VariableSpec `ebpf:"unused_req_start"`
-	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	NextSeq          *ebpf.VariableSpec `ebpf:"next_seq"`
+	QueueWait        *ebpf.VariableSpec `ebpf:"queue_wait"`
+	SlotMask         *ebpf.VariableSpec `ebpf:"slot_mask"`
+	TcpInConns       *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
+	TlsInCalls       *ebpf.VariableSpec `ebpf:"tls_in_calls"`
+	TlsOn            *ebpf.VariableSpec `ebpf:"tls_on"`
+	TlsSocksN        *ebpf.VariableSpec `ebpf:"tls_socks_n"`
+	UnusedConnState  *ebpf.VariableSpec `ebpf:"unused_conn_state"`
+	UnusedDropReason *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
+	UnusedEndReason  *ebpf.VariableSpec `ebpf:"unused_end_reason"`
+	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
+	UnusedProcKind   *ebpf.VariableSpec `ebpf:"unused_proc_kind"`
+	UnusedReqFlag    *ebpf.VariableSpec `ebpf:"unused_req_flag"`
+	UnusedReqStart   *ebpf.VariableSpec `ebpf:"unused_req_start"`
+	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // gpeObjects contains all objects after they have been loaded into the kernel.
@@ -345,6 +360,7 @@ func (o *gpeObjects) Close() error {
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpeMaps struct {
 	Conns       *ebpf.Map `ebpf:"conns"`
+	Drops       *ebpf.Map `ebpf:"drops"`
 	Established *ebpf.Map `ebpf:"established"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Filter      *ebpf.Map `ebpf:"filter"`
@@ -362,6 +378,7 @@ type gpeMaps struct {
 func (m *gpeMaps) Close() error {
 	return _GpeClose(
 		m.Conns,
+		m.Drops,
 		m.Established,
 		m.Events,
 		m.Filter,
@@ -381,20 +398,22 @@ func (m *gpeMaps) Close() error {
 //
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpeVariables struct {
-	NextSeq         *ebpf.Variable `ebpf:"next_seq"`
-	QueueWait       *ebpf.Variable `ebpf:"queue_wait"`
-	TcpInConns      *ebpf.Variable `ebpf:"tcp_in_conns"`
-	TlsInCalls      *ebpf.Variable `ebpf:"tls_in_calls"`
-	TlsOn           *ebpf.Variable `ebpf:"tls_on"`
-	TlsSocksN       *ebpf.Variable `ebpf:"tls_socks_n"`
-	UnusedConnState *ebpf.Variable `ebpf:"unused_conn_state"`
-	UnusedEndReason *ebpf.Variable `ebpf:"unused_end_reason"`
-	UnusedEventKind *ebpf.Variable `ebpf:"unused_event_kind"`
-	UnusedProcEvent *ebpf.Variable `ebpf:"unused_proc_event"`
-	UnusedProcKind  *ebpf.Variable `ebpf:"unused_proc_kind"`
-	UnusedReqFlag   *ebpf.Variable `ebpf:"unused_req_flag"`
-	UnusedReqStart  *ebpf.Variable `ebpf:"unused_req_start"`
-	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
+	NextSeq          *ebpf.Variable `ebpf:"next_seq"`
+	QueueWait        *ebpf.Variable `ebpf:"queue_wait"`
+	SlotMask         *ebpf.Variable `ebpf:"slot_mask"`
+	TcpInConns       *ebpf.Variable `ebpf:"tcp_in_conns"`
+	TlsInCalls       *ebpf.Variable `ebpf:"tls_in_calls"`
+	TlsOn            *ebpf.Variable `ebpf:"tls_on"`
+	TlsSocksN        *ebpf.Variable `ebpf:"tls_socks_n"`
+	UnusedConnState  *ebpf.Variable `ebpf:"unused_conn_state"`
+	UnusedDropReason *ebpf.Variable `ebpf:"unused_drop_reason"`
+	UnusedEndReason  *ebpf.Variable `ebpf:"unused_end_reason"`
+	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`
+	UnusedProcKind   *ebpf.Variable `ebpf:"unused_proc_kind"`
+	UnusedReqFlag    *ebpf.Variable `ebpf:"unused_req_flag"`
+	UnusedReqStart   *ebpf.Variable `ebpf:"unused_req_start"`
+	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // gpePrograms contains all programs after they have been loaded into the kernel.

@@ -45,6 +45,7 @@ func TestEnumValues(t *testing.T) {
 		{"oom", uint64(KindOOM), uint64(gpeGpeEventKindGPE_EV_OOM)},
 		{"req_end", uint64(KindReqEnd), uint64(gpeGpeEventKindGPE_EV_REQ_END)},
 		{"req_line", uint64(KindReqLine), uint64(gpeGpeEventKindGPE_EV_REQ_LINE)},
+		{"tls", uint64(KindTLS), uint64(gpeGpeEventKindGPE_EV_TLS)},
 		{"master", uint64(ProcMaster), uint64(gpeGpeProcKindGPE_PROC_MASTER)},
 		{"worker", uint64(ProcWorker), uint64(gpeGpeProcKindGPE_PROC_WORKER)},
 		{"end_next", uint64(EndNext), uint64(gpeGpeEndReasonGPE_END_NEXT)},
@@ -64,5 +65,36 @@ func TestEnumValues(t *testing.T) {
 				t.Fatalf("got %d, want %d", tt.got, tt.want)
 			}
 		})
+	}
+}
+
+// Every drop counter of the kernel side has a name, and GPE_CONN_SLOTS is the slots map's size.
+func TestDropReasonsAndSlots(t *testing.T) {
+	if len(DropReasons) != int(gpeGpeDropReasonGPE_DROP_REASONS) {
+		t.Fatalf("%d drop reasons named, the kernel has %d", len(DropReasons), gpeGpeDropReasonGPE_DROP_REASONS)
+	}
+	spec, err := loadGpe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := spec.Maps["slots"].MaxEntries; got != connSlotsMax {
+		t.Fatalf("slots map has %d entries in the object, connSlotsMax is %d", got, connSlotsMax)
+	}
+}
+
+func TestTableSizes(t *testing.T) {
+	tests := []struct{ max, slots, conns uint32 }{
+		{0, 8192, 16384},
+		{DefaultMaxConnections, 8192, 16384},
+		{100000, 8192, 91808},
+		{64, 16, 48},
+		{3, 1, 2},
+		{1, 1, 1},
+	}
+	for _, tt := range tests {
+		slots, conns := TableSizes(tt.max)
+		if slots != tt.slots || conns != tt.conns {
+			t.Errorf("TableSizes(%d) = %d, %d; want %d, %d", tt.max, slots, conns, tt.slots, tt.conns)
+		}
 	}
 }

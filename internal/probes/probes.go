@@ -41,7 +41,40 @@ type Config struct {
 	// TLSPerfEvents attaches perf-event uprobes (nine a worker) even where the kernel has
 	// uprobe_multi links (two a worker; used from Linux 6.10, tls.go).
 	TLSPerfEvents bool
+	// MaxConnections is how many connections of tracked workers the kernel tracks at once
+	// (TableSizes): past it, a new connection's requests are counted as dropped
+	// (Dropped), and nothing tracked is evicted. 0 means DefaultMaxConnections.
+	MaxConnections uint32
 }
+
+// DefaultMaxConnections is the connection table's size by default: 8,192 slots and 16,384
+// entries in conns, about 9 MiB of kernel memory (ConnBytes a connection).
+const DefaultMaxConnections = 24576
+
+// ConnBytes is about what one tracked connection's room costs in kernel memory (a slot or
+// a conns entry: the connection's state with its request line, 328 bytes, plus the hash
+// table's element header), for the README's sizing.
+const ConnBytes = 384
+
+// TableSizes splits max connections into the slots (a power of two, a third of max at most,
+// from 1 to GPE_CONN_SLOTS) and the conns entries (the rest, at least 1).
+func TableSizes(max uint32) (slots, conns uint32) {
+	if max == 0 {
+		max = DefaultMaxConnections
+	}
+	slots = 1
+	for slots*2 <= max/3 && slots*2 <= connSlotsMax {
+		slots *= 2
+	}
+	conns = max - slots
+	if max <= slots {
+		conns = 1
+	}
+	return slots, conns
+}
+
+// connSlotsMax is GPE_CONN_SLOTS (bpf/gpe.h), the slots map's size in the object.
+const connSlotsMax = 8192
 
 // DefaultConfig is what gpe-ebpf runs with. Wake-ups are batched by default: waking the reader
 // for every record cost about 50 µs of CPU per request at saturation (BENCHMARKS.md); batched,
@@ -107,6 +140,12 @@ func Load(cfg Config) (_ *Probes, err error) {
 	}
 	if err := spec.Variables["tls_on"].Set(boolU32(cfg.TLS)); err != nil {
 		return nil, fmt.Errorf("set tls_on: %w", err)
+	}
+	slots, conns := TableSizes(cfg.MaxConnections)
+	spec.Maps["slots"].MaxEntries = slots
+	spec.Maps["conns"].MaxEntries = conns
+	if err := spec.Variables["slot_mask"].Set(slots - 1); err != nil {
+		return nil, fmt.Errorf("set slot_mask: %w", err)
 	}
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
 	// kernel does not have); every map serves both.
@@ -328,15 +367,41 @@ func (p *Probes) Read(ev *Event) error {
 
 // Lost is the number of records the kernel side could not submit, summed over CPUs.
 func (p *Probes) Lost() (uint64, error) {
-	var perCPU []uint64
-	if err := p.objs.Lost.Lookup(uint32(0), &perCPU); err != nil {
+	n, err := sumPerCPU(p.objs.Lost, 0)
+	if err != nil {
 		return 0, fmt.Errorf("read lost counter: %w", err)
+	}
+	return n, nil
+}
+
+// sumPerCPU is entry key of a per-CPU array of counters, summed over CPUs.
+func sumPerCPU(m *ebpf.Map, key uint32) (uint64, error) {
+	var perCPU []uint64
+	if err := m.Lookup(key, &perCPU); err != nil {
+		return 0, err
 	}
 	var n uint64
 	for _, v := range perCPU {
 		n += v
 	}
 	return n, nil
+}
+
+// DropReasons names the kernel's drop counters (enum gpe_drop_reason), for
+// gpe_ebpf_connections_dropped_total{reason}.
+var DropReasons = [...]string{gpeGpeDropReasonGPE_DROP_TABLE_FULL: "table_full"}
+
+// Dropped is what the kernel side dropped, by reason (DropReasons), summed over CPUs.
+func (p *Probes) Dropped() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(DropReasons))
+	for i, name := range DropReasons {
+		n, err := sumPerCPU(p.objs.Drops, uint32(i))
+		if err != nil {
+			return nil, fmt.Errorf("read drop counter %s: %w", name, err)
+		}
+		out[name] = n
+	}
+	return out, nil
 }
 
 // Hooks is the hook mode that was loaded: HooksSocket or HooksSyscall.
