@@ -2,12 +2,12 @@ package probes
 
 import (
 	"errors"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
 // A TCP connection's end is seen in the kernel (the tcp_destroy_sock tracepoint), but no
@@ -25,65 +25,122 @@ const (
 	connResponding = 2
 )
 
-// sweepUnix queues an END for every request on a closed Unix connection and forgets every
-// closed Unix connection. It runs in the reader, between two drains of the ring buffer.
-func (p *Probes) sweepUnix(now time.Time) {
-	if now.Sub(p.lastSweep) < SweepInterval {
-		return
-	}
-	p.lastSweep = now
+// connTable is what the sweep needs of the kernel's connection table (the conns map, keyed by
+// the connection's struct sock *): connMap, or entries a test made up.
+type connTable interface {
+	// each calls f with every entry. An error (the map changed under the iteration) only
+	// delays the rest to the next sweep.
+	each(f func(sk uint64, c *gpeConn)) error
+	// take removes sk's entry and returns it in c; an error when it is gone.
+	take(sk uint64, c *gpeConn) error
+	// putBack adds c again under sk, unless sk has an entry by now.
+	putBack(sk uint64, c *gpeConn) error
+}
+
+// connMap is the kernel's conns map as a connTable.
+type connMap struct{ m *ebpf.Map }
+
+func (t connMap) each(f func(sk uint64, c *gpeConn)) error {
 	var (
-		sk        uint64 // the connection's struct sock *, its key
-		c         gpeConn
-		closed    []uint64
-		seqs      []uint32
-		ended     []bool
-		closedIno []uint32
+		sk uint64
+		c  gpeConn
 	)
-	it := p.objs.Conns.Iterate()
+	it := t.m.Iterate()
 	for it.Next(&sk, &c) {
-		if c.UnixSock == 0 {
-			continue
-		}
-		switch fdState(c.Owner.Tgid, c.Owner.Fd, c.Ino) {
-		case fdOpen:
-			continue
-		case fdProcessGone:
-			// Its exit ended its requests; the entry only has to go.
-			c.State = 0
-		}
-		closed = append(closed, sk)
-		seqs = append(seqs, c.Seq)
-		closedIno = append(closedIno, c.Ino)
-		ended = append(ended, c.State == connReading || c.State == connResponding)
+		f(sk, &c)
 	}
-	// An error (the map changed under the iteration) only delays the rest to the next sweep.
-	_ = it.Err()
-	for i, sk := range closed {
-		if err := p.objs.Conns.LookupAndDelete(sk, &c); err != nil {
+	return it.Err()
+}
+
+func (t connMap) take(sk uint64, c *gpeConn) error { return t.m.LookupAndDelete(sk, c) }
+
+func (t connMap) putBack(sk uint64, c *gpeConn) error {
+	return t.m.Update(sk, c, ebpf.UpdateNoExist)
+}
+
+// unixSweep finds the Unix connections that were closed, in a connTable, through the fds of
+// /proc (proc.FS).
+type unixSweep struct {
+	conns connTable
+	proc  proc.FS
+	clock func() uint64 // the time of the ENDs it makes (events.MonotonicNow)
+	last  time.Time     // of the last sweep
+}
+
+// closedConn is a Unix connection whose fd no longer names its socket, as the iteration saw it.
+type closedConn struct {
+	sk    uint64
+	seq   uint32
+	ino   uint32
+	ended bool // a request was in flight on it: it gets an END
+}
+
+// run appends to out an END for every request on a Unix connection closed since the last
+// sweep, and forgets every closed Unix connection. It does nothing within SweepInterval of the
+// last sweep.
+func (s *unixSweep) run(now time.Time, out []events.Event) []events.Event {
+	if now.Sub(s.last) < SweepInterval {
+		return out
+	}
+	s.last = now
+	var c gpeConn
+	for _, cc := range s.closed() {
+		if err := s.conns.take(cc.sk, &c); err != nil {
 			continue // gone meanwhile: the kernel ended or replaced it
 		}
-		if c.Seq != seqs[i] || c.Ino != closedIno[i] {
+		if c.Seq != cc.seq || c.Ino != cc.ino {
 			// A new connection took the socket's memory between the two looks: put it back.
-			_ = p.objs.Conns.Update(sk, &c, ebpf.UpdateNoExist)
+			_ = s.conns.putBack(cc.sk, &c)
 			continue
 		}
-		if !ended[i] || (c.State != connReading && c.State != connResponding) {
-			continue
+		if cc.ended && inFlight(&c) {
+			out = append(out, s.end(&c))
 		}
-		ev := Event{
-			Kind: KindReqEnd, TGID: c.Owner.Tgid, TS: monotonicNS(),
-			FD: c.Owner.Fd, Seq: c.Seq, StartNS: c.StartNs, LastWriteNS: c.LastWriteNs,
-			EstablishedNS: c.EstNs, BytesIn: c.BytesIn, BytesOut: c.BytesOut, Status: c.Status,
-			Reason: EndClose, Flags: Flags(c.Flags),
-		}
-		n := min(int(c.HeadLen), LineMax)
-		for i := 0; i < n; i++ {
-			ev.line[i] = byte(c.Line[i])
-		}
-		ev.Line = ev.line[:n] // only its length is kept: Read points it at the copy it returns
-		p.synth = append(p.synth, ev)
 	}
+	return out
+}
+
+// closed lists the Unix connections whose fd no longer names their socket.
+func (s *unixSweep) closed() []closedConn {
+	var closed []closedConn
+	// An error only delays the rest to the next sweep.
+	_ = s.conns.each(func(sk uint64, c *gpeConn) {
+		if c.UnixSock == 0 {
+			return
+		}
+		ended := inFlight(c)
+		switch fdState(s.proc, c.Owner.Tgid, c.Owner.Fd, c.Ino) {
+		case fdOpen:
+			return
+		case fdProcessGone:
+			// Its exit ended its requests; the entry only has to go.
+			ended = false
+		}
+		closed = append(closed, closedConn{sk: sk, seq: c.Seq, ino: c.Ino, ended: ended})
+	})
+	return closed
+}
+
+// inFlight says whether the connection has a request the kernel has not ended.
+func inFlight(c *gpeConn) bool {
+	return c.State == connReading || c.State == connResponding
+}
+
+// end is the END of c's request, closed with its connection, from the kernel's figures.
+func (s *unixSweep) end(c *gpeConn) events.Event {
+	ev := events.Event{
+		Kind: events.KindReqEnd, TGID: c.Owner.Tgid, TS: s.clock(),
+		FD: c.Owner.Fd, Seq: c.Seq, StartNS: c.StartNs, LastWriteNS: c.LastWriteNs,
+		EstablishedNS: c.EstNs, BytesIn: c.BytesIn, BytesOut: c.BytesOut, Status: c.Status,
+		Reason: events.EndClose, Flags: events.Flags(c.Flags),
+	}
+	var line [events.LineMax]byte
+	n := min(int(c.HeadLen), events.LineMax)
+	for i := range n {
+		line[i] = byte(c.Line[i])
+	}
+	ev.SetLine(line[:n])
+	return ev
 }
 
 type fdStatus int
@@ -94,27 +151,14 @@ const (
 	fdProcessGone                 // the process exited
 )
 
-// fdState looks at what /proc/<tgid>/fd/<fd> links to, against socket inode ino.
-func fdState(tgid, fd, ino uint32) fdStatus {
-	dir := "/proc/" + strconv.FormatUint(uint64(tgid), 10)
-	target, err := os.Readlink(dir + "/fd/" + strconv.FormatUint(uint64(fd), 10))
-	if err != nil {
-		if _, serr := os.Stat(dir); errors.Is(serr, os.ErrNotExist) {
-			return fdProcessGone
-		}
-		return fdClosed
-	}
-	if target == "socket:["+strconv.FormatUint(uint64(ino), 10)+"]" {
+// fdState looks at what fd of process tgid names, against socket inode ino.
+func fdState(fs proc.FS, tgid, fd, ino uint32) fdStatus {
+	got, err := fs.FDSocket(tgid, fd)
+	switch {
+	case errors.Is(err, proc.ErrNoProcess):
+		return fdProcessGone
+	case err == nil && ino != 0 && got == uint64(ino):
 		return fdOpen
 	}
 	return fdClosed
-}
-
-// monotonicNS is CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
-func monotonicNS() uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return uint64(ts.Nano())
 }
