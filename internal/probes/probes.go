@@ -3,10 +3,8 @@ package probes
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,22 +291,12 @@ type ProgramStat struct {
 	Runtime time.Duration // CPU time it ran for
 }
 
-// statsSysctl turns the kernel's per-program run counters on (1) and off (0).
-const statsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
-
 // ProgramStats returns the run counters of every loaded program, sorted by name, and on: whether
 // the kernel counts now. While kernel.bpf_stats_enabled is 0 (the default: counting costs two
 // clock reads per run) the counters stand still, and nothing is returned.
 func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
-	b, err := os.ReadFile(statsSysctl)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, false, nil // before Linux 5.8
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("read %s: %w", statsSysctl, err)
-	}
-	if strings.TrimSpace(string(b)) == "0" {
-		return nil, false, nil
+	if on, err := proc.Host.BPFStatsEnabled(); !on || err != nil {
+		return nil, false, err
 	}
 	names := make([]string, 0, len(p.progs))
 	for name := range p.progs {

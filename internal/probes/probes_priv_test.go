@@ -614,6 +614,10 @@ func need(t *testing.T, what string, err error) {
 	t.Skipf("%s: %v", what, err)
 }
 
+// statsSysctl turns the kernel's per-program run counters on (1) and off (0); ProgramStats
+// reads it through proc.FS.BPFStatsEnabled.
+const statsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
+
 // TestProgramStats: while the kernel counts (kernel.bpf_stats_enabled 1), ProgramStats reports
 // each loaded program and the runs of the socket hooks a request made; with it 0, nothing.
 func TestProgramStats(t *testing.T) {
