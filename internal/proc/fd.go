@@ -22,7 +22,8 @@ func (fs FS) SocketInodes(pid uint32) (map[uint64]bool, int, error) {
 	}
 	inodes := make(map[uint64]bool)
 	for _, e := range ents {
-		if ino, ok := linkInode(filepath.Join(dir, e.Name()), "socket"); ok {
+		// An error is an fd closed since it was listed.
+		if ino, _, err := inodeLink(filepath.Join(dir, e.Name()), "socket"); err == nil && ino != 0 {
 			inodes[ino] = true
 		}
 	}
@@ -34,14 +35,13 @@ func (fs FS) SocketInodes(pid uint32) (map[uint64]bool, int, error) {
 // the process is gone.
 func (fs FS) FDSocket(pid, fd uint32) (uint64, error) {
 	dir := fs.pidDir(pid)
-	target, err := os.Readlink(filepath.Join(dir, "fd", strconv.FormatUint(uint64(fd), 10)))
+	ino, _, err := inodeLink(filepath.Join(dir, "fd", strconv.FormatUint(uint64(fd), 10)), "socket")
 	if err != nil {
 		if _, serr := os.Stat(dir); errors.Is(serr, os.ErrNotExist) {
 			return 0, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
 		}
 		return 0, fmt.Errorf("fd %d of pid %d: %w", fd, pid, err)
 	}
-	ino, _ := parseInodeLink(target, "socket")
 	return ino, nil
 }
 
@@ -63,24 +63,24 @@ func (fs FS) OpenNetNS(pid uint32) (*os.File, error) {
 }
 
 func nsInode(path string) (uint64, error) {
-	target, err := os.Readlink(path)
+	ino, target, err := inodeLink(path, "net")
 	if err != nil {
 		return 0, fmt.Errorf("read network namespace: %w", err)
 	}
-	ino, ok := parseInodeLink(target, "net")
-	if !ok {
+	if ino == 0 {
 		return 0, fmt.Errorf("read network namespace: unexpected link %q", target)
 	}
 	return ino, nil
 }
 
-// linkInode reads the link at path as KIND:[INODE]; false when it is not one, or is gone.
-func linkInode(path, kind string) (uint64, bool) {
-	target, err := os.Readlink(path)
+// inodeLink reads the link at path, and the INODE of it when it is KIND:[INODE] (else 0).
+func inodeLink(path, kind string) (ino uint64, target string, err error) {
+	target, err = os.Readlink(path)
 	if err != nil {
-		return 0, false // closed since it was listed
+		return 0, "", err
 	}
-	return parseInodeLink(target, kind)
+	ino, _ = parseInodeLink(target, kind)
+	return ino, target, nil
 }
 
 // parseInodeLink parses KIND:[INODE], the target of an fd or namespace link in /proc.
