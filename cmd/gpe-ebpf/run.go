@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/agent"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/export"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/listeners"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/multiproc"
@@ -52,7 +53,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}, Revision: commit},
-			agg, p.Lost, aggregate.MonotonicNow),
+			agg, p.Lost, events.MonotonicNow),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

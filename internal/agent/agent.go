@@ -11,23 +11,23 @@ import (
 	"time"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
 // Kernel is what the agent needs of the kernel side: *probes.Probes, or a fake in tests.
 type Kernel interface {
 	// Track adds a process to the kernel's table, as a master or as a worker of master.
-	Track(tgid, master uint32, kind probes.ProcKind) error
+	Track(tgid, master uint32, kind events.ProcKind) error
 	// Untrack removes a process from the kernel's table.
 	Untrack(tgid uint32) error
 	// SetListenPorts sets the TCP ports whose connections are timed in the accept queue.
 	SetListenPorts(ports []uint16) error
 	// Occupancy is a tracked worker's requests in flight and busy time, as the kernel
 	// counts them; false if it is not tracked.
-	Occupancy(tgid uint32) (probes.Occupancy, bool)
+	Occupancy(tgid uint32) (events.Occupancy, bool)
 	// Read blocks until the next event; it returns probes.ErrClosed after Close.
-	Read(ev *probes.Event) error
+	Read(ev *events.Event) error
 	// Close releases the kernel side and makes a blocked Read return.
 	Close() error
 }

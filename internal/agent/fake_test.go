@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
@@ -27,44 +28,44 @@ const (
 
 // fakeKernel is a Kernel whose events the test hands over one at a time.
 type fakeKernel struct {
-	in     chan probes.Event
+	in     chan events.Event
 	done   chan struct{} // the event handed over has been handled: Read is called again
 	closed chan struct{}
 	once   sync.Once
 
 	mu      sync.Mutex
-	tracked map[uint32]probes.ProcKind
+	tracked map[uint32]events.ProcKind
 	masters map[uint32]uint32 // a worker's master
 	reads   int
 	ports   []uint16 // SetListenPorts
-	occ     map[uint32]probes.Occupancy
+	occ     map[uint32]events.Occupancy
 }
 
 func newFakeKernel() *fakeKernel {
 	return &fakeKernel{
-		in: make(chan probes.Event), done: make(chan struct{}), closed: make(chan struct{}),
-		tracked: make(map[uint32]probes.ProcKind), masters: make(map[uint32]uint32),
-		occ: make(map[uint32]probes.Occupancy),
+		in: make(chan events.Event), done: make(chan struct{}), closed: make(chan struct{}),
+		tracked: make(map[uint32]events.ProcKind), masters: make(map[uint32]uint32),
+		occ: make(map[uint32]events.Occupancy),
 	}
 }
 
 // Occupancy is what setOccupancy last said of tgid, while it is tracked.
-func (k *fakeKernel) Occupancy(tgid uint32) (probes.Occupancy, bool) {
+func (k *fakeKernel) Occupancy(tgid uint32) (events.Occupancy, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if _, ok := k.tracked[tgid]; !ok {
-		return probes.Occupancy{}, false
+		return events.Occupancy{}, false
 	}
 	return k.occ[tgid], true
 }
 
-func (k *fakeKernel) setOccupancy(tgid uint32, o probes.Occupancy) {
+func (k *fakeKernel) setOccupancy(tgid uint32, o events.Occupancy) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.occ[tgid] = o
 }
 
-func (k *fakeKernel) Track(tgid, master uint32, kind probes.ProcKind) error {
+func (k *fakeKernel) Track(tgid, master uint32, kind events.ProcKind) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.tracked[tgid], k.masters[tgid] = kind, master
@@ -91,7 +92,7 @@ func (k *fakeKernel) Untrack(tgid uint32) error {
 	return nil
 }
 
-func (k *fakeKernel) Read(ev *probes.Event) error {
+func (k *fakeKernel) Read(ev *events.Event) error {
 	k.mu.Lock()
 	k.reads++
 	again := k.reads > 1
@@ -120,15 +121,15 @@ func (k *fakeKernel) Close() error {
 // feed hands ev to the agent and returns once the agent has handled it. First it changes
 // the kernel's table as the BPF programs do: a fork of a tracked master tracks the child as
 // its worker, a worker that execs becomes a master, a process that exits is untracked.
-func (k *fakeKernel) feed(t *testing.T, ev probes.Event) {
+func (k *fakeKernel) feed(t *testing.T, ev events.Event) {
 	t.Helper()
 	k.mu.Lock()
 	switch kind, ok := k.tracked[ev.TGID]; {
-	case ev.Kind == probes.KindFork && k.tracked[ev.Other] == probes.ProcMaster:
-		k.tracked[ev.TGID], k.masters[ev.TGID] = probes.ProcWorker, ev.Other
-	case ev.Kind == probes.KindExec && ok && kind == probes.ProcWorker:
-		k.tracked[ev.TGID], k.masters[ev.TGID] = probes.ProcMaster, ev.TGID
-	case ev.Kind == probes.KindExit:
+	case ev.Kind == events.KindFork && k.tracked[ev.Other] == events.ProcMaster:
+		k.tracked[ev.TGID], k.masters[ev.TGID] = events.ProcWorker, ev.Other
+	case ev.Kind == events.KindExec && ok && kind == events.ProcWorker:
+		k.tracked[ev.TGID], k.masters[ev.TGID] = events.ProcMaster, ev.TGID
+	case ev.Kind == events.KindExit:
 		delete(k.tracked, ev.TGID)
 	}
 	k.mu.Unlock()
@@ -149,7 +150,7 @@ func (k *fakeKernel) kinds() map[uint32]string {
 	defer k.mu.Unlock()
 	out := make(map[uint32]string)
 	for pid, kind := range k.tracked {
-		if kind == probes.ProcMaster {
+		if kind == events.ProcMaster {
 			out[pid] = "master"
 		} else {
 			out[pid] = fmt.Sprintf("worker of %d", k.masters[pid])

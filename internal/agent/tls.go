@@ -4,7 +4,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
@@ -39,7 +39,7 @@ func (a *Agent) watchTLS(pid uint32, forkNS uint64) {
 	}
 	args := []any{"worker_pid", pid, "lib", res.Lib, "probes", res.Probes, "took", res.Took}
 	if forkNS != 0 {
-		if now := aggregate.MonotonicNow(); now > forkNS {
+		if now := events.MonotonicNow(); now > forkNS {
 			args = append(args, "since_fork", time.Duration(now-forkNS))
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
@@ -54,10 +55,10 @@ func TestTLSFollowsWorkers(t *testing.T) {
 		}
 	}
 	want("attach", []uint32{w1, w2}, nil)
-	r.k.feed(t, probes.Event{Kind: probes.KindFork, TGID: w3, Other: m1, ProcKind: probes.ProcWorker, TS: 1})
+	r.k.feed(t, events.Event{Kind: events.KindFork, TGID: w3, Other: m1, ProcKind: events.ProcWorker, TS: 1})
 	want("fork", []uint32{w1, w2, w3}, nil)
-	r.k.feed(t, probes.Event{Kind: probes.KindExit, TGID: w1, Master: m1, ProcKind: probes.ProcWorker})
+	r.k.feed(t, events.Event{Kind: events.KindExit, TGID: w1, Master: m1, ProcKind: events.ProcWorker})
 	want("exit", []uint32{w1, w2, w3}, []uint32{w1})
-	r.k.feed(t, probes.Event{Kind: probes.KindExec, TGID: w3, Other: m1, ProcKind: probes.ProcWorker})
+	r.k.feed(t, events.Event{Kind: events.KindExec, TGID: w3, Other: m1, ProcKind: events.ProcWorker})
 	want("exec", []uint32{w1, w2, w3}, []uint32{w1, w3})
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
@@ -13,7 +14,7 @@ import (
 // attach tracks a master and the workers it already has.
 func (a *Agent) attach(info proc.Info) error {
 	m := info.PID
-	if err := a.k.Track(m, m, probes.ProcMaster); err != nil {
+	if err := a.k.Track(m, m, events.ProcMaster); err != nil {
 		return err
 	}
 	a.agg.AddMaster(m, info.Started, proc.App(info.Cmdline))
@@ -25,7 +26,7 @@ func (a *Agent) attach(info proc.Info) error {
 	var pids []uint32
 	var started []time.Time
 	for _, k := range kids {
-		if err := a.k.Track(k.PID, m, probes.ProcWorker); err != nil {
+		if err := a.k.Track(k.PID, m, events.ProcWorker); err != nil {
 			return err
 		}
 		pids = append(pids, k.PID)
@@ -82,7 +83,7 @@ func (a *Agent) watchListeners() {
 // exit goes to Run's loop; a worker that execs is the new master of a USR2 upgrade, which
 // the kernel side tracks from then on and the aggregate observes as a master.
 func (a *Agent) read() {
-	var ev probes.Event
+	var ev events.Event
 	for {
 		err := a.k.Read(&ev)
 		if errors.Is(err, probes.ErrClosed) {
@@ -94,20 +95,20 @@ func (a *Agent) read() {
 		}
 		a.agg.Handle(&ev)
 		switch {
-		case ev.Kind == probes.KindExit && ev.ProcKind == probes.ProcMaster:
+		case ev.Kind == events.KindExit && ev.ProcKind == events.ProcMaster:
 			a.noteGone(ev.TGID)
-		case ev.Kind == probes.KindExec && ev.ProcKind == probes.ProcWorker:
+		case ev.Kind == events.KindExec && ev.ProcKind == events.ProcWorker:
 			a.unwatchTLS(ev.TGID)
 			a.noteContainer(ev.TGID)
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
-		case ev.Kind == probes.KindSignal && ev.ProcKind == probes.ProcWorker:
+		case ev.Kind == events.KindSignal && ev.ProcKind == events.ProcWorker:
 			a.log.Debug("worker signalled", "master_pid", ev.Master, "worker_pid", ev.TGID, "sender_pid", ev.Other,
 				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
-		case ev.Kind == probes.KindFork:
+		case ev.Kind == events.KindFork:
 			a.noteContainer(ev.TGID)
 			a.watchTLS(ev.TGID, ev.TS)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
-		case ev.Kind == probes.KindExit:
+		case ev.Kind == events.KindExit:
 			a.unwatchTLS(ev.TGID)
 			a.log.Debug("worker exited", "master_pid", ev.Master, "worker_pid", ev.TGID, "status", ev.Code)
 		}

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // Config holds what the aggregator needs to know; build it with DefaultConfig.
@@ -37,7 +37,7 @@ func DefaultConfig() Config {
 		ServedToDrop: 2,
 		MaxEndpoints: 200,
 		EndpointMode: EndpointNormalized,
-		MonoToWall:   MonotonicToWall(),
+		MonoToWall:   events.MonotonicToWall(),
 		Now:          time.Now,
 	}
 }
@@ -54,9 +54,9 @@ type Aggregator struct {
 	// records), until their request's END.
 	pieces map[reqKey][]byte
 	req    request // the request being counted, reused
-	events [len(probes.KindNames)]uint64
+	events [len(events.KindNames)]uint64
 	// occupancy reads a worker's in flight and busy time from the kernel (SetOccupancy).
-	occupancy func(pid uint32) (probes.Occupancy, bool)
+	occupancy func(pid uint32) (events.Occupancy, bool)
 	// exits numbers the worker exits handled; a snapshot's ExitMark is its value then, so an
 	// exposition made from it showed exactly the exited workers whose exitSeq is at most that.
 	exits uint64
@@ -71,7 +71,7 @@ func New(cfg Config) *Aggregator {
 		cfg.Now = time.Now
 	}
 	if cfg.MonoToWall == nil {
-		cfg.MonoToWall = MonotonicToWall()
+		cfg.MonoToWall = events.MonotonicToWall()
 	}
 	return &Aggregator{
 		cfg:     cfg,
@@ -84,7 +84,7 @@ func New(cfg Config) *Aggregator {
 // SetOccupancy gives the aggregator the kernel's count of each worker's requests in flight
 // and its busy time, read at every snapshot (the kernel sends no record when a request
 // starts). Without it, in flight stays 0 and busy time is what exit records say.
-func (a *Aggregator) SetOccupancy(f func(pid uint32) (probes.Occupancy, bool)) {
+func (a *Aggregator) SetOccupancy(f func(pid uint32) (events.Occupancy, bool)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.occupancy = f
@@ -200,28 +200,28 @@ func (a *Aggregator) Expire() {
 }
 
 // Handle applies one event. Events about unknown processes are ignored.
-func (a *Aggregator) Handle(ev *probes.Event) {
+func (a *Aggregator) Handle(ev *events.Event) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if int(ev.Kind) < len(a.events) {
 		a.events[ev.Kind]++
 	}
 	switch ev.Kind {
-	case probes.KindFork:
+	case events.KindFork:
 		a.fork(ev)
-	case probes.KindExec:
+	case events.KindExec:
 		a.exec(ev)
-	case probes.KindExit:
+	case events.KindExit:
 		a.exit(ev)
-	case probes.KindSignal:
+	case events.KindSignal:
 		a.signal(ev)
-	case probes.KindOOM:
+	case events.KindOOM:
 		if w, ok := a.workers[ev.TGID]; ok {
 			w.oom = true
 		}
-	case probes.KindReqEnd:
+	case events.KindReqEnd:
 		a.reqEnd(ev)
-	case probes.KindReqLine:
+	case events.KindReqLine:
 		a.reqLine(ev)
 	}
 }

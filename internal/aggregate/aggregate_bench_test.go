@@ -3,7 +3,7 @@ package aggregate
 import (
 	"testing"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // BenchmarkHandle feeds the record of a sync worker's request (its END, by close) for two
@@ -29,11 +29,11 @@ func BenchmarkHandle(b *testing.B) {
 				lines[i] = []byte(p)
 			}
 			b.ReportAllocs()
-			var ev probes.Event
+			var ev events.Event
 			n := 0
 			for i := 0; b.Loop(); i++ {
 				ts := uint64(1000 + i*1000)
-				ev = evReq(ts+400, workers[i%2], 9, uint32(i), "", ts, ts+300, 80, 150, 200, probes.EndClose)
+				ev = evReq(ts+400, workers[i%2], 9, uint32(i), "", ts, ts+300, 80, 150, 200, events.EndClose)
 				ev.Line = lines[i%len(lines)]
 				a.Handle(&ev)
 				n++

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // The fake clocks: CLOCK_MONOTONIC nanoseconds map to epoch + ns, and Now is whatever the test
@@ -40,55 +40,55 @@ func newTestAggregator(t *testing.T, tweak func(*Config)) (*Aggregator, *fakeClo
 
 // Event builders, one per record the kernel side emits (bpf/gpe.bpf.c).
 
-func evFork(ts uint64, child, parent uint32) probes.Event {
-	return probes.Event{Kind: probes.KindFork, TGID: child, TS: ts, Other: parent, Master: parent, ProcKind: probes.ProcWorker}
+func evFork(ts uint64, child, parent uint32) events.Event {
+	return events.Event{Kind: events.KindFork, TGID: child, TS: ts, Other: parent, Master: parent, ProcKind: events.ProcWorker}
 }
 
-func evExit(ts uint64, pid uint32, status int32) probes.Event {
-	return probes.Event{Kind: probes.KindExit, TGID: pid, TS: ts, Code: status}
+func evExit(ts uint64, pid uint32, status int32) events.Event {
+	return events.Event{Kind: events.KindExit, TGID: pid, TS: ts, Code: status}
 }
 
-func evSignal(ts uint64, target, sender uint32, sig int32) probes.Event {
-	return probes.Event{Kind: probes.KindSignal, TGID: target, TS: ts, Other: sender, Code: sig}
+func evSignal(ts uint64, target, sender uint32, sig int32) events.Event {
+	return events.Event{Kind: events.KindSignal, TGID: target, TS: ts, Other: sender, Code: sig}
 }
 
-func evExec(ts uint64, pid, oldMaster uint32) probes.Event {
-	return probes.Event{Kind: probes.KindExec, TGID: pid, TS: ts, Other: oldMaster, Master: pid, ProcKind: probes.ProcWorker}
+func evExec(ts uint64, pid, oldMaster uint32) events.Event {
+	return events.Event{Kind: events.KindExec, TGID: pid, TS: ts, Other: oldMaster, Master: pid, ProcKind: events.ProcWorker}
 }
 
-func evOOM(ts uint64, pid uint32) probes.Event {
-	return probes.Event{Kind: probes.KindOOM, TGID: pid, TS: ts}
+func evOOM(ts uint64, pid uint32) events.Event {
+	return events.Event{Kind: events.KindOOM, TGID: pid, TS: ts}
 }
 
 // evReq is the one record of a request, sent when it ended: line is the first piece of its
 // request line, lastWriteNS its last write (0 for none), status 0 when nothing was answered.
-func evReq(ts uint64, pid, fd, seq uint32, line string, startNS, lastWriteNS, bytesIn, bytesOut uint64, status uint16, reason probes.EndReason) probes.Event {
-	return probes.Event{Kind: probes.KindReqEnd, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: startNS,
+func evReq(ts uint64, pid, fd, seq uint32, line string, startNS, lastWriteNS, bytesIn, bytesOut uint64, status uint16, reason events.EndReason) events.Event {
+	return events.Event{Kind: events.KindReqEnd, TGID: pid, TS: ts, FD: fd, Seq: seq, StartNS: startNS,
 		LastWriteNS: lastWriteNS, BytesIn: bytesIn, BytesOut: bytesOut, Status: status, Reason: reason, Line: []byte(line)}
 }
 
 // evLine is a later piece of a request line that arrived in several reads, sent before the
 // request's END.
-func evLine(ts uint64, pid, fd, seq uint32, piece string) probes.Event {
-	return probes.Event{Kind: probes.KindReqLine, TGID: pid, TS: ts, FD: fd, Seq: seq, Line: []byte(piece)}
+func evLine(ts uint64, pid, fd, seq uint32, piece string) events.Event {
+	return events.Event{Kind: events.KindReqLine, TGID: pid, TS: ts, FD: fd, Seq: seq, Line: []byte(piece)}
 }
 
 // evExitBusy is a worker's exit with the kernel's count of its busy time.
-func evExitBusy(ts uint64, pid uint32, status int32, busyNS uint64) probes.Event {
+func evExitBusy(ts uint64, pid uint32, status int32, busyNS uint64) events.Event {
 	ev := evExit(ts, pid, status)
 	ev.BusyNS = busyNS
 	return ev
 }
 
 // occupancy is a fake of the kernel's per-worker figures for SetOccupancy.
-type occupancy map[uint32]probes.Occupancy
+type occupancy map[uint32]events.Occupancy
 
-func (o occupancy) read(pid uint32) (probes.Occupancy, bool) {
+func (o occupancy) read(pid uint32) (events.Occupancy, bool) {
 	v, ok := o[pid]
 	return v, ok
 }
 
-func feed(a *Aggregator, evs ...probes.Event) {
+func feed(a *Aggregator, evs ...events.Event) {
 	for i := range evs {
 		a.Handle(&evs[i])
 	}
@@ -203,16 +203,16 @@ func TestKeepAlive(t *testing.T) {
 	// Request 2: POST /upload, 300 ms, 70000 B in, 100 B out, ended by the close. Both on one
 	// connection.
 	t1, t2 := 10*sec, 11*sec
-	e1 := evReq(t2, w, fd, 1, "GET /users/42", t1, t1+4*ms, 300, 2000, 200, probes.EndNext)
-	e2 := evReq(t2+400*ms, w, fd, 2, "POST /upload", t2, t2+300*ms, 70000, 100, 201, probes.EndClose)
+	e1 := evReq(t2, w, fd, 1, "GET /users/42", t1, t1+4*ms, 300, 2000, 200, events.EndNext)
+	e2 := evReq(t2+400*ms, w, fd, 2, "POST /upload", t2, t2+300*ms, 70000, 100, 201, events.EndClose)
 
 	for _, tc := range []struct {
 		name string
-		evs  []probes.Event
+		evs  []events.Event
 	}{
-		{"in order", []probes.Event{e1, e2}},
+		{"in order", []events.Event{e1, e2}},
 		// Each END is a whole request: the order they are read in does not matter.
-		{"second read first", []probes.Event{e2, e1}},
+		{"second read first", []events.Event{e2, e1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
@@ -253,13 +253,13 @@ func TestKeepAlive(t *testing.T) {
 func TestEndsOnOneFDInAnyOrder(t *testing.T) {
 	const w, fd = 101, 9
 	t1, t2, t3 := 10*sec, 10*sec+5*ms, 10*sec+10*ms
-	ends := []probes.Event{
-		evReq(t3+1*ms, w, fd, 41, "GET /a", t1, t1+1*ms, 100, 50, 200, probes.EndClose),
-		evReq(t3+2*ms, w, fd, 42, "GET /", t2, t2+2*ms, 100, 50, 404, probes.EndClose),
-		evReq(t3+4*ms, w, fd, 43, "GE", t3, t3+3*ms, 100, 50, 500, probes.EndClose),
+	ends := []events.Event{
+		evReq(t3+1*ms, w, fd, 41, "GET /a", t1, t1+1*ms, 100, 50, 200, events.EndClose),
+		evReq(t3+2*ms, w, fd, 42, "GET /", t2, t2+2*ms, 100, 50, 404, events.EndClose),
+		evReq(t3+4*ms, w, fd, 43, "GE", t3, t3+3*ms, 100, 50, 500, events.EndClose),
 	}
 	// The pieces of requests 42 and 43, interleaved; each before its END.
-	pieces := []probes.Event{
+	pieces := []events.Event{
 		evLine(t2+1*ms, w, fd, 42, "b"),
 		evLine(t3+1, w, fd, 43, "T /"),
 		evLine(t3+2, w, fd, 43, "c"),
@@ -303,7 +303,7 @@ func TestDurationBuckets(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
 			start := 5 * sec
 			feed(a, evFork(sec, 101, masterPID),
-				evReq(start+tc.d, 101, 3, 1, "GET /", start, start+tc.d, 10, 10, 200, probes.EndClose))
+				evReq(start+tc.d, 101, 3, 1, "GET /", start, start+tc.d, 10, 10, 200, events.EndClose))
 			ws := workerOf(t, a.Snapshot(100*sec), 101)
 			wantEq(t, "count in bucket", inBucket(t, ws.Duration, tc.le), uint64(1))
 			wantEq(t, "count", ws.Duration.Count, uint64(1))
@@ -320,10 +320,10 @@ func TestWorkerKilledMidRequest(t *testing.T) {
 	feed(a,
 		evSignal(12*sec, 102, adminPID, 9), // kill -9
 		// The kernel ends the request it was serving, then sends its exit.
-		evReq(12*sec, 102, 9, 1, "POST /orders/123/pay", 10*sec, 0, 500, 0, 0, probes.EndExit),
+		evReq(12*sec, 102, 9, 1, "POST /orders/123/pay", 10*sec, 0, 500, 0, 0, events.EndExit),
 		evExitBusy(12*sec, 102, 9, 2*sec), // wait status: killed by signal 9
 		// A request record read after the exit is not a second failure.
-		evReq(12*sec+1, 102, 10, 2, "GET /late", 11*sec, 0, 10, 0, 0, probes.EndClose),
+		evReq(12*sec+1, 102, 10, 2, "GET /late", 11*sec, 0, 10, 0, 0, events.EndClose),
 		evSignal(12*sec, masterPID, 102, 17),
 		evFork(13*sec, 103, masterPID), // the replacement
 	)
@@ -404,15 +404,15 @@ func TestWorkerTimeout(t *testing.T) {
 	start := 10 * sec
 	for _, tc := range []struct {
 		name string
-		evs  []probes.Event
+		evs  []events.Event
 	}{
 		{
 			// The sync worker's SIGABRT handler calls sys.exit(1); the socket is closed while
 			// unwinding, with no status line written.
 			name: "abort, close, exit 1",
-			evs: []probes.Event{
+			evs: []events.Event{
 				evSignal(40*sec, w, masterPID, 6),
-				evReq(40*sec+ms, w, fd, 1, "GET /slow", start, 0, 100, 0, 0, probes.EndClose),
+				evReq(40*sec+ms, w, fd, 1, "GET /slow", start, 0, 100, 0, 0, events.EndClose),
 				evExit(40*sec+2*ms, w, 1<<8),
 			},
 		},
@@ -420,10 +420,10 @@ func TestWorkerTimeout(t *testing.T) {
 			// The worker did not die of the abort: the next timeout sends SIGKILL; the kernel
 			// ends the request at the exit.
 			name: "abort, then kill",
-			evs: []probes.Event{
+			evs: []events.Event{
 				evSignal(40*sec, w, masterPID, 6),
 				evSignal(70*sec, w, masterPID, 9),
-				evReq(70*sec, w, fd, 1, "GET /slow", start, 0, 100, 0, 0, probes.EndExit),
+				evReq(70*sec, w, fd, 1, "GET /slow", start, 0, 100, 0, 0, events.EndExit),
 				evExit(70*sec, w, 9),
 			},
 		},
@@ -458,7 +458,7 @@ func TestWorkerTimeout(t *testing.T) {
 func TestExitReasons(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		before []probes.Event
+		before []events.Event
 		status int32
 		want   string
 	}{
@@ -467,8 +467,8 @@ func TestExitReasons(t *testing.T) {
 		{"exit 3 (boot error)", nil, 3 << 8, ExitError},
 		{"killed by SIGKILL", nil, 9, ExitSignal},
 		{"killed by SIGSEGV with core", nil, 11 | 0x80, ExitSignal},
-		{"OOM killer", []probes.Event{evOOM(5*sec, 101)}, 9, ExitOOM},
-		{"aborted by the master", []probes.Event{evSignal(5*sec, 101, masterPID, 6)}, 1 << 8, ExitTimeout},
+		{"OOM killer", []events.Event{evOOM(5*sec, 101)}, 9, ExitOOM},
+		{"aborted by the master", []events.Event{evSignal(5*sec, 101, masterPID, 6)}, 1 << 8, ExitTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
@@ -484,11 +484,11 @@ func TestExitReasons(t *testing.T) {
 
 func TestUnknownConnectionsAndProcesses(t *testing.T) {
 	const w = 101
-	tls := evReq(5*sec, w, 9, 4, "", 4*sec, 0, 10, 0, 0, probes.EndClose)
-	tls.Flags = probes.FlagTLS
+	tls := evReq(5*sec, w, 9, 4, "", 4*sec, 0, 10, 0, 0, events.EndClose)
+	tls.Flags = events.FlagTLS
 	for _, tc := range []struct {
 		name       string
-		evs        []probes.Event
+		evs        []events.Event
 		requests   uint64
 		http       uint64 // http_requests_total{OTHER, unknown, 200}
 		noResponse uint64 // error_handling{OTHER, unknown, no_response}
@@ -496,34 +496,34 @@ func TestUnknownConnectionsAndProcesses(t *testing.T) {
 	}{
 		{
 			name:     "END with a status and no line",
-			evs:      []probes.Event{evReq(5*sec, w, 9, 3, "", 4*sec, 5*sec, 10, 10, 200, probes.EndClose)},
+			evs:      []events.Event{evReq(5*sec, w, 9, 3, "", 4*sec, 5*sec, 10, 10, 200, events.EndClose)},
 			requests: 1, http: 1, durations: 1,
 		},
 		{
 			name:       "END without a status or a line",
-			evs:        []probes.Event{evReq(5*sec, w, 9, 3, "", 4*sec, 0, 10, 0, 0, probes.EndClose)},
+			evs:        []events.Event{evReq(5*sec, w, 9, 3, "", 4*sec, 0, 10, 0, 0, events.EndClose)},
 			noResponse: 1,
 		},
 		{
 			// Unanswered, it would be a no_response failure: a TLS request counts nowhere.
 			name: "END of a TLS connection",
-			evs:  []probes.Event{tls},
+			evs:  []events.Event{tls},
 		},
 		{
 			name: "a LINE piece whose END never came",
-			evs:  []probes.Event{evLine(5*sec, w, 9, 3, "/users/1")},
+			evs:  []events.Event{evLine(5*sec, w, 9, 3, "/users/1")},
 		},
 		{
 			name: "requests of an unknown pid",
-			evs: []probes.Event{
+			evs: []events.Event{
 				evLine(4*sec, 4242, 9, 1, "a"),
-				evReq(5*sec, 4242, 9, 1, "GET /", 4*sec, 5*sec, 10, 10, 200, probes.EndClose),
-				evReq(5*sec, 4242, 9, 2, "GET /b", 4*sec, 0, 10, 0, 0, probes.EndExit),
+				evReq(5*sec, 4242, 9, 1, "GET /", 4*sec, 5*sec, 10, 10, 200, events.EndClose),
+				evReq(5*sec, 4242, 9, 2, "GET /b", 4*sec, 0, 10, 0, 0, events.EndExit),
 			},
 		},
 		{
 			name: "process events of unknown pids",
-			evs: []probes.Event{
+			evs: []events.Event{
 				evFork(5*sec, 4243, 4242), // its parent is not an observed master
 				evSignal(5*sec, 4242, adminPID, 1),
 				evExit(5*sec, 4244, 0),
@@ -561,11 +561,11 @@ func TestStatusCountedOnce(t *testing.T) {
 	start := 5 * sec
 	for _, tc := range []struct {
 		name   string
-		reason probes.EndReason
+		reason events.EndReason
 	}{
-		{"next request", probes.EndNext}, {"close", probes.EndClose}, {"reused entry", probes.EndReused},
-		{"pipelined", probes.EndPipeline}, {"read found nothing", probes.EndWait},
-		{"exit after the status line", probes.EndExit},
+		{"next request", events.EndNext}, {"close", events.EndClose}, {"reused entry", events.EndReused},
+		{"pipelined", events.EndPipeline}, {"read found nothing", events.EndWait},
+		{"exit after the status line", events.EndExit},
 	} {
 		reason := tc.reason
 		t.Run(tc.name, func(t *testing.T) {
@@ -593,9 +593,9 @@ func TestFailedRequests(t *testing.T) {
 	start := 5 * sec
 	for _, tc := range []struct {
 		name    string
-		before  []probes.Event // before the END
+		before  []events.Event // before the END
 		status  uint16         // the END's status, 0 for none
-		reason  probes.EndReason
+		reason  events.EndReason
 		counted bool   // in requests_total and http_requests_total
 		errType string // "" when not failed
 	}{
@@ -606,21 +606,21 @@ func TestFailedRequests(t *testing.T) {
 		{name: "no response", errType: ErrNoResponse},
 		{
 			name:    "no response from a quitting worker",
-			before:  []probes.Event{evSignal(start+ms, w, masterPID, 15)},
+			before:  []events.Event{evSignal(start+ms, w, masterPID, 15)},
 			errType: ErrWorkerExit,
 		},
 		{
 			name:    "200 from a quitting worker",
-			before:  []probes.Event{evSignal(start+ms, w, masterPID, 15)},
+			before:  []events.Event{evSignal(start+ms, w, masterPID, 15)},
 			status:  200,
 			counted: true,
 		},
 		{
 			name:    "no response from an aborting worker",
-			before:  []probes.Event{evSignal(start+ms, w, masterPID, 6)},
+			before:  []events.Event{evSignal(start+ms, w, masterPID, 6)},
 			errType: ErrWorkerTimeout,
 		},
-		{name: "no response, ended by the worker's exit", reason: probes.EndExit, errType: ErrWorkerExit},
+		{name: "no response, ended by the worker's exit", reason: events.EndExit, errType: ErrWorkerExit},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
@@ -628,7 +628,7 @@ func TestFailedRequests(t *testing.T) {
 			feed(a, tc.before...)
 			reason := tc.reason
 			if reason == 0 {
-				reason = probes.EndClose
+				reason = events.EndClose
 			}
 			var lastWrite, out uint64
 			if tc.status != 0 {
@@ -731,29 +731,29 @@ func TestInFlightAndBusy(t *testing.T) {
 	feed(a, evFork(sec, w, masterPID))
 	for _, step := range []struct {
 		name     string
-		kernel   probes.Occupancy
-		evs      []probes.Event
+		kernel   events.Occupancy
+		evs      []events.Event
 		monoNow  uint64
 		inFlight int
 		busy     float64
 	}{
-		{"first request", probes.Occupancy{InFlight: 1, BusySince: 10 * sec}, nil, 10*sec + 500*ms, 1, 0.5},
-		{"second request", probes.Occupancy{InFlight: 2, BusySince: 10 * sec}, nil, 11*sec + 500*ms, 2, 1.5},
-		{"first answered", probes.Occupancy{InFlight: 1, BusySince: 10 * sec},
-			[]probes.Event{evReq(12*sec+100*ms, w, 5, 1, "GET /a", 10*sec, 12*sec, 10, 10, 200, probes.EndWait)},
+		{"first request", events.Occupancy{InFlight: 1, BusySince: 10 * sec}, nil, 10*sec + 500*ms, 1, 0.5},
+		{"second request", events.Occupancy{InFlight: 2, BusySince: 10 * sec}, nil, 11*sec + 500*ms, 2, 1.5},
+		{"first answered", events.Occupancy{InFlight: 1, BusySince: 10 * sec},
+			[]events.Event{evReq(12*sec+100*ms, w, 5, 1, "GET /a", 10*sec, 12*sec, 10, 10, 200, events.EndWait)},
 			12*sec + 500*ms, 1, 2.5},
-		{"second answered", probes.Occupancy{BusyNS: 3 * sec, BusySince: 10 * sec},
-			[]probes.Event{evReq(13*sec+500*ms, w, 6, 1, "GET /b", 11*sec, 13*sec, 10, 10, 200, probes.EndClose)},
+		{"second answered", events.Occupancy{BusyNS: 3 * sec, BusySince: 10 * sec},
+			[]events.Event{evReq(13*sec+500*ms, w, 6, 1, "GET /b", 11*sec, 13*sec, 10, 10, 200, events.EndClose)},
 			15 * sec, 0, 3},
-		{"keep-alive request", probes.Occupancy{InFlight: 1, BusyNS: 3 * sec, BusySince: 20 * sec}, nil, 20*sec + 250*ms, 1, 3.25},
-		{"keep-alive answered", probes.Occupancy{BusyNS: 4 * sec, BusySince: 20 * sec},
-			[]probes.Event{evReq(22*sec, w, 5, 2, "GET /a", 20*sec, 21*sec, 10, 10, 200, probes.EndClose)},
+		{"keep-alive request", events.Occupancy{InFlight: 1, BusyNS: 3 * sec, BusySince: 20 * sec}, nil, 20*sec + 250*ms, 1, 3.25},
+		{"keep-alive answered", events.Occupancy{BusyNS: 4 * sec, BusySince: 20 * sec},
+			[]events.Event{evReq(22*sec, w, 5, 2, "GET /a", 20*sec, 21*sec, 10, 10, 200, events.EndClose)},
 			30 * sec, 0, 4},
-		{"fourth request", probes.Occupancy{InFlight: 1, BusyNS: 4 * sec, BusySince: 40 * sec}, nil, 40*sec + 500*ms, 1, 4.5},
+		{"fourth request", events.Occupancy{InFlight: 1, BusyNS: 4 * sec, BusySince: 40 * sec}, nil, 40*sec + 500*ms, 1, 4.5},
 		// The kernel's entry is stale (not removed yet): the exit record has the final figures.
-		{"killed", probes.Occupancy{InFlight: 1, BusyNS: 4 * sec, BusySince: 40 * sec},
-			[]probes.Event{
-				evReq(41*sec, w, 5, 3, "GET /a", 40*sec, 0, 10, 0, 0, probes.EndExit),
+		{"killed", events.Occupancy{InFlight: 1, BusyNS: 4 * sec, BusySince: 40 * sec},
+			[]events.Event{
+				evReq(41*sec, w, 5, 3, "GET /a", 40*sec, 0, 10, 0, 0, events.EndExit),
 				evExitBusy(41*sec, w, 9, 5*sec),
 			},
 			100 * sec, 0, 5},
@@ -805,10 +805,10 @@ func TestPIDReuse(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
 	feed(a, evFork(sec, 101, masterPID),
 		evLine(5*sec, 101, 5, 1, "/a"), // a line the old worker never finished reading
-		evReq(6*sec, 101, 6, 2, "GET /x", 5*sec, 0, 10, 0, 0, probes.EndExit),
+		evReq(6*sec, 101, 6, 2, "GET /x", 5*sec, 0, 10, 0, 0, events.EndExit),
 		evExit(6*sec, 101, 9),
 		evFork(7*sec, 101, masterPID),
-		evReq(9*sec, 101, 5, 3, "GET /b", 8*sec, 9*sec, 10, 10, 200, probes.EndClose),
+		evReq(9*sec, 101, 5, 3, "GET /b", 8*sec, 9*sec, 10, 10, 200, events.EndClose),
 	)
 	s := a.Snapshot(10 * sec)
 	ws := workerOf(t, s, 101)
@@ -864,13 +864,13 @@ func TestStateSince(t *testing.T) {
 	feed(a, evFork(2*sec, w, masterPID))
 	for _, step := range []struct {
 		name  string
-		ev    probes.Event
+		ev    events.Event
 		state string
 		since uint64
 	}{
 		{"forked", evSignal(2*sec, masterPID, adminPID, 17), StateRunning, 2 * sec},
-		{"request", evReq(4*sec, w, 5, 1, "GET /", 3*sec, 4*sec, 10, 10, 200, probes.EndClose), StateRunning, 2 * sec},
-		{"unanswered request", evReq(4*sec, w, 5, 2, "GET /", 3*sec, 0, 10, 0, 0, probes.EndClose), StateRunning, 2 * sec},
+		{"request", evReq(4*sec, w, 5, 1, "GET /", 3*sec, 4*sec, 10, 10, 200, events.EndClose), StateRunning, 2 * sec},
+		{"unanswered request", evReq(4*sec, w, 5, 2, "GET /", 3*sec, 0, 10, 0, 0, events.EndClose), StateRunning, 2 * sec},
 		{"usr1 (reopen logs)", evSignal(5*sec, w, masterPID, 10), StateRunning, 2 * sec},
 		{"term", evSignal(6*sec, w, masterPID, 15), StateQuitting, 6 * sec},
 		{"term again", evSignal(7*sec, w, masterPID, 15), StateQuitting, 6 * sec},
@@ -925,8 +925,8 @@ func TestEventCounts(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
 	feed(a, evFork(sec, 101, masterPID),
 		evLine(2*sec, 101, 5, 1, "/a"),
-		evReq(3*sec, 101, 5, 1, "GET ", 2*sec, 3*sec, 1, 1, 200, probes.EndClose),
-		evReq(4*sec, 4242, 5, 1, "GET /", 3*sec, 4*sec, 1, 1, 200, probes.EndClose), // counted as read even though ignored
+		evReq(3*sec, 101, 5, 1, "GET ", 2*sec, 3*sec, 1, 1, 200, events.EndClose),
+		evReq(4*sec, 4242, 5, 1, "GET /", 3*sec, 4*sec, 1, 1, 200, events.EndClose), // counted as read even though ignored
 	)
 	s := a.Snapshot(0)
 	want := map[string]uint64{"fork": 1, "request_line": 1, "request_end": 2}
@@ -961,9 +961,9 @@ func TestRequestLineInPieces(t *testing.T) {
 				feed(a, evLine(start+uint64(i+1)*ms, w, fd, 1, p))
 			}
 			if tc.status == 0 {
-				feed(a, evReq(start+11*ms, w, fd, 1, tc.pieces[0], start, 0, 100, 0, 0, probes.EndExit), evExit(start+11*ms, w, 9))
+				feed(a, evReq(start+11*ms, w, fd, 1, tc.pieces[0], start, 0, 100, 0, 0, events.EndExit), evExit(start+11*ms, w, 9))
 			} else {
-				feed(a, evReq(start+11*ms, w, fd, 1, tc.pieces[0], start, start+10*ms, 100, 50, tc.status, probes.EndClose))
+				feed(a, evReq(start+11*ms, w, fd, 1, tc.pieces[0], start, start+10*ms, 100, 50, tc.status, events.EndClose))
 			}
 			s := a.Snapshot(20 * sec)
 			m, ws := masterOf(t, s, masterPID), workerOf(t, s, w)
@@ -990,10 +990,10 @@ func TestPiecesBoundAndDroppedAtExit(t *testing.T) {
 	}
 	// No room: the piece is lost; the request is counted from its first piece.
 	feed(a, evLine(3*sec, 102, 6, 1, "bc"),
-		evReq(3*sec+ms, 102, 6, 1, "GET /a", 3*sec, 3*sec+ms, 10, 10, 200, probes.EndClose))
+		evReq(3*sec+ms, 102, 6, 1, "GET /a", 3*sec, 3*sec+ms, 10, 10, 200, events.EndClose))
 	feed(a, evExit(4*sec, 101, 9))
 	feed(a, evLine(5*sec, 102, 6, 2, "bc"),
-		evReq(5*sec+ms, 102, 6, 2, "GET /a", 5*sec, 5*sec+ms, 10, 10, 200, probes.EndClose))
+		evReq(5*sec+ms, 102, 6, 2, "GET /a", 5*sec, 5*sec+ms, 10, 10, 200, events.EndClose))
 	s := a.Snapshot(10 * sec)
 	m := masterOf(t, s, masterPID)
 	wantEq(t, "GET /a (piece lost while full)", httpCount(m, "GET", "/a", 200), uint64(1))
@@ -1010,17 +1010,17 @@ func TestClientGone(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		status uint16
-		reason probes.EndReason
+		reason events.EndReason
 	}{
-		{"answered into the void, then closed", 200, probes.EndClose},
-		{"answered into the void, read found nothing", 200, probes.EndWait},
-		{"nothing written", 0, probes.EndClose},
+		{"answered into the void, then closed", 200, events.EndClose},
+		{"answered into the void, read found nothing", 200, events.EndWait},
+		{"nothing written", 0, events.EndClose},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
 			feed(a, evFork(sec, w, masterPID))
 			end := evReq(start+501*ms, w, fd, 1, "GET /slow", start, start+500*ms, 100, 50, tc.status, tc.reason)
-			end.Flags = probes.FlagClientGone
+			end.Flags = events.FlagClientGone
 			feed(a, end)
 			s := a.Snapshot(10 * sec)
 			m, ws := masterOf(t, s, masterPID), workerOf(t, s, w)
@@ -1039,16 +1039,16 @@ func TestClientGone(t *testing.T) {
 // connection (a keep-alive request on it, and an END without the time, add nothing).
 func TestQueueWait(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
-	first := evReq(5*sec+ms, 101, 3, 1, "GET /", 5*sec, 5*sec+ms, 10, 10, 200, probes.EndNext)
+	first := evReq(5*sec+ms, 101, 3, 1, "GET /", 5*sec, 5*sec+ms, 10, 10, 200, events.EndNext)
 	first.EstablishedNS = 5*sec - 300*ms
-	second := evReq(6*sec+ms, 102, 4, 2, "GET /", 6*sec, 6*sec+ms, 10, 10, 200, probes.EndClose)
+	second := evReq(6*sec+ms, 102, 4, 2, "GET /", 6*sec, 6*sec+ms, 10, 10, 200, events.EndClose)
 	second.EstablishedNS = 6*sec - 2*ms
 	// Established after it started: not a wait.
-	odd := evReq(7*sec+ms, 102, 4, 4, "GET /", 7*sec, 7*sec+ms, 10, 10, 200, probes.EndClose)
+	odd := evReq(7*sec+ms, 102, 4, 4, "GET /", 7*sec, 7*sec+ms, 10, 10, 200, events.EndClose)
 	odd.EstablishedNS = 7*sec + 1
 	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID),
 		first,
-		evReq(5*sec+3*ms, 101, 3, 3, "GET /", 5*sec+2*ms, 5*sec+3*ms, 10, 10, 200, probes.EndClose), // keep-alive: no establishment
+		evReq(5*sec+3*ms, 101, 3, 3, "GET /", 5*sec+2*ms, 5*sec+3*ms, 10, 10, 200, events.EndClose), // keep-alive: no establishment
 		second, odd)
 	q := masterOf(t, a.Snapshot(100*sec), masterPID).Queue
 	wantEq(t, "queued connections", q.Count, uint64(2))

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 func TestEndpointLabel(t *testing.T) {
@@ -135,7 +135,7 @@ func TestMaxEndpointsPerMaster(t *testing.T) {
 		line := []string{"GET /a", "GET /b", "GET /b"}[i]
 		seq := uint32(i + 1)
 		ts := uint64(i+2) * sec
-		feed(a, evReq(ts+ms, w, 5, seq, line, ts, ts+ms, 1, 1, 200, probes.EndWait))
+		feed(a, evReq(ts+ms, w, 5, seq, line, ts, ts+ms, 1, 1, 200, events.EndWait))
 	}
 	s := a.Snapshot(0)
 	m1, m2 := masterOf(t, s, masterPID), masterOf(t, s, 200)
@@ -155,7 +155,7 @@ func TestEndpointThroughAggregator(t *testing.T) {
 		t.Run(tc.line, func(t *testing.T) {
 			a, _ := newTestAggregator(t, nil)
 			feed(a, evFork(sec, 101, masterPID),
-				evReq(3*sec, 101, 5, 1, tc.line, 2*sec, 3*sec, 10, 10, 400, probes.EndClose))
+				evReq(3*sec, 101, 5, 1, tc.line, 2*sec, 3*sec, 10, 10, 400, events.EndClose))
 			m := masterOf(t, a.Snapshot(0), masterPID)
 			wantEq(t, "http", httpCount(m, tc.method, tc.endpoint, 400), uint64(1))
 			wantEq(t, "routes", len(m.Routes), 1)

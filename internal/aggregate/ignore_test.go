@@ -3,7 +3,7 @@ package aggregate
 import (
 	"testing"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // TestIgnoreRoutes: requests to an --ignore-route template count only in Ignored, whatever
@@ -20,7 +20,7 @@ func TestIgnoreRoutes(t *testing.T) {
 	a.SetOccupancy(occ.read)
 	feed(a, evFork(sec, w, masterPID))
 	req := func(fd, seq uint32, at uint64, line string, status uint16) {
-		feed(a, evReq(at+20*ms, w, fd, seq, line, at, at+10*ms, 100, 200, status, probes.EndClose))
+		feed(a, evReq(at+20*ms, w, fd, seq, line, at, at+10*ms, 100, 200, status, events.EndClose))
 	}
 	req(5, 1, 2*sec, "GET /healthz", 200)
 	req(5, 2, 3*sec, "GET /healthz/", 503)      // trailing slash; a 5xx is not a failure either
@@ -30,11 +30,11 @@ func TestIgnoreRoutes(t *testing.T) {
 	req(5, 6, 7*sec, "GET /users/7", 200)
 	req(5, 7, 8*sec, "GET /other", 200) // the third endpoint: /healthz took no place
 	// In flight when the worker dies: not a worker_exit failure either.
-	occ[w] = probes.Occupancy{InFlight: 1, BusyNS: 60 * ms, BusySince: 9 * sec}
+	occ[w] = events.Occupancy{InFlight: 1, BusyNS: 60 * ms, BusySince: 9 * sec}
 	ws := workerOf(t, a.Snapshot(9*sec+500*ms), w)
 	wantEq(t, "ignored request in flight", ws.InFlight, 1)
 	wantEq(t, "busy seconds while in flight", ws.BusySeconds, 0.56)
-	feed(a, evReq(10*sec, w, 6, 1, "GET /healthz", 9*sec, 0, 10, 0, 0, probes.EndExit),
+	feed(a, evReq(10*sec, w, 6, 1, "GET /healthz", 9*sec, 0, 10, 0, 0, events.EndExit),
 		evExitBusy(10*sec, w, 9, 60*ms+sec))
 
 	s := a.Snapshot(0)

@@ -3,7 +3,7 @@ package aggregate
 import (
 	"fmt"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // Requests: one END record each, sent by the kernel when the request ended, and the
@@ -56,7 +56,7 @@ type routeKey struct{ method, endpoint string }
 const maxPieces = 1024
 
 // reqLine keeps a piece of a request line that arrived in several reads, until its END.
-func (a *Aggregator) reqLine(ev *probes.Event) {
+func (a *Aggregator) reqLine(ev *events.Event) {
 	if w, ok := a.workers[ev.TGID]; !ok || w.state == StateExited {
 		return
 	}
@@ -65,14 +65,14 @@ func (a *Aggregator) reqLine(ev *probes.Event) {
 	if !ok && len(a.pieces) >= maxPieces {
 		return
 	}
-	if room := probes.LineMax - len(p); room > 0 {
+	if room := events.LineMax - len(p); room > 0 {
 		a.pieces[k] = append(p, ev.Line[:min(len(ev.Line), room)]...)
 	}
 }
 
 // reqEnd counts one request from its record: the kernel sends it when the request ends (the
 // next request, the connection's close, the worker's read finding nothing, its exit).
-func (a *Aggregator) reqEnd(ev *probes.Event) {
+func (a *Aggregator) reqEnd(ev *events.Event) {
 	var more []byte
 	if len(a.pieces) > 0 {
 		k := reqKey{connKey{ev.TGID, ev.FD}, ev.Seq}
@@ -80,12 +80,12 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 		delete(a.pieces, k)
 	}
 	w, ok := a.workers[ev.TGID]
-	if !ok || w.state == StateExited || ev.Flags&probes.FlagTLS != 0 {
+	if !ok || w.state == StateExited || ev.Flags&events.FlagTLS != 0 {
 		return
 	}
 	r := &a.req
 	line := append(append(r.line[:0], ev.Line...), more...)
-	*r = request{line: line[:min(len(line), probes.LineMax)], status: ev.Status, gone: ev.Flags&probes.FlagClientGone != 0}
+	*r = request{line: line[:min(len(line), events.LineMax)], status: ev.Status, gone: ev.Flags&events.FlagClientGone != 0}
 	r.label(w.master.norm)
 	if ev.EstablishedNS != 0 && ev.StartNS >= ev.EstablishedNS {
 		// The connection's first request: how long it waited in the accept queue.
@@ -96,7 +96,7 @@ func (a *Aggregator) reqEnd(ev *probes.Event) {
 		// worker was dying.
 		errType := ErrNoResponse
 		switch {
-		case ev.Reason == probes.EndExit || w.state == StateAborting:
+		case ev.Reason == events.EndExit || w.state == StateAborting:
 			errType = a.deathError(w)
 		case w.state == StateQuitting:
 			errType = ErrWorkerExit

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // serve is what the exporter does for one scrape: a snapshot, then Served with its mark.
@@ -20,7 +20,7 @@ func serve(a *Aggregator) Snapshot {
 func TestExitedDroppedAfterTwoServings(t *testing.T) {
 	a, _ := newTestAggregator(t, nil)
 	feed(a, evFork(sec, 101, masterPID), evFork(sec, 102, masterPID),
-		evReq(3*sec, 101, 5, 1, "GET /a", 2*sec, 3*sec, 10, 10, 200, probes.EndClose))
+		evReq(3*sec, 101, 5, 1, "GET /a", 2*sec, 3*sec, 10, 10, 200, events.EndClose))
 	for i := 0; i < 3; i++ {
 		serve(a) // served while running: does not count
 	}
@@ -132,7 +132,7 @@ func TestChurnBounded(t *testing.T) {
 		for e := 0; e < exits; e++ {
 			old := pids[e]
 			ts += ms
-			feed(a, evReq(ts+ms, old, 5, 1, "GET /a", ts, ts+ms, 10, 10, 200, probes.EndClose),
+			feed(a, evReq(ts+ms, old, 5, 1, "GET /a", ts, ts+ms, 10, 10, 200, events.EndClose),
 				evExit(ts+2*ms, old, 0), evFork(ts+2*ms, next, masterPID))
 			requests++
 			pids[e] = next

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // Signals: the counts of each master's signals, what a reload (HUP) or a stop (INT, QUIT,
@@ -20,7 +20,7 @@ const (
 	sigTERM = 15
 )
 
-func (a *Aggregator) signal(ev *probes.Event) {
+func (a *Aggregator) signal(ev *events.Event) {
 	if m, ok := a.masters[ev.TGID]; ok {
 		m.signals[SignalName(ev.Code)]++
 		switch ev.Code {

@@ -4,7 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // Snapshot is a consistent copy of everything exported, taken under one lock.
@@ -85,8 +85,8 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
 	s := Snapshot{Taken: now, Events: make(map[string]uint64), EventKinds: make([]string, 0, len(a.events)), ExitMark: a.exits}
-	for k := probes.KindFork; int(k) < len(a.events); k++ {
-		if probes.KindNames[k] == "" {
+	for k := events.KindFork; int(k) < len(a.events); k++ {
+		if events.KindNames[k] == "" {
 			continue // a kind no longer sent
 		}
 		s.EventKinds = append(s.EventKinds, k.String())

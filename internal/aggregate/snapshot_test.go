@@ -4,14 +4,14 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // TestEventKinds: a snapshot names every kind of record, those never read included, so the
 // exporter can serve their zeros without importing probes.
 func TestEventKinds(t *testing.T) {
 	a := New(DefaultConfig())
-	a.Handle(&probes.Event{Kind: probes.KindFork, TGID: 101, Other: 100})
+	a.Handle(&events.Event{Kind: events.KindFork, TGID: 101, Other: 100})
 	s := a.Snapshot(0)
 	want := []string{"fork", "exit", "exec", "signal", "oom", "request_end", "request_line", "tls"}
 	if !slices.Equal(s.EventKinds, want) {

@@ -5,7 +5,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // The process tree: each master, its workers (ids, ages, states), and what happens at fork,
@@ -204,7 +204,7 @@ func (a *Aggregator) newWorker(m *master, pid uint32, started time.Time) *worker
 	return w
 }
 
-func (a *Aggregator) fork(ev *probes.Event) {
+func (a *Aggregator) fork(ev *events.Event) {
 	m, ok := a.masters[ev.Other]
 	if !ok {
 		return
@@ -233,7 +233,7 @@ func (a *Aggregator) fork(ev *probes.Event) {
 // exec: a worker that execs is the new master of a USR2 upgrade, never a worker. It is
 // forgotten as a worker (its age and any restart it was counted as are given back) and
 // observed as a master from now on.
-func (a *Aggregator) exec(ev *probes.Event) {
+func (a *Aggregator) exec(ev *events.Event) {
 	w, ok := a.workers[ev.TGID]
 	if !ok {
 		return
@@ -251,7 +251,7 @@ func (a *Aggregator) exec(ev *probes.Event) {
 	a.addMasterLocked(ev.TGID, a.cfg.MonoToWall(ev.TS), m.app)
 }
 
-func (a *Aggregator) exit(ev *probes.Event) {
+func (a *Aggregator) exit(ev *events.Event) {
 	if _, ok := a.masters[ev.TGID]; ok {
 		// A master's exit ends its observation; the caller decides what happens next.
 		a.removeMasterLocked(ev.TGID)

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/golden.prom")
@@ -37,7 +37,7 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	a.SetUsage(101, 30<<20, 12.5)
 	a.SetUsage(102, 31<<20, 3)
 	ts := uint64(10 * time.Second)
-	ev := func(e probes.Event) {
+	ev := func(e events.Event) {
 		ts += uint64(time.Millisecond)
 		if e.TS == 0 {
 			e.TS = ts
@@ -47,7 +47,7 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	req := func(pid, fd, seq uint32, line string, status uint16, dur time.Duration) {
 		start := ts + uint64(time.Millisecond)
 		end := start + uint64(dur)
-		ev(probes.Event{Kind: probes.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: probes.EndClose, TS: end + 1, Line: []byte(line)})
+		ev(events.Event{Kind: events.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: events.EndClose, TS: end + 1, Line: []byte(line)})
 		ts = end + 2
 	}
 	req(101, 5, 1, "GET /ok", 200, 2*time.Millisecond)
@@ -57,25 +57,25 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	req(102, 6, 1, "GET /fail", 500, 5*time.Millisecond)
 	req(102, 6, 1, "GET /gone", 0, 5*time.Millisecond)
 	// HUP: two replacements, the old workers told to quit by the master, exiting 0.
-	ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: 1, Code: 1})
-	ev(probes.Event{Kind: probes.KindFork, TGID: 103, Other: m})
-	ev(probes.Event{Kind: probes.KindFork, TGID: 104, Other: m})
+	ev(events.Event{Kind: events.KindSignal, TGID: m, Other: 1, Code: 1})
+	ev(events.Event{Kind: events.KindFork, TGID: 103, Other: m})
+	ev(events.Event{Kind: events.KindFork, TGID: 104, Other: m})
 	// Their busy time is the kernel's, in the exit record: the sum of their requests' times.
 	for _, w := range []struct {
 		pid    uint32
 		busyNS uint64
 	}{{101, uint64(33 * time.Millisecond)}, {102, uint64(310*time.Millisecond + 1)}} {
-		ev(probes.Event{Kind: probes.KindSignal, TGID: w.pid, Other: m, Code: 15})
-		ev(probes.Event{Kind: probes.KindExit, TGID: w.pid, Code: 0, BusyNS: w.busyNS})
-		ev(probes.Event{Kind: probes.KindSignal, TGID: m, Other: w.pid, Code: 17})
+		ev(events.Event{Kind: events.KindSignal, TGID: w.pid, Other: m, Code: 15})
+		ev(events.Event{Kind: events.KindExit, TGID: w.pid, Code: 0, BusyNS: w.busyNS})
+		ev(events.Event{Kind: events.KindSignal, TGID: m, Other: w.pid, Code: 17})
 	}
 	// A timeout: the master aborts 103 while it serves /hang, whose line came in two reads.
 	start := ts
-	ev(probes.Event{Kind: probes.KindReqLine, TGID: 103, FD: 7, Seq: 1, StartNS: start, Line: []byte("ng")})
-	ev(probes.Event{Kind: probes.KindSignal, TGID: 103, Other: m, Code: 6})
-	ev(probes.Event{Kind: probes.KindReqEnd, TGID: 103, FD: 7, Seq: 1, StartNS: start, Reason: probes.EndClose, Line: []byte("GET /ha")})
-	ev(probes.Event{Kind: probes.KindExit, TGID: 103, Code: 1 << 8, BusyNS: ts - start})
-	ev(probes.Event{Kind: probes.KindFork, TGID: 105, Other: m})
+	ev(events.Event{Kind: events.KindReqLine, TGID: 103, FD: 7, Seq: 1, StartNS: start, Line: []byte("ng")})
+	ev(events.Event{Kind: events.KindSignal, TGID: 103, Other: m, Code: 6})
+	ev(events.Event{Kind: events.KindReqEnd, TGID: 103, FD: 7, Seq: 1, StartNS: start, Reason: events.EndClose, Line: []byte("GET /ha")})
+	ev(events.Event{Kind: events.KindExit, TGID: 103, Code: 1 << 8, BusyNS: ts - start})
+	ev(events.Event{Kind: events.KindFork, TGID: 105, Other: m})
 	a.SetUsage(104, 29<<20, 1)
 	a.SetUsage(105, 28<<20, 0)
 	return a

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // BenchmarkScrape serves /metrics for 32 workers and 200 endpoints (the shape of make
@@ -42,7 +42,7 @@ func BenchmarkScrape(b *testing.B) {
 				if i%100 == 0 {
 					line, status = "GET /status/503", 503
 				}
-				e := probes.Event{Kind: probes.KindReqEnd, TGID: pid, FD: 9, Seq: uint32(i), Status: status, StartNS: ts, LastWriteNS: ts + 1000, BytesIn: 80, BytesOut: 150, Reason: probes.EndClose, TS: ts + 2000, Line: []byte(line)}
+				e := events.Event{Kind: events.KindReqEnd, TGID: pid, FD: 9, Seq: uint32(i), Status: status, StartNS: ts, LastWriteNS: ts + 1000, BytesIn: 80, BytesOut: 150, Reason: events.EndClose, TS: ts + 2000, Line: []byte(line)}
 				a.Handle(&e)
 				ts += 5000
 			}

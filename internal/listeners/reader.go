@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
 // Listener is one listening socket of a master, as the kernel sees it at the time of the read.
@@ -43,7 +43,7 @@ type Config struct {
 
 // DefaultConfig reads the real /proc.
 func DefaultConfig() Config {
-	return Config{ProcRoot: "/proc", Timeout: 2 * time.Second}
+	return Config{ProcRoot: proc.Host.Root, Timeout: 2 * time.Second}
 }
 
 // Reader reads the listeners of masters. It keeps one sock_diag netlink socket per network
@@ -52,8 +52,9 @@ func DefaultConfig() Config {
 // namespace that reuses the inode. Sockets of namespaces no master uses any more are closed
 // at the next Read. Safe for concurrent use.
 type Reader struct {
-	cfg Config
-	log *slog.Logger
+	cfg  Config
+	log  *slog.Logger
+	proc proc.FS // at cfg.ProcRoot
 
 	mu         sync.Mutex
 	self       uint64                   // our own network namespace
@@ -66,10 +67,9 @@ type Reader struct {
 
 // NewReader returns a reader; Close releases its netlink sockets.
 func NewReader(cfg Config, logger *slog.Logger) *Reader {
-	r := &Reader{cfg: cfg, log: logger, conns: make(map[uint64]*netlink.Conn),
+	r := &Reader{cfg: cfg, log: logger, proc: proc.FS{Root: cfg.ProcRoot}, conns: make(map[uint64]*netlink.Conn),
 		unresolved: make(map[uint32]bool), nsFailed: make(map[uint64]string), denied: make(map[uint64]bool)}
-	// thread-self: /proc/self/ns/net is the main thread's, which may differ in theory.
-	if ino, err := nsInode(filepath.Join(cfg.ProcRoot, "thread-self", "ns", "net")); err == nil {
+	if ino, err := r.proc.ThreadNetNS(); err == nil {
 		r.self = ino
 	}
 	return r
@@ -100,10 +100,10 @@ func (r *Reader) Read(pids []uint32) map[uint32][]Listener {
 	defer r.mu.Unlock()
 	byNS := make(map[uint64][]master)
 	for _, pid := range pids {
-		socks, n, err := socketInodes(r.cfg.ProcRoot, pid)
+		socks, n, err := r.proc.SocketInodes(pid)
 		if err == nil {
 			var ns uint64
-			if ns, err = netnsInode(r.cfg.ProcRoot, pid); err == nil {
+			if ns, err = r.proc.NetNS(pid); err == nil {
 				byNS[ns] = append(byNS[ns], master{pid, socks, n})
 				continue
 			}
@@ -230,7 +230,7 @@ func (r *Reader) conn(ns uint64, pid uint32) (*netlink.Conn, error) {
 	}
 	cfg := &netlink.Config{}
 	if ns != r.self {
-		f, err := os.Open(filepath.Join(r.cfg.ProcRoot, strconv.FormatUint(uint64(pid), 10), "ns", "net"))
+		f, err := r.proc.OpenNetNS(pid)
 		if err != nil {
 			return nil, fmt.Errorf("open network namespace of %d: %w", pid, err)
 		}

@@ -1,8 +1,14 @@
 // Package probes is the only package that talks to the kernel. It loads the BPF programs of
 // bpf/gpe.bpf.c (compiled by bpf2go, see gen.go), attaches them to tracepoints and BTF
-// tracepoints, seeds the map of tracked processes, and turns ring-buffer records into typed
-// Events, which are plain structs so that everything above this package is tested by feeding
-// them without root.
+// tracepoints, seeds the map of tracked processes, and turns ring-buffer records into
+// events.Events, which are plain structs (package events) so that everything above this
+// package is tested by feeding them without root.
+//
+// Read (reader.go) returns the ring buffer's records, read at the pace ring.go describes, and
+// the ends of requests on Unix connections that were closed, which no hook sees: the Unix
+// sweep (unixsweep.go) finds them in the connection table and the workers' fds (through
+// proc.FS). The ring buffer and the table are behind small interfaces, so the pacing, the
+// sweep and the ends it adds are tested without root.
 //
 // The hook mode (Config.Hooks, hooks.go) is chosen here, once: the socket tracepoints where the
 // kernel has them (6.3+), else the syscall tracepoints (5.17+). Only that mode's programs are

@@ -3,18 +3,21 @@ package probes
 import (
 	"testing"
 	"unsafe"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
-// The hand-written decoder must agree with the Go types bpf2go generated from bpf/gpe.h.
+// The records' layout, as bpf2go generated it from bpf/gpe.h (Decode takes its offsets from the
+// same types): a change to the wire format shows here first.
 func TestRecordLayout(t *testing.T) {
 	tests := []struct {
 		name      string
 		got, want uintptr
 	}{
-		{"hdr", unsafe.Sizeof(gpeGpeHdr{}), hdrSize},
-		{"proc", unsafe.Sizeof(gpeGpeProcEvent{}), procSize},
-		{"req", unsafe.Sizeof(gpeGpeReqEvent{}), reqSize},
-		{"req_start", unsafe.Sizeof(gpeGpeReqStart{}), reqStartSize},
+		{"hdr", unsafe.Sizeof(gpeGpeHdr{}), 16},
+		{"proc", unsafe.Sizeof(gpeGpeProcEvent{}), 48},
+		{"req", unsafe.Sizeof(gpeGpeReqEvent{}), 72},
+		{"req_start", unsafe.Sizeof(gpeGpeReqStart{}), 72 + events.LineMax},
 		{"req.est_ns", unsafe.Offsetof(gpeGpeReqEvent{}.EstNs), 40},
 		{"req.status", unsafe.Offsetof(gpeGpeReqEvent{}.Status), 64},
 		{"req.line_len", unsafe.Offsetof(gpeGpeReqEvent{}.LineLen), 68},
@@ -32,32 +35,33 @@ func TestRecordLayout(t *testing.T) {
 	}
 }
 
-// The Go constants must have the values of the C enums, which bpf2go generated (-type).
+// The events package's constants must have the values of the C enums, which bpf2go generated
+// (-type) here: events needs neither cilium/ebpf nor these bindings.
 func TestEnumValues(t *testing.T) {
 	tests := []struct {
 		name      string
 		got, want uint64
 	}{
-		{"fork", uint64(KindFork), uint64(gpeGpeEventKindGPE_EV_FORK)},
-		{"exit", uint64(KindExit), uint64(gpeGpeEventKindGPE_EV_EXIT)},
-		{"exec", uint64(KindExec), uint64(gpeGpeEventKindGPE_EV_EXEC)},
-		{"signal", uint64(KindSignal), uint64(gpeGpeEventKindGPE_EV_SIGNAL)},
-		{"oom", uint64(KindOOM), uint64(gpeGpeEventKindGPE_EV_OOM)},
-		{"req_end", uint64(KindReqEnd), uint64(gpeGpeEventKindGPE_EV_REQ_END)},
-		{"req_line", uint64(KindReqLine), uint64(gpeGpeEventKindGPE_EV_REQ_LINE)},
-		{"tls", uint64(KindTLS), uint64(gpeGpeEventKindGPE_EV_TLS)},
-		{"master", uint64(ProcMaster), uint64(gpeGpeProcKindGPE_PROC_MASTER)},
-		{"worker", uint64(ProcWorker), uint64(gpeGpeProcKindGPE_PROC_WORKER)},
-		{"end_next", uint64(EndNext), uint64(gpeGpeEndReasonGPE_END_NEXT)},
-		{"end_close", uint64(EndClose), uint64(gpeGpeEndReasonGPE_END_CLOSE)},
-		{"end_shutdown", uint64(EndShutdown), uint64(gpeGpeEndReasonGPE_END_SHUTDOWN)},
-		{"end_reused", uint64(EndReused), uint64(gpeGpeEndReasonGPE_END_REUSED)},
-		{"end_pipeline", uint64(EndPipeline), uint64(gpeGpeEndReasonGPE_END_PIPELINE)},
-		{"end_wait", uint64(EndWait), uint64(gpeGpeEndReasonGPE_END_WAIT)},
-		{"end_exit", uint64(EndExit), uint64(gpeGpeEndReasonGPE_END_EXIT)},
-		{"flag_tls", uint64(FlagTLS), uint64(gpeGpeReqFlagGPE_FLAG_TLS)},
-		{"flag_client_gone", uint64(FlagClientGone), uint64(gpeGpeReqFlagGPE_FLAG_CLIENT_GONE)},
-		{"line_max", LineMax, uint64(len(gpeGpeReqStart{}.Line))},
+		{"fork", uint64(events.KindFork), uint64(gpeGpeEventKindGPE_EV_FORK)},
+		{"exit", uint64(events.KindExit), uint64(gpeGpeEventKindGPE_EV_EXIT)},
+		{"exec", uint64(events.KindExec), uint64(gpeGpeEventKindGPE_EV_EXEC)},
+		{"signal", uint64(events.KindSignal), uint64(gpeGpeEventKindGPE_EV_SIGNAL)},
+		{"oom", uint64(events.KindOOM), uint64(gpeGpeEventKindGPE_EV_OOM)},
+		{"req_end", uint64(events.KindReqEnd), uint64(gpeGpeEventKindGPE_EV_REQ_END)},
+		{"req_line", uint64(events.KindReqLine), uint64(gpeGpeEventKindGPE_EV_REQ_LINE)},
+		{"tls", uint64(events.KindTLS), uint64(gpeGpeEventKindGPE_EV_TLS)},
+		{"master", uint64(events.ProcMaster), uint64(gpeGpeProcKindGPE_PROC_MASTER)},
+		{"worker", uint64(events.ProcWorker), uint64(gpeGpeProcKindGPE_PROC_WORKER)},
+		{"end_next", uint64(events.EndNext), uint64(gpeGpeEndReasonGPE_END_NEXT)},
+		{"end_close", uint64(events.EndClose), uint64(gpeGpeEndReasonGPE_END_CLOSE)},
+		{"end_shutdown", uint64(events.EndShutdown), uint64(gpeGpeEndReasonGPE_END_SHUTDOWN)},
+		{"end_reused", uint64(events.EndReused), uint64(gpeGpeEndReasonGPE_END_REUSED)},
+		{"end_pipeline", uint64(events.EndPipeline), uint64(gpeGpeEndReasonGPE_END_PIPELINE)},
+		{"end_wait", uint64(events.EndWait), uint64(gpeGpeEndReasonGPE_END_WAIT)},
+		{"end_exit", uint64(events.EndExit), uint64(gpeGpeEndReasonGPE_END_EXIT)},
+		{"flag_tls", uint64(events.FlagTLS), uint64(gpeGpeReqFlagGPE_FLAG_TLS)},
+		{"flag_client_gone", uint64(events.FlagClientGone), uint64(gpeGpeReqFlagGPE_FLAG_CLIENT_GONE)},
+		{"line_max", events.LineMax, uint64(len(gpeGpeReqStart{}.Line))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

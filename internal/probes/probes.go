@@ -3,10 +3,8 @@ package probes
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +14,9 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
 // Config sizes the kernel side.
@@ -92,29 +93,20 @@ var ErrClosed = errors.New("probes closed")
 // Probes owns the loaded BPF objects, their links and the ring-buffer reader. Close releases
 // all of them; nothing stays loaded in the kernel after it.
 type Probes struct {
-	objs       gpeMaps
-	coll       *ebpf.Collection         // the loaded programs (and the .bss and .rodata maps)
-	progs      map[string]*ebpf.Program // coll's programs, by name
-	hooks      string                   // the mode loaded: HooksSocket or HooksSyscall
-	links      []link.Link
-	reader     *ringbuf.Reader
-	rec        ringbuf.Record
-	cfg        Config
-	timer      *time.Timer   // batched mode: when to look at the ring again
-	closed     chan struct{} // closed by Close, so a Read sleeping on the timer returns
-	burst      uint64        // bytes read since the last sleep
-	burstBytes uint64        // a drain of this many bytes (a quarter of the ring) is a burst
-	once       sync.Once
-	filter     []byte // the kernel's tracked-process filter, mapped here (filterAdd)
+	objs   gpeMaps
+	coll   *ebpf.Collection         // the loaded programs (and the .bss and .rodata maps)
+	progs  map[string]*ebpf.Program // coll's programs, by name
+	hooks  string                   // the mode loaded: HooksSocket or HooksSyscall
+	links  []link.Link
+	cfg    Config
+	rd     reader // the ring buffer's records and the Unix sweep's ends (reader.go)
+	filter []byte // the kernel's tracked-process filter, mapped here (filterAdd)
 
 	tlsMu      sync.Mutex
 	tlsLinks   map[uint32][]link.Link // the TLS uprobes of each process (tls.go)
 	tlsClosing sync.WaitGroup         // DetachTLS's closes in the background
 	tlsMulti   bool                   // the TLS uprobes are uprobe_multi links (tls.go)
 
-	lastSweep time.Time // of the Unix connections (unixsweep.go)
-	synth     []Event   // ENDs of closed Unix connections, returned before the next record
-	sinceLook int       // records read since the last sweep check
 }
 
 // Load chooses the hook mode (cfg.Hooks, ChooseHooks), loads that mode's programs, attaches
@@ -175,7 +167,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 			delete(spec.Programs, name)
 		}
 	}
-	p := &Probes{cfg: cfg, hooks: mode, closed: make(chan struct{}), tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi, burstBytes: uint64(spec.Maps["events"].MaxEntries) / 4}
+	p := &Probes{cfg: cfg, hooks: mode, tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var verr *ebpf.VerifierError
@@ -211,22 +203,20 @@ func Load(cfg Config) (_ *Probes, err error) {
 		}
 		p.links = append(p.links, l)
 	}
-	p.reader, err = ringbuf.NewReader(p.objs.Events)
+	rd, err := ringbuf.NewReader(p.objs.Events)
 	if err != nil {
 		return nil, fmt.Errorf("create ring buffer reader: %w", err)
 	}
-	if cfg.WakeupBytes > 0 {
-		// A deadline in the past makes every wait a non-blocking poll (see Read).
-		p.reader.SetDeadline(time.Unix(1, 0))
-		p.timer = time.NewTimer(cfg.PollInterval)
-		p.timer.Stop()
+	p.rd = reader{
+		ring:  newRing(rd, cfg, spec.Maps["events"].MaxEntries),
+		sweep: unixSweep{conns: connMap{p.objs.Conns}, proc: proc.Host, clock: events.MonotonicNow},
 	}
 	return p, nil
 }
 
 // Track adds a process to the kernel's table so that its forks, signals, exit and (for a
 // worker) connections are observed.
-func (p *Probes) Track(tgid, master uint32, kind ProcKind) error {
+func (p *Probes) Track(tgid, master uint32, kind events.ProcKind) error {
 	v := gpeProcInfo{Master: master, Kind: uint32(kind)}
 	// As in the kernel (track in gpe.bpf.c): the filter counts the process before the table
 	// holds it, and the count is given back if it was there already.
@@ -255,23 +245,13 @@ func (p *Probes) Track(tgid, master uint32, kind ProcKind) error {
 	}
 }
 
-// Occupancy is a worker's requests in flight and the time it had one, as the kernel counts
-// them (struct proc_info): no record says when a request starts.
-type Occupancy struct {
-	InFlight uint32 // requests read whose status line is not written yet
-	// BusyNS is the time with InFlight > 0 up to when it last went back to 0; while InFlight
-	// > 0, the time since BusySince (CLOCK_MONOTONIC ns) is busy too.
-	BusyNS    uint64
-	BusySince uint64
-}
-
 // Occupancy reads tgid's figures; false if the kernel does not track it (any more).
-func (p *Probes) Occupancy(tgid uint32) (Occupancy, bool) {
+func (p *Probes) Occupancy(tgid uint32) (events.Occupancy, bool) {
 	var v gpeProcInfo
 	if err := p.objs.Procs.Lookup(tgid, &v); err != nil {
-		return Occupancy{}, false
+		return events.Occupancy{}, false
 	}
-	return Occupancy{InFlight: v.Inflight, BusyNS: v.BusyNs, BusySince: v.BusySince}, true
+	return events.Occupancy{InFlight: v.Inflight, BusyNS: v.BusyNs, BusySince: v.BusySince}, true
 }
 
 // Untrack removes a process from the kernel's table; a process that is not there is no error.
@@ -308,62 +288,10 @@ func (p *Probes) filterAdd(tgid uint32, d int32) {
 	atomic.AddUint32(slot, uint32(d))
 }
 
-// Read blocks until the next record and decodes it into ev. It returns ErrClosed after Close.
-//
-// With batched wake-ups (WakeupBytes > 0) the reader never waits in a blocking syscall: it
-// drains what the ring holds with a non-blocking poll, then sleeps on a Go timer for
-// PollInterval (a tenth of it after a drain of a quarter of the ring or more), and the kernel
-// side never asks for a wake-up (each was an interrupt the CPU sent itself). A thread parked
-// in epoll_wait holding a P kept Go's sysmon waking every 20 µs after each long wait (about a
-// third of gpe-ebpf's CPU at saturation, perf); a timer sleep releases the P. Without
-// batching, Read waits for the kernel's wake-up, polling every PollInterval so that no record
-// can wait for a wake-up that never comes.
-func (p *Probes) Read(ev *Event) error {
-	for {
-		if n := len(p.synth); n > 0 {
-			*ev = p.synth[0]
-			ev.Line = ev.line[:len(p.synth[0].Line)]
-			p.synth = append(p.synth[:0], p.synth[1:]...)
-			return nil
-		}
-		if p.sinceLook++; p.sinceLook >= 4096 {
-			p.sinceLook = 0
-			p.sweepUnix(time.Now())
-		}
-		if p.cfg.WakeupBytes == 0 {
-			p.reader.SetDeadline(time.Now().Add(p.cfg.PollInterval))
-		}
-		err := p.reader.ReadInto(&p.rec)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			p.sweepUnix(time.Now())
-			if len(p.synth) > 0 {
-				continue
-			}
-			if p.cfg.WakeupBytes > 0 {
-				wait := p.cfg.PollInterval
-				if p.burst >= p.burstBytes {
-					wait /= 10
-				}
-				p.burst = 0
-				p.timer.Reset(wait)
-				select {
-				case <-p.closed:
-					return ErrClosed
-				case <-p.timer.C:
-				}
-			}
-			continue
-		}
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return ErrClosed
-		}
-		if err != nil {
-			return fmt.Errorf("read ring buffer: %w", err)
-		}
-		p.burst += uint64(len(p.rec.RawSample))
-		return Decode(p.rec.RawSample, ev)
-	}
-}
+// Read blocks until the next event and decodes it into ev. It returns ErrClosed after Close.
+// The events are the ring buffer's records, read at the pace ring describes (ring.go), and
+// the ends of requests on Unix connections that were closed (unixsweep.go).
+func (p *Probes) Read(ev *events.Event) error { return p.rd.read(ev) }
 
 // Lost is the number of records the kernel side could not submit, summed over CPUs.
 func (p *Probes) Lost() (uint64, error) {
@@ -428,22 +356,12 @@ type ProgramStat struct {
 	Runtime time.Duration // CPU time it ran for
 }
 
-// statsSysctl turns the kernel's per-program run counters on (1) and off (0).
-const statsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
-
 // ProgramStats returns the run counters of every loaded program, sorted by name, and on: whether
 // the kernel counts now. While kernel.bpf_stats_enabled is 0 (the default: counting costs two
 // clock reads per run) the counters stand still, and nothing is returned.
 func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
-	b, err := os.ReadFile(statsSysctl)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, false, nil // before Linux 5.8
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("read %s: %w", statsSysctl, err)
-	}
-	if strings.TrimSpace(string(b)) == "0" {
-		return nil, false, nil
+	if on, err := proc.Host.BPFStatsEnabled(); !on || err != nil {
+		return nil, false, err
 	}
 	names := make([]string, 0, len(p.progs))
 	for name := range p.progs {
@@ -464,14 +382,8 @@ func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
 // closes every program and map.
 func (p *Probes) Close() error {
 	var errs []error
-	p.once.Do(func() {
-		close(p.closed)
-		if p.timer != nil {
-			p.timer.Stop()
-		}
-	})
-	if p.reader != nil {
-		errs = append(errs, p.reader.Close())
+	if p.rd.ring != nil {
+		errs = append(errs, p.rd.ring.close())
 	}
 	errs = append(errs, p.closeTLS())
 	for _, l := range p.links {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // requireRoot skips, or under CI=true fails: loading BPF needs root (CAP_BPF, CAP_PERFMON).
@@ -97,7 +99,7 @@ func testRequestStateMachine(t *testing.T, mode string) {
 		}
 	}()
 	me := uint32(os.Getpid())
-	if err := p.Track(me, 1, ProcWorker); err != nil {
+	if err := p.Track(me, 1, events.ProcWorker); err != nil {
 		t.Fatal(err)
 	}
 
@@ -133,7 +135,7 @@ func testRequestStateMachine(t *testing.T, mode string) {
 		t.Fatalf("got %d request records, want 1: %+v", len(got), got)
 	}
 	end := got[0]
-	if end.Kind != KindReqEnd || end.Status != 503 || end.Reason != EndClose || string(end.Line) != "GET /users/42" {
+	if end.Kind != events.KindReqEnd || end.Status != 503 || end.Reason != events.EndClose || string(end.Line) != "GET /users/42" {
 		t.Errorf("end: kind %s status %d reason %d line %q, want request_end 503 close %q", end.Kind, end.Status, end.Reason, end.Line, "GET /users/42")
 	}
 	if d := time.Duration(end.LastWriteNS - end.StartNS); d < 20*time.Millisecond || d > time.Second {
@@ -175,13 +177,13 @@ func testRequestStateMachine(t *testing.T, mode string) {
 	}
 	unix.Sendto(srv2, []byte("HTTP/1.1 200 OK\r\n\r\n"), 0, nil)
 	unix.Close(srv2)
-	var kinds []Kind
+	var kinds []events.Kind
 	var more []byte
 	for _, ev := range rec.requests(t, 3*time.Second) {
 		switch ev.Kind {
-		case KindReqLine:
+		case events.KindReqLine:
 			more = append(more, ev.Line...)
-		case KindReqEnd:
+		case events.KindReqEnd:
 			line = append(append(line, ev.Line...), more...)
 		}
 		kinds = append(kinds, ev.Kind)
@@ -199,7 +201,7 @@ func testRequestStateMachine(t *testing.T, mode string) {
 	if err := p.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
-	if err := p.Read(new(Event)); !errors.Is(err, ErrClosed) {
+	if err := p.Read(new(events.Event)); !errors.Is(err, ErrClosed) {
 		t.Errorf("read after close: %v, want ErrClosed", err)
 	}
 }
@@ -248,7 +250,7 @@ func testUnixConnectionClose(t *testing.T, mode string) {
 		t.Fatalf("got %d request records, want 1 (the end, from the sweep): %+v", len(got), got)
 	}
 	end := got[0]
-	if end.Kind != KindReqEnd || end.Reason != EndClose || end.Status != 404 || end.FD != uint32(srv) || string(end.Line) != "GET /over/unix" {
+	if end.Kind != events.KindReqEnd || end.Reason != events.EndClose || end.Status != 404 || end.FD != uint32(srv) || string(end.Line) != "GET /over/unix" {
 		t.Errorf("end: %+v line %q, want request_end close 404 on fd %d, %q", end, end.Line, srv, "GET /over/unix")
 	}
 	if end.BytesIn != uint64(len(req)) || end.BytesOut != uint64(len(head)+len(body)) {
@@ -271,7 +273,7 @@ func loadAsWorker(t *testing.T, mode string) *Probes {
 	t.Helper()
 	p := loadMode(t, mode)
 	t.Cleanup(func() { p.Close() })
-	if err := p.Track(uint32(os.Getpid()), 1, ProcWorker); err != nil {
+	if err := p.Track(uint32(os.Getpid()), 1, events.ProcWorker); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -318,23 +320,23 @@ func tcpConnect(t *testing.T, ln int) (client, server int) {
 // recorder is the one reader of a test's probes: a second goroutine in Read would take
 // records away from the test.
 type recorder struct {
-	events chan Event
+	events chan events.Event
 	mu     sync.Mutex
 	raw    [][]byte // every record as the ring buffer held it
 }
 
 // record reads every record of p, with its line copied, until p is closed.
 func record(p *Probes) *recorder {
-	r := &recorder{events: make(chan Event, 4096)}
+	r := &recorder{events: make(chan events.Event, 4096)}
 	go func() {
 		defer close(r.events)
 		for {
-			ev := new(Event)
+			ev := new(events.Event)
 			if err := p.Read(ev); err != nil {
 				return
 			}
 			r.mu.Lock()
-			r.raw = append(r.raw, append([]byte(nil), p.rec.RawSample...))
+			r.raw = append(r.raw, append([]byte(nil), p.rd.ring.rec.RawSample...))
 			r.mu.Unlock()
 			ev.Line = append([]byte(nil), ev.Line...)
 			r.events <- *ev
@@ -359,9 +361,9 @@ func (r *recorder) rawContains(s string) bool {
 }
 
 // requests returns the request records read until an END or the deadline.
-func (r *recorder) requests(t *testing.T, within time.Duration) []Event {
+func (r *recorder) requests(t *testing.T, within time.Duration) []events.Event {
 	t.Helper()
-	var got []Event
+	var got []events.Event
 	timeout := time.After(within)
 	for {
 		select {
@@ -369,11 +371,11 @@ func (r *recorder) requests(t *testing.T, within time.Duration) []Event {
 			if !ok {
 				t.Fatal("probes closed")
 			}
-			if ev.Kind < KindReqEnd {
+			if ev.Kind < events.KindReqEnd {
 				continue
 			}
 			got = append(got, ev)
-			if ev.Kind == KindReqEnd {
+			if ev.Kind == events.KindReqEnd {
 				return got
 			}
 		case <-timeout:
@@ -422,7 +424,7 @@ func testProbation(t *testing.T, mode string) {
 		t.Fatalf("got %d request records, want 1, its end: %+v", len(got), got)
 	}
 	end := got[0]
-	if end.Kind != KindReqEnd || end.Status != 400 || end.Reason != EndClose || len(end.Line) != 0 {
+	if end.Kind != events.KindReqEnd || end.Status != 400 || end.Reason != events.EndClose || len(end.Line) != 0 {
 		t.Errorf("end: %+v line %q, want request_end 400 close with no line", end, end.Line)
 	}
 	if end.BytesIn != uint64(len(garbage)) || end.BytesOut != uint64(len(answer)) {
@@ -453,9 +455,9 @@ func TestFilterCounts(t *testing.T) {
 		do   func() error
 		want uint32
 	}{
-		{func() error { return p.Track(a, 1, ProcWorker) }, 1},
-		{func() error { return p.Track(a, 1, ProcMaster) }, 1}, // replaced, not counted again
-		{func() error { return p.Track(b, 1, ProcWorker) }, 2},
+		{func() error { return p.Track(a, 1, events.ProcWorker) }, 1},
+		{func() error { return p.Track(a, 1, events.ProcMaster) }, 1}, // replaced, not counted again
+		{func() error { return p.Track(b, 1, events.ProcWorker) }, 2},
 		{func() error { return p.Untrack(a) }, 1},
 		{func() error { return p.Untrack(a) }, 1}, // not there: nothing given back
 		{func() error { return p.Untrack(b) }, 0},
@@ -504,7 +506,7 @@ func testSlotTaken(t *testing.T, mode string) {
 	unix.Close(srv)
 	got := rec.requests(t, 3*time.Second)
 	if len(got) != 1 || string(got[0].Line) != "GET /no/slot" || got[0].Status != 201 ||
-		got[0].Kind != KindReqEnd || got[0].Reason != EndClose {
+		got[0].Kind != events.KindReqEnd || got[0].Reason != events.EndClose {
 		t.Fatalf("got %+v, want one end: GET /no/slot, 201, close", got)
 	}
 	if p.objs.Conns.Iterate().Next(&sk, &c) {
@@ -612,6 +614,10 @@ func need(t *testing.T, what string, err error) {
 	t.Skipf("%s: %v", what, err)
 }
 
+// statsSysctl turns the kernel's per-program run counters on (1) and off (0); ProgramStats
+// reads it through proc.FS.BPFStatsEnabled.
+const statsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
+
 // TestProgramStats: while the kernel counts (kernel.bpf_stats_enabled 1), ProgramStats reports
 // each loaded program and the runs of the socket hooks a request made; with it 0, nothing.
 func TestProgramStats(t *testing.T) {
@@ -668,7 +674,7 @@ func TestQueueWaitOff(t *testing.T) {
 		t.Errorf("the socket hooks are missing: %v (the test reads the wrong attachments)", raw)
 	}
 	// TCP requests still end at the connection's end, seen by tcp_destroy_sock.
-	if err := p.Track(uint32(os.Getpid()), 1, ProcWorker); err != nil {
+	if err := p.Track(uint32(os.Getpid()), 1, events.ProcWorker); err != nil {
 		t.Fatal(err)
 	}
 	rec := record(p)
@@ -682,7 +688,7 @@ func TestQueueWaitOff(t *testing.T) {
 	unix.Write(srv, []byte("HTTP/1.1 200 OK\r\n\r\n"))
 	unix.Close(srv)
 	got := rec.requests(t, 3*time.Second)
-	if len(got) != 1 || got[0].Reason != EndClose || string(got[0].Line) != "GET /no/queue" || got[0].EstablishedNS != 0 {
+	if len(got) != 1 || got[0].Reason != events.EndClose || string(got[0].Line) != "GET /no/queue" || got[0].EstablishedNS != 0 {
 		t.Errorf("got %+v, want one end by close of GET /no/queue, with no establishment stamp", got)
 	}
 }
@@ -721,7 +727,7 @@ func testExitEndsRequests(t *testing.T, mode string) {
 		t.Fatal("the worker did not start: ", err)
 	}
 	pid := uint32(cmd.Process.Pid)
-	if err := p.Track(pid, 1, ProcWorker); err != nil {
+	if err := p.Track(pid, 1, events.ProcWorker); err != nil {
 		t.Fatal(err)
 	}
 	rec := record(p)
@@ -736,12 +742,12 @@ func testExitEndsRequests(t *testing.T, mode string) {
 	cmd.Process.Kill()
 	cmd.Wait()
 
-	var got []Event
+	var got []events.Event
 	deadline := time.After(3 * time.Second)
 	for len(got) < 2 {
 		select {
 		case ev := <-rec.events:
-			if ev.TGID == pid && (ev.Kind == KindReqEnd || ev.Kind == KindExit) {
+			if ev.TGID == pid && (ev.Kind == events.KindReqEnd || ev.Kind == events.KindExit) {
 				got = append(got, ev)
 			}
 		case <-deadline:
@@ -749,10 +755,10 @@ func testExitEndsRequests(t *testing.T, mode string) {
 		}
 	}
 	end, exit := got[0], got[1]
-	if end.Kind != KindReqEnd || end.Reason != EndExit || end.Status != 0 || string(end.Line) != "GET /dying/now" {
+	if end.Kind != events.KindReqEnd || end.Reason != events.EndExit || end.Status != 0 || string(end.Line) != "GET /dying/now" {
 		t.Errorf("first: %s reason %d status %d line %q, want request_end exit, no status, %q", end.Kind, end.Reason, end.Status, end.Line, "GET /dying/now")
 	}
-	if exit.Kind != KindExit || exit.BusyNS < uint64(30*time.Millisecond) || exit.BusyNS > uint64(5*time.Second) {
+	if exit.Kind != events.KindExit || exit.BusyNS < uint64(30*time.Millisecond) || exit.BusyNS > uint64(5*time.Second) {
 		t.Errorf("second: %s busy %v, want exit with about 30 ms busy", exit.Kind, time.Duration(exit.BusyNS))
 	}
 }
@@ -781,7 +787,7 @@ func testCutLine(t *testing.T, mode string) {
 		{"PROPPATCHXXXXXX /x HTTP/1.1\r\n\r\n", "PROPPATCHXXXXXX /x"}, // a 15-letter method
 		{"GET /noversion\r\n\r\n", "GET /noversion"},
 		{"GET " + long + " HTTP/1.1\r\n\r\n", "GET " + long},
-		{"GET " + longer + " HTTP/1.1\r\n\r\n", ("GET " + longer)[:LineMax]},
+		{"GET " + longer + " HTTP/1.1\r\n\r\n", ("GET " + longer)[:events.LineMax]},
 		{"GET /x", "GET /x"}, // the read ends with the path: the slow path keeps it all
 	} {
 		cl, srv := tcpConnect(t, ln)
@@ -794,7 +800,7 @@ func testCutLine(t *testing.T, mode string) {
 		unix.Close(srv)
 		unix.Close(cl)
 		got := rec.requests(t, 3*time.Second)
-		if len(got) != 1 || got[0].Kind != KindReqEnd || string(got[0].Line) != tc.want {
+		if len(got) != 1 || got[0].Kind != events.KindReqEnd || string(got[0].Line) != tc.want {
 			var line string
 			if len(got) > 0 {
 				line = string(got[len(got)-1].Line)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // TestStatusLine: every answered status line counts, whatever HTTP version Gunicorn echoes
@@ -44,7 +46,7 @@ func testStatusLine(t *testing.T, mode string) {
 		unix.Close(srv)
 		unix.Close(cl)
 		got := rec.requests(t, 3*time.Second)
-		if len(got) != 1 || got[0].Kind != KindReqEnd || got[0].Status != tc.want {
+		if len(got) != 1 || got[0].Kind != events.KindReqEnd || got[0].Status != tc.want {
 			t.Errorf("%q: %d records %+v, want one end with status %d", tc.line, len(got), got, tc.want)
 		}
 	}
@@ -65,7 +67,7 @@ func testFullTable(t *testing.T, mode string) {
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { p.Close() })
-	if err := p.Track(uint32(os.Getpid()), 1, ProcWorker); err != nil {
+	if err := p.Track(uint32(os.Getpid()), 1, events.ProcWorker); err != nil {
 		t.Fatal(err)
 	}
 	io := ioFor(mode)
@@ -98,7 +100,7 @@ func testFullTable(t *testing.T, mode string) {
 		unix.Close(srvs[i])
 		unix.Close(cls[i])
 	}
-	var got []Event
+	var got []events.Event
 	for len(got) < 3 {
 		more := rec.requests(t, 3*time.Second)
 		if len(more) == 0 {
@@ -110,7 +112,7 @@ func testFullTable(t *testing.T, mode string) {
 		t.Fatalf("%d records, want 3 (the tracked requests): %+v", len(got), got)
 	}
 	for _, ev := range got {
-		if ev.Kind != KindReqEnd || ev.Status != 200 || string(ev.Line) != "GET /full" {
+		if ev.Kind != events.KindReqEnd || ev.Status != 200 || string(ev.Line) != "GET /full" {
 			t.Errorf("record %+v, want an end with 200 and GET /full", ev)
 		}
 	}
@@ -155,7 +157,7 @@ func testHTTP2Preface(t *testing.T, mode string) {
 	unix.Close(srv)
 	unix.Close(cl)
 	got := rec.requests(t, 3*time.Second)
-	if len(got) != 1 || got[0].Kind != KindReqEnd || string(got[0].Line) != "GET /after" || got[0].Status != 200 {
+	if len(got) != 1 || got[0].Kind != events.KindReqEnd || string(got[0].Line) != "GET /after" || got[0].Status != 200 {
 		t.Fatalf("records %+v, want only the HTTP/1 request's end (GET /after, 200)", got)
 	}
 }

@@ -1,5 +1,7 @@
 // Package proc reads /proc: it finds Gunicorn masters and their workers (attach and
-// --discover), tells a master from a worker or another program, and samples workers' memory
-// and CPU with gopsutil. It earns its own package because neither the kernel side (probes)
-// nor the pure state (aggregate) should read the file system.
+// --discover), tells a master from a worker or another program, reads the links of a
+// process's fds and namespaces (fd.go: the socket inodes behind the listening ports, the
+// listeners and the Unix sweep of probes), and samples workers' memory and CPU with
+// gopsutil. It earns its own package because neither the kernel side (probes) nor the pure
+// state (aggregate) should read the file system.
 package proc

@@ -14,24 +14,18 @@ import (
 // LISTEN entries of /proc/PID/net/tcp and tcp6, which are those of its network namespace.
 // The kernel side times the connections to them (README "Seeing the queue").
 func (fs FS) ListenPorts(pid uint32) ([]uint16, error) {
-	dir := fs.pidDir(pid)
-	ents, err := os.ReadDir(filepath.Join(dir, "fd"))
+	socks, _, err := fs.SocketInodes(pid)
 	if err != nil {
 		return nil, err
 	}
-	inodes := make(map[string]bool)
-	for _, e := range ents {
-		l, err := os.Readlink(filepath.Join(dir, "fd", e.Name()))
-		if err != nil {
-			continue
-		}
-		if ino, ok := strings.CutPrefix(l, "socket:["); ok {
-			inodes[strings.TrimSuffix(ino, "]")] = true
-		}
+	// As /proc/net/tcp writes them.
+	inodes := make(map[string]bool, len(socks))
+	for ino := range socks {
+		inodes[strconv.FormatUint(ino, 10)] = true
 	}
 	var ports []uint16
 	for _, name := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(filepath.Join(dir, "net", name))
+		b, err := os.ReadFile(filepath.Join(fs.pidDir(pid), "net", name))
 		if err != nil {
 			continue // no IPv6
 		}

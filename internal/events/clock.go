@@ -1,4 +1,4 @@
-package aggregate
+package events
 
 import (
 	"time"
@@ -6,7 +6,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MonotonicNow is CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
+// MonotonicNow is CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns and so of
+// every time in an Event.
 func MonotonicNow() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)

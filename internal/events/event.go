@@ -1,0 +1,117 @@
+package events
+
+import "fmt"
+
+// Kind says what an Event is about; the values are those of enum gpe_event_kind in bpf/gpe.h.
+type Kind uint32
+
+// Event kinds.
+const (
+	KindFork   Kind = 1 // a tracked master forked a worker
+	KindExit   Kind = 2 // a tracked process exited
+	KindExec   Kind = 3 // a tracked process called execve (a USR2 upgrade's new master)
+	KindSignal Kind = 4 // a signal was queued for a tracked process
+	KindOOM    Kind = 5 // the OOM killer chose a tracked process
+	// 6 and 7 were a request's start and its status line: the kernel sends one record a
+	// request now, when it ends.
+	KindReqEnd   Kind = 8  // a request ended: the whole request
+	KindReqLine  Kind = 9  // more of a request line that arrived in pieces, before its end
+	KindTLS      Kind = 10 // a tracked worker read a TLS handshake, the first time in its life
+	kindSentinel Kind = 11
+)
+
+// KindNames names each kind for gpe_ebpf_events_total{kind}.
+var KindNames = [kindSentinel]string{
+	KindFork: "fork", KindExit: "exit", KindExec: "exec", KindSignal: "signal", KindOOM: "oom",
+	KindReqEnd: "request_end", KindReqLine: "request_line", KindTLS: "tls",
+}
+
+func (k Kind) String() string {
+	if k < kindSentinel && KindNames[k] != "" {
+		return KindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint32(k))
+}
+
+// ProcKind is what the kernel side knew a process as (enum gpe_proc_kind).
+type ProcKind uint32
+
+// Process kinds.
+const (
+	ProcMaster ProcKind = 1
+	ProcWorker ProcKind = 2
+)
+
+// EndReason says why a request ended (enum gpe_end_reason).
+type EndReason uint8
+
+// End reasons.
+const (
+	EndNext     EndReason = 1 // the next request started on the connection
+	EndClose    EndReason = 2 // the connection is gone (TCP socket destroyed, Unix fd closed)
+	EndShutdown EndReason = 3 // not emitted since the socket hooks; the value stays reserved
+	EndReused   EndReason = 4 // the entry was of another fd or process, or of a freed socket
+	EndPipeline EndReason = 5 // a second status line: a pipelined request
+	EndWait     EndReason = 6 // the worker read again and found no data: the response is done
+	EndExit     EndReason = 7 // the worker exited with the request in flight (before its exit)
+)
+
+// Flags qualify a request record (GPE_FLAG_* in bpf/gpe.h).
+type Flags uint8
+
+// Request flags.
+const (
+	FlagTLS        Flags = 1 // the connection carries TLS: nothing was parsed
+	FlagClientGone Flags = 2 // the client had closed its side when the status line was written
+)
+
+// LineMax is the most request bytes the kernel copies (GPE_LINE_MAX).
+const LineMax = 256
+
+// Event is one ring-buffer record, decoded. Times are CLOCK_MONOTONIC nanoseconds.
+// Line is only valid until the next Read into the same Event: copy what you keep.
+type Event struct {
+	Kind Kind
+	TGID uint32
+	TS   uint64
+
+	// Process events.
+	Other    uint32 // fork: the parent; signal: the sender
+	Master   uint32
+	Code     int32 // exit: the wait status; signal: the signal number
+	ProcKind ProcKind
+	BusyNS   uint64 // exit of a worker: its time with at least one request in flight
+
+	// Request events.
+	FD          uint32
+	Seq         uint32
+	StartNS     uint64
+	LastWriteNS uint64
+	// EstablishedNS (the END of a TCP connection's first request, to a tracked listener):
+	// when the kernel established the connection; StartNS - EstablishedNS is its wait in the
+	// accept queue. 0 when not known.
+	EstablishedNS uint64
+	BytesIn       uint64
+	BytesOut      uint64
+	Status        uint16
+	Reason        EndReason
+	Flags         Flags
+	Line          []byte // END: "METHOD /path" as far as the first read had it, cut after the path in the kernel; LINE: a later piece
+	line          [LineMax]byte
+}
+
+// SetLine makes Line a copy of b in the Event's own buffer, which it reuses from one record to
+// the next: no allocation for a b of LineMax bytes or fewer.
+func (e *Event) SetLine(b []byte) {
+	e.Line = append(e.line[:0], b...)
+}
+
+// Occupancy is a worker's requests in flight and the time it had one, as the kernel counts
+// them (struct proc_info): no record says when a request starts.
+type Occupancy struct {
+	InFlight uint32 // requests read whose status line is not written yet
+	// BusyNS is the time with InFlight > 0 up to when it last went back to 0; while InFlight
+	// > 0, the time since BusySince (CLOCK_MONOTONIC ns) is busy too.
+	BusyNS    uint64
+	BusySince uint64
+}
