@@ -8,7 +8,7 @@ import (
 // legacyEnv lists the Python exporter's environment variables (its settings and YAML loader)
 // that gpe-ebpf does not read, each with what to do instead. Someone moving over may still
 // set them and expect an effect: gpe-ebpf says once, at start, that they are ignored. The
-// variables it does read are envFlags.
+// variables it does read are the Env of its setting rows (Config.settings).
 var legacyEnv = []struct{ name, instead string }{
 	{"PROMETHEUS_SSL_CLIENT_CAFILE", "client_ca_file in --web.config.file"},
 	{"PROMETHEUS_SSL_CLIENT_CAPATH", "client_ca_file in --web.config.file"},

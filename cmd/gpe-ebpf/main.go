@@ -11,12 +11,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"syscall"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/gpe-ebpf/gpe-ebpf/internal/agent"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/redisfwd"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
@@ -51,7 +49,7 @@ func realMain(args []string, lookup func(string) (string, bool), stdout, stderr 
 		return 0
 	}
 	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
-	redis.SetLogger(redisLogger{logger})
+	redisfwd.RouteLogs(logger)
 	warnLegacyEnv(lookup, logger)
 	return exitCode(stderr, run(ctx, cfg, logger))
 }
@@ -70,17 +68,8 @@ func exitCode(stderr io.Writer, err error) int {
 }
 
 func newLogger(w io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
-	switch strings.ToLower(level) {
-	case "debug":
-		lv = slog.LevelDebug
-	case "warn":
-		lv = slog.LevelWarn
-	case "error":
-		lv = slog.LevelError
-	default:
-		lv = slog.LevelInfo
-	}
+	var lv slog.Level // info, unless level (checked by --log-level) says otherwise
+	_ = lv.UnmarshalText([]byte(level))
 	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))

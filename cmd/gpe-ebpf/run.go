@@ -48,23 +48,29 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	agg := a.Aggregator()
 	logger.Info("attached", "masters", agg.Masters(), "workers", len(agg.LiveWorkers()), "took", time.Since(start).Round(time.Millisecond))
 
-	// The registry: our collector, the app's multiprocess files, Redis's own counters,
-	// and gpe-ebpf's Go and process collectors.
+	// The registry: our collector, the listener gauges (every master's listening sockets, read
+	// from sock_diag at scrape time), the app's multiprocess files, and gpe-ebpf's Go and
+	// process collectors; serve adds Redis's own counters.
 	reg := prometheus.NewRegistry()
+	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
+	defer lr.Close()
 	reg.MustRegister(
 		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}, Revision: commit},
 			agg, p.Lost, events.MonotonicNow),
+		export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover}, agg.Masters, lr),
+		export.NewDropCollector(p.Dropped),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	// The listener gauges: every master's listening sockets, read from sock_diag at scrape time.
-	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
-	defer lr.Close()
-	reg.MustRegister(export.NewListenerCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover}, agg.Masters, lr))
-	reg.MustRegister(export.NewDropCollector(p.Dropped))
 	if cfg.Multiproc != "" {
 		reg.MustRegister(multiproc.NewCollector(cfg.Multiproc, a.MultiprocLive, logger))
 	}
+	return serve(ctx, cfg, a, reg, logger)
+}
+
+// serve runs the attached agent, forwards to Redis and serves reg until a signal, the agent's
+// end or a failure.
+func serve(ctx context.Context, cfg Config, a *agent.Agent, reg *prometheus.Registry, logger *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	agentDone := make(chan error, 1)
@@ -81,8 +87,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return result
 	}
 
+	agg := a.Aggregator()
 	var fwd *redisfwd.Forwarder
 	if cfg.Redis.Enabled {
+		var err error
 		if fwd, err = redisfwd.NewForwarder(cfg.Redis, reg, a.Masters, logger); err != nil {
 			return stop(usageError{fmt.Errorf("redis: %w", err)})
 		}
@@ -105,19 +113,13 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	logger.Info("serving metrics", "address", l.Addr().String(), "path", cfg.Server.MetricsPath)
 
 	errc := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if err := export.Serve(ctx, l, cfg.Server, export.Handler(cfg.Server, reg, ready(cfg.Agent.Discover, agg), logger), logger); err != nil {
 			errc <- fmt.Errorf("serve metrics: %w", err)
 		}
-	}()
+	})
 	if fwd != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fwd.Run(ctx)
-		}()
+		wg.Go(func() { fwd.Run(ctx) })
 	}
 
 	select {

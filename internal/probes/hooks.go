@@ -35,12 +35,14 @@ var ErrNoSocketHooks = errors.New("the kernel has no socket tracepoints")
 // to load. kernelHas says whether the running kernel's BTF has a type of that name; it is
 // asked unless want is HooksSyscall.
 func ChooseHooks(want string, kernelHas func(typeName string) (bool, error)) (string, error) {
-	switch want {
-	case HooksSyscall:
+	if want == "" {
+		want = HooksAuto
+	}
+	if err := checkHooks(want); err != nil {
+		return "", fmt.Errorf("unknown hook mode %w", err)
+	}
+	if want == HooksSyscall {
 		return HooksSyscall, nil
-	case HooksAuto, HooksSocket, "":
-	default:
-		return "", fmt.Errorf("unknown hook mode %q: auto, socket or syscall", want)
 	}
 	ok, err := kernelHas(socketTracepoint)
 	if err != nil {

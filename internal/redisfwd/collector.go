@@ -22,6 +22,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/export"
 )
 
 // InstanceLabel is the label the collector adds to every series. A series
@@ -34,9 +36,6 @@ const InstanceLabel = "instance"
 // staleFactor: an instance whose metadata is older than staleFactor x its
 // interval has missed three forwards in a row and is no longer served.
 const staleFactor = 3
-
-// shutdownTimeout bounds RunCollector's graceful HTTP shutdown.
-const shutdownTimeout = 2 * time.Second
 
 // Collector reads what Forwarders wrote to Redis and serves it as one
 // exposition. It is an http.Handler: every request reads Redis afresh, so
@@ -296,8 +295,9 @@ func seriesKey(name string, labels []*dto.LabelPair) string {
 }
 
 // RunCollector serves the merged exposition of every forwarding instance on
-// cfg.ListenAddress at cfg.MetricsPath (with a small landing page at "/")
-// until ctx is done, then shuts the server down gracefully. It returns nil
+// cfg.ListenAddress at cfg.MetricsPath (with a small landing page at "/"),
+// through export's server and so with cfg.Web's TLS or web config, until ctx
+// is done, then shuts the server down gracefully. It returns nil
 // after a clean shutdown and an error if the configuration is bad, the host
 // does not resolve, or the address cannot be bound.
 func RunCollector(ctx context.Context, cfg CollectorConfig, logger *slog.Logger) error {
@@ -327,24 +327,11 @@ func RunCollector(ctx context.Context, cfg CollectorConfig, logger *slog.Logger)
 				"<h1>gpe-ebpf redis-collect</h1><p><a href=%q>Metrics</a></p></body></html>\n", cfg.MetricsPath)
 		})
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-
 	logger.Info("redis collector serving", "address", ln.Addr().String(), "path", cfg.MetricsPath,
 		"redis", c.client.Options().Addr, "db", cfg.DB, "prefix", cfg.KeyPrefix)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-
-	select {
-	case err := <-errc:
+	if err := export.Serve(ctx, ln, cfg.Web, mux, logger); err != nil {
 		return fmt.Errorf("serve on %s: %w", cfg.ListenAddress, err)
-	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shut down collector server: %w", err)
-	}
-	<-errc
 	logger.Info("redis collector stopped")
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/export"
 )
 
 // DefaultKeyPrefix is the prefix of every key the forwarder writes, as in the
@@ -21,12 +23,8 @@ const DefaultKeyPrefix = "gunicorn:metrics:"
 // caller that forgot to check the switch finds out at start, not silently.
 var ErrDisabled = errors.New("redis forwarding is disabled")
 
-// Config configures a Forwarder. Build it with DefaultConfig and override
-// fields from flags and environment.
-type Config struct {
-	// Enabled is the operator's switch (--redis-enabled / REDIS_ENABLED).
-	// NewForwarder refuses to build a forwarder when it is false.
-	Enabled bool
+// Conn addresses Redis, the same for a Forwarder and a Collector.
+type Conn struct {
 	// Host is the Redis host name or address (--redis-host / REDIS_HOST).
 	Host string
 	// Port is the Redis TCP port, 1..65535 (--redis-port / REDIS_PORT).
@@ -35,8 +33,21 @@ type Config struct {
 	DB int
 	// Password is sent with AUTH when non-empty (--redis-password / REDIS_PASSWORD).
 	Password string
-	// KeyPrefix starts every key written (--redis-key-prefix / REDIS_KEY_PREFIX).
+	// KeyPrefix starts every key (--redis-key-prefix / REDIS_KEY_PREFIX); a
+	// collector's must match the forwarders'.
 	KeyPrefix string
+}
+
+// defaultConn is localhost:6379, DB 0, no password, prefix "gunicorn:metrics:".
+func defaultConn() Conn { return Conn{Host: "localhost", Port: 6379, KeyPrefix: DefaultKeyPrefix} }
+
+// Config configures a Forwarder. Build it with DefaultConfig and override
+// fields from flags and environment.
+type Config struct {
+	// Enabled is the operator's switch (--redis-enabled / REDIS_ENABLED).
+	// NewForwarder refuses to build a forwarder when it is false.
+	Enabled bool
+	Conn
 	// Interval is the time between two forwards (--redis-forward-interval /
 	// REDIS_FORWARD_INTERVAL, in seconds on the command line).
 	Interval time.Duration
@@ -57,9 +68,7 @@ func DefaultConfig() Config {
 		instance = "localhost"
 	}
 	return Config{
-		Host:        "localhost",
-		Port:        6379,
-		KeyPrefix:   DefaultKeyPrefix,
+		Conn:        defaultConn(),
 		Interval:    30 * time.Second,
 		Instance:    instance,
 		MetricsPort: 9090,
@@ -70,7 +79,7 @@ func DefaultConfig() Config {
 // command line does. It does not touch the network: whether Host resolves is
 // checked by NewForwarder.
 func (c Config) Validate() error {
-	if err := validateConn(c.Host, c.Port, c.DB); err != nil {
+	if err := c.Conn.validate(); err != nil {
 		return err
 	}
 	if c.Interval <= 0 {
@@ -88,17 +97,14 @@ func (c Config) Validate() error {
 // CollectorConfig configures a Collector, the reading side behind the
 // `gpe-ebpf redis-collect` subcommand.
 type CollectorConfig struct {
-	// Host, Port, DB and Password address Redis exactly as in Config.
-	Host     string
-	Port     int
-	DB       int
-	Password string
-	// KeyPrefix must match the forwarders' prefix.
-	KeyPrefix string
+	Conn
 	// ListenAddress is where RunCollector serves HTTP, e.g. ":9091".
 	ListenAddress string
 	// MetricsPath is the path of the merged exposition, e.g. "/metrics".
 	MetricsPath string
+	// Web is the server's TLS: a key pair, or an exporter-toolkit web config
+	// (export.Serve). Its address and path are ListenAddress and MetricsPath.
+	Web export.ServerConfig
 	// Timeout bounds the Redis reads behind one scrape.
 	Timeout time.Duration
 	// RemoveStale makes the collector SREM an instance from the instances set
@@ -114,9 +120,7 @@ type CollectorConfig struct {
 // "gunicorn:metrics:", serving /metrics on :9091 with a 5 s Redis timeout.
 func DefaultCollectorConfig() CollectorConfig {
 	return CollectorConfig{
-		Host:          "localhost",
-		Port:          6379,
-		KeyPrefix:     DefaultKeyPrefix,
+		Conn:          defaultConn(),
 		ListenAddress: ":9091",
 		MetricsPath:   "/metrics",
 		Timeout:       5 * time.Second,
@@ -126,7 +130,7 @@ func DefaultCollectorConfig() CollectorConfig {
 // Validate reports the first setting that cannot work. Whether Host resolves
 // is checked by NewCollector.
 func (c CollectorConfig) Validate() error {
-	if err := validateConn(c.Host, c.Port, c.DB); err != nil {
+	if err := c.Conn.validate(); err != nil {
 		return err
 	}
 	if c.ListenAddress == "" {
@@ -144,15 +148,15 @@ func (c CollectorConfig) Validate() error {
 	return nil
 }
 
-func validateConn(host string, port, db int) error {
-	if host == "" {
+func (c Conn) validate() error {
+	if c.Host == "" {
 		return errors.New("redis host must not be empty")
 	}
-	if port < 1 || port > 65535 {
-		return fmt.Errorf("redis port must be in 1..65535, got %d", port)
+	if c.Port < 1 || c.Port > 65535 {
+		return fmt.Errorf("redis port must be in 1..65535, got %d", c.Port)
 	}
-	if db < 0 {
-		return fmt.Errorf("redis db must be >= 0, got %d", db)
+	if c.DB < 0 {
+		return fmt.Errorf("redis db must be >= 0, got %d", c.DB)
 	}
 	return nil
 }

@@ -27,6 +27,6 @@
 // [Config] and [CollectorConfig], logging as a *slog.Logger.
 //
 // go-redis writes a few messages (failed dials) through its own package-level
-// logger; routing those elsewhere is a process-wide decision (redis.SetLogger)
-// left to main.
+// logger; routing those through slog is a process-wide decision, so main makes
+// it ([RouteLogs]).
 package redisfwd
