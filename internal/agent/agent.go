@@ -85,6 +85,7 @@ type Agent struct {
 	portsOf    []uint32        // the masters whose listening ports the kernel was last given (watchListeners)
 	portsKnown bool            // portsOf is set
 	orphans    map[uint32]bool // workers whose master exited, seen by discover (logged once)
+	tls        tlsPolicy       // which masters serve TLS (tls.go)
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32

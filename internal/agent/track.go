@@ -14,14 +14,9 @@ import (
 // attach tracks a master and the workers it already has.
 func (a *Agent) attach(info proc.Info) error {
 	m := info.PID
+	a.decideTLS(m) // before Track: the forks the kernel reports from then on are watched by it
 	if err := a.k.Track(m, m, probes.ProcMaster); err != nil {
 		return err
-	}
-	if !a.proc.Alive(m) {
-		// It exited between the scan and Track: no exit record will come for it, and
-		// dropGoneMasters would take it for an exit lost in the kernel.
-		_ = a.k.Untrack(m)
-		return fmt.Errorf("pid %d exited while it was being attached", m)
 	}
 	a.agg.AddMaster(m, info.Started, proc.App(info.Cmdline))
 	// Listed after the master is tracked, so a worker forked meanwhile is seen either way.
@@ -42,10 +37,17 @@ func (a *Agent) attach(info proc.Info) error {
 		started = append(started, k.Started)
 	}
 	a.agg.SeedWorkers(m, pids, started)
+	if !a.proc.Alive(m) {
+		// It exited between the scan and Track: no exit record will come for it, and
+		// dropGoneMasters would take it for an exit lost in the kernel.
+		a.agg.RemoveMaster(m)
+		_ = a.k.Untrack(m)
+		return fmt.Errorf("pid %d exited while it was being attached", m)
+	}
 	a.noteContainer(m)
 	for _, w := range pids {
 		a.noteContainer(w)
-		a.watchTLS(w, 0)
+		a.watchTLS(w, m, 0)
 	}
 	a.log.Info("attached to master", "master_pid", m, "app", proc.App(info.Cmdline), "workers", pids)
 	return nil
@@ -106,8 +108,10 @@ func (a *Agent) read() {
 		switch {
 		case ev.Kind == probes.KindExit && ev.ProcKind == probes.ProcMaster:
 			a.noteGone(ev.TGID)
+			a.tls.forget(ev.TGID)
 		case ev.Kind == probes.KindExec && ev.ProcKind == probes.ProcWorker:
 			a.unwatchTLS(ev.TGID)
+			a.decideTLS(ev.TGID)
 			a.noteContainer(ev.TGID)
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
 		case ev.Kind == probes.KindSignal && ev.ProcKind == probes.ProcWorker:
@@ -115,7 +119,7 @@ func (a *Agent) read() {
 				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
 		case ev.Kind == probes.KindFork:
 			a.noteContainer(ev.TGID)
-			a.watchTLS(ev.TGID, ev.TS)
+			a.watchTLS(ev.TGID, ev.Other, ev.TS)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
 		case ev.Kind == probes.KindExit:
 			a.unwatchTLS(ev.TGID)
