@@ -39,6 +39,8 @@ type options struct {
 	scrapes    int
 	budget     time.Duration
 	tlsPairs   int
+	churnPairs int
+	churnRun   time.Duration
 	phases     string
 }
 
@@ -62,7 +64,9 @@ func main() {
 	flag.IntVar(&o.scrapes, "scrapes", 200, "scrapes timed")
 	flag.DurationVar(&o.budget, "budget", 12*time.Minute, "the whole benchmark stops starting work after this")
 	flag.IntVar(&o.tlsPairs, "tls-pairs", 5, "rounds of the HTTPS comparison (tls phase)")
-	flag.StringVar(&o.phases, "phases", "all", "phases to run, comma-separated: throughput,kernel,others,tls,memory (all: every one)")
+	flag.IntVar(&o.churnPairs, "churn-pairs", 3, "rounds of the worker-churn comparison (churn phase)")
+	flag.DurationVar(&o.churnRun, "churn-run", 10*time.Second, "length of one wrk run of the churn phase")
+	flag.StringVar(&o.phases, "phases", "all", "phases to run, comma-separated: throughput,kernel,others,tls,churn,memory (all: every one)")
 	flag.Parse()
 	if err := bench(o); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -190,7 +194,8 @@ func bench(o options) error {
 			"dd_bytes": fmt.Sprint(o.ddBytes), "ping_pongs": fmt.Sprint(o.pingPongs),
 			"mem_requests": fmt.Sprint(o.memReqs), "mem_workers": fmt.Sprint(o.memWorkers),
 			"paths": fmt.Sprint(o.paths), "max_endpoints": fmt.Sprint(o.maxEndp), "scrapes": fmt.Sprint(o.scrapes),
-			"tls_pairs": fmt.Sprint(o.tlsPairs), "phases": o.phases,
+			"tls_pairs": fmt.Sprint(o.tlsPairs), "churn_pairs": fmt.Sprint(o.churnPairs), "churn_run": o.churnRun.String(),
+			"phases": o.phases,
 		},
 		LoadAvgs: []string{loadAvg()},
 	}
@@ -235,6 +240,12 @@ func bench(o options) error {
 	}
 	if s.runs("tls") {
 		if err := s.tlsPhase(ctx); err != nil {
+			return err
+		}
+		s.gunicorns = nil
+	}
+	if s.runs("churn") {
+		if err := s.churnPhase(ctx); err != nil {
 			return err
 		}
 		s.gunicorns = nil

@@ -81,9 +81,11 @@ type Agent struct {
 	proc       proc.FS
 	agg        *aggregate.Aggregator
 	k          Kernel
-	first      []proc.Info // the masters New checked, attached by Attach
-	portsOf    []uint32    // the masters whose listening ports the kernel was last given (watchListeners)
-	portsKnown bool        // portsOf is set
+	first      []proc.Info     // the masters New checked, attached by Attach
+	portsOf    []uint32        // the masters whose listening ports the kernel was last given (watchListeners)
+	portsKnown bool            // portsOf is set
+	orphans    map[uint32]bool // workers whose master exited, seen by discover (logged once)
+	tls        tlsPolicy       // which masters serve TLS (tls.go)
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32
@@ -213,13 +215,7 @@ func (a *Agent) checkTarget(pid uint32) (proc.Info, error) {
 	if a.cfg.Force {
 		return info, nil
 	}
-	if !proc.LooksLikeGunicorn(info.Cmdline) {
-		return info, targetf("pid %d (%s) is not a Gunicorn master: no \"gunicorn\" in its command line or title; use --force to attach anyway", pid, shortCmd(info.Cmdline))
-	}
-	if parent, err := a.proc.Read(info.PPID); err == nil && proc.LooksLikeGunicorn(parent.Cmdline) {
-		return info, targetf("pid %d is a Gunicorn worker, not the master: its master is pid %d (use --pid %d)", pid, info.PPID, info.PPID)
-	}
-	return info, nil
+	return info, a.checkMaster(info)
 }
 
 func shortCmd(c []string) string {

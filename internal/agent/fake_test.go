@@ -262,7 +262,13 @@ func start(t *testing.T, cfg Config) *running {
 // startOn is start with the kernel given: kernel is k, or a Kernel built around it.
 func startOn(t *testing.T, cfg Config, k *fakeKernel, kernel Kernel) *running {
 	t.Helper()
-	a, err := New(cfg, testLogger(t))
+	return startLogging(t, cfg, k, kernel, testLogger(t))
+}
+
+// startLogging is startOn with the agent's logger given.
+func startLogging(t *testing.T, cfg Config, k *fakeKernel, kernel Kernel, log *slog.Logger) *running {
+	t.Helper()
+	a, err := New(cfg, log)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 // attach tracks a master and the workers it already has.
 func (a *Agent) attach(info proc.Info) error {
 	m := info.PID
+	a.decideTLS(m) // before Track: the forks the kernel reports from then on are watched by it
 	if err := a.k.Track(m, m, events.ProcMaster); err != nil {
 		return err
 	}
@@ -26,6 +28,9 @@ func (a *Agent) attach(info proc.Info) error {
 	var pids []uint32
 	var started []time.Time
 	for _, k := range kids {
+		if proc.RoleOf(k) == proc.TitledMaster {
+			continue // the new master of a USR2 upgrade in progress: a master of its own
+		}
 		if err := a.k.Track(k.PID, m, events.ProcWorker); err != nil {
 			return err
 		}
@@ -33,10 +38,17 @@ func (a *Agent) attach(info proc.Info) error {
 		started = append(started, k.Started)
 	}
 	a.agg.SeedWorkers(m, pids, started)
+	if !a.proc.Alive(m) {
+		// It exited between the scan and Track: no exit record will come for it, and
+		// dropGoneMasters would take it for an exit lost in the kernel.
+		a.agg.RemoveMaster(m)
+		_ = a.k.Untrack(m)
+		return fmt.Errorf("pid %d exited while it was being attached", m)
+	}
 	a.noteContainer(m)
 	for _, w := range pids {
 		a.noteContainer(w)
-		a.watchTLS(w, 0)
+		a.watchTLS(w, m, 0)
 	}
 	a.log.Info("attached to master", "master_pid", m, "app", proc.App(info.Cmdline), "workers", pids)
 	return nil
@@ -97,16 +109,20 @@ func (a *Agent) read() {
 		switch {
 		case ev.Kind == events.KindExit && ev.ProcKind == events.ProcMaster:
 			a.noteGone(ev.TGID)
+			a.tls.forget(ev.TGID)
 		case ev.Kind == events.KindExec && ev.ProcKind == events.ProcWorker:
 			a.unwatchTLS(ev.TGID)
+			a.decideTLS(ev.TGID)
 			a.noteContainer(ev.TGID)
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
 		case ev.Kind == events.KindSignal && ev.ProcKind == events.ProcWorker:
 			a.log.Debug("worker signalled", "master_pid", ev.Master, "worker_pid", ev.TGID, "sender_pid", ev.Other,
 				"signal", aggregate.SignalName(ev.Code), "state", a.agg.State(ev.TGID))
+		case ev.Kind == events.KindTLS && ev.ProcKind == events.ProcWorker:
+			a.tlsSeen(ev.TGID, ev.Master)
 		case ev.Kind == events.KindFork:
 			a.noteContainer(ev.TGID)
-			a.watchTLS(ev.TGID, ev.TS)
+			a.watchTLS(ev.TGID, ev.Other, ev.TS)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
 		case ev.Kind == events.KindExit:
 			a.unwatchTLS(ev.TGID)
@@ -159,9 +175,12 @@ func (a *Agent) sample(s *proc.Sampler) {
 }
 
 // discover attaches every Gunicorn master not observed yet. Masters that exit are dropped
-// by their exit event.
+// by their exit event. The workers of a master that exited (kill -9) are re-parented and
+// outlive it for a while: they are no masters (proc.Root.Master), and one that the kernel
+// side still tracks as a worker, whatever /proc says of it, is left alone until it exits,
+// logged once.
 func (a *Agent) discover() {
-	masters, err := a.proc.Masters()
+	roots, err := a.proc.Roots()
 	if err != nil {
 		a.log.Warn("discover masters", "error", err)
 		return
@@ -170,14 +189,54 @@ func (a *Agent) discover() {
 	for _, m := range a.agg.Masters() {
 		known[m] = true
 	}
-	for _, m := range masters {
-		if known[m.PID] {
+	orphans := make(map[uint32]bool)
+	for _, r := range roots {
+		if known[r.PID] {
 			continue
 		}
-		if err := a.attach(m); err != nil {
-			a.log.Warn("attach discovered master", "master_pid", m.PID, "error", err)
+		if a.trackedWorker(r.PID) {
+			orphans[r.PID] = true
+			if !a.orphans[r.PID] {
+				a.log.Info("a worker whose master exited runs on; it is no master and is not observed", "worker_pid", r.PID, "parent_pid", r.PPID)
+			}
+			continue
+		}
+		if !r.Master() {
+			continue
+		}
+		if err := a.attach(r.Info); err != nil {
+			a.log.Warn("attach discovered master", "master_pid", r.PID, "error", err)
 		}
 	}
+	a.orphans = orphans
+}
+
+// trackedWorker says whether the kernel side tracks pid, which is no observed master: a
+// worker, of a master that exited if /proc shows it without one. The kernel tracks a worker
+// until its own exit, whatever became of its master.
+func (a *Agent) trackedWorker(pid uint32) bool {
+	_, ok := a.k.Occupancy(pid)
+	return ok
+}
+
+// checkMaster refuses a process that is not a Gunicorn master (checkTarget, without Force):
+// another program, a worker of a live master, or a worker whose title says it is one.
+func (a *Agent) checkMaster(info proc.Info) error {
+	pid := info.PID
+	role := proc.RoleOf(info)
+	if role == proc.NotGunicorn {
+		return targetf("pid %d (%s) is not a Gunicorn master: not a Python interpreter running gunicorn, nor a \"gunicorn: master\" title; use --force to attach anyway", pid, shortCmd(info.Cmdline))
+	}
+	if role == proc.TitledMaster {
+		return nil
+	}
+	if parent, err := a.proc.Read(info.PPID); err == nil && proc.IsGunicorn(parent) {
+		return targetf("pid %d is a Gunicorn worker, not the master: its master is pid %d (use --pid %d)", pid, info.PPID, info.PPID)
+	}
+	if role == proc.TitledWorker {
+		return targetf("pid %d is a Gunicorn worker whose master is gone (its title says worker)", pid)
+	}
+	return nil
 }
 
 // followPIDFile attaches the master the pid file names, if it is a new one.

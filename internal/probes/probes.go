@@ -104,6 +104,7 @@ type Probes struct {
 
 	tlsMu      sync.Mutex
 	tlsLinks   map[uint32][]link.Link // the TLS uprobes of each process (tls.go)
+	tlsLibs    map[string]tlsLib      // what each libssl file exports, read once (tls.go)
 	tlsClosing sync.WaitGroup         // DetachTLS's closes in the background
 	tlsMulti   bool                   // the TLS uprobes are uprobe_multi links (tls.go)
 

@@ -102,7 +102,7 @@ func (p *Probes) AttachTLS(pid uint32) (TLSAttach, error) {
 	if err != nil {
 		return TLSAttach{}, fmt.Errorf("tls: %w", err)
 	}
-	lib, err := libsslOf(f)
+	lib, id, err := libsslOf(f)
 	f.Close()
 	if err != nil || lib == "" {
 		return TLSAttach{}, err
@@ -112,15 +112,22 @@ func (p *Probes) AttachTLS(pid uint32) (TLSAttach, error) {
 	if err != nil {
 		return TLSAttach{Lib: lib}, fmt.Errorf("tls: open %s of pid %d: %w", lib, pid, err)
 	}
-	funcs, err := tlsFuncsIn(path)
-	if err != nil {
-		return TLSAttach{Lib: lib}, fmt.Errorf("tls: %w", err)
+	known, ok := p.tlsLibs[id]
+	if !ok {
+		if known, err = tlsFuncsIn(path); err != nil {
+			return TLSAttach{Lib: lib}, fmt.Errorf("tls: %w", err)
+		}
+		if p.tlsLibs == nil {
+			p.tlsLibs = map[string]tlsLib{}
+		}
+		p.tlsLibs[id] = known
 	}
+	funcs := known.funcs
 	var links []link.Link
 	if p.tlsMulti {
-		links, err = p.attachMulti(ex, pid, funcs)
+		links, err = p.attachMulti(ex, pid, known)
 	} else {
-		links, err = p.attachPerf(ex, pid, funcs)
+		links, err = p.attachPerf(ex, pid, known)
 	}
 	if err != nil {
 		closeLinks(links)
@@ -137,24 +144,25 @@ func (p *Probes) AttachTLS(pid uint32) (TLSAttach, error) {
 	return TLSAttach{Lib: lib, Probes: n, Took: time.Since(start)}, nil
 }
 
-// attachMulti attaches funcs with two uprobe_multi links: the entries (told apart by their
-// cookies) and the returns.
-func (p *Probes) attachMulti(ex *link.Executable, pid uint32, funcs []tlsFunc) ([]link.Link, error) {
-	var entries, rets []string
+// attachMulti attaches lib's functions with two uprobe_multi links: the entries (told apart
+// by their cookies) and the returns. They are given by file offset, so the library's symbols
+// are not read again.
+func (p *Probes) attachMulti(ex *link.Executable, pid uint32, lib tlsLib) ([]link.Link, error) {
+	var entries, rets []uint64
 	var cookies []uint64
-	for _, f := range funcs {
-		entries, cookies = append(entries, f.symbol), append(cookies, f.cookie)
+	for i, f := range lib.funcs {
+		entries, cookies = append(entries, lib.offsets[i]), append(cookies, f.cookie)
 		if f.ret {
-			rets = append(rets, f.symbol)
+			rets = append(rets, lib.offsets[i])
 		}
 	}
-	l, err := ex.UprobeMulti(entries, p.progs[gpeProgOnSslEnterM], &link.UprobeMultiOptions{PID: pid, Cookies: cookies})
+	l, err := ex.UprobeMulti(nil, p.progs[gpeProgOnSslEnterM], &link.UprobeMultiOptions{Addresses: entries, PID: pid, Cookies: cookies})
 	if err != nil {
 		return nil, err
 	}
 	links := []link.Link{l}
 	if len(rets) > 0 {
-		if l, err = ex.UretprobeMulti(rets, p.progs[gpeProgOnSslRetM], &link.UprobeMultiOptions{PID: pid}); err != nil {
+		if l, err = ex.UretprobeMulti(nil, p.progs[gpeProgOnSslRetM], &link.UprobeMultiOptions{Addresses: rets, PID: pid}); err != nil {
 			return links, err
 		}
 		links = append(links, l)
@@ -162,11 +170,11 @@ func (p *Probes) attachMulti(ex *link.Executable, pid uint32, funcs []tlsFunc) (
 	return links, nil
 }
 
-// attachPerf attaches funcs with a perf-event uprobe (and uretprobe) each.
-func (p *Probes) attachPerf(ex *link.Executable, pid uint32, funcs []tlsFunc) ([]link.Link, error) {
+// attachPerf attaches lib's functions with a perf-event uprobe (and uretprobe) each.
+func (p *Probes) attachPerf(ex *link.Executable, pid uint32, lib tlsLib) ([]link.Link, error) {
 	var links []link.Link
-	for _, f := range funcs {
-		opts := &link.UprobeOptions{PID: int(pid), Cookie: f.cookie}
+	for i, f := range lib.funcs {
+		opts := &link.UprobeOptions{PID: int(pid), Cookie: f.cookie, Address: lib.offsets[i]}
 		l, err := ex.Uprobe(f.symbol, p.progs[gpeProgOnSslEnter], opts)
 		if err != nil {
 			return links, fmt.Errorf("%s: %w", f.symbol, err)
@@ -182,31 +190,46 @@ func (p *Probes) attachPerf(ex *link.Executable, pid uint32, funcs []tlsFunc) ([
 	return links, nil
 }
 
-// tlsFuncsIn lists the tlsFuncs that the library at path exports.
-func tlsFuncsIn(path string) ([]tlsFunc, error) {
+// tlsLib is what one libssl file exports of tlsFuncs, and where: the file offset of each
+// function, as the kernel's uprobes take it. AttachTLS reads it once per file (tlsLibs, by
+// path, device and inode) instead of the library's ELF symbol tables at every worker's fork.
+type tlsLib struct {
+	funcs   []tlsFunc
+	offsets []uint64
+}
+
+// tlsFuncsIn reads the tlsFuncs that the library at path exports, with their file offsets:
+// a function's address less its executable segment's address, plus the segment's offset.
+func tlsFuncsIn(path string) (tlsLib, error) {
 	f, err := elf.Open(path)
 	if err != nil {
-		return nil, err
+		return tlsLib{}, err
 	}
 	defer f.Close()
 	syms, err := f.DynamicSymbols()
 	if err != nil {
-		return nil, fmt.Errorf("symbols of %s: %w", path, err)
+		return tlsLib{}, fmt.Errorf("symbols of %s: %w", path, err)
 	}
-	have := map[string]bool{}
+	offset := map[string]uint64{}
 	for _, s := range syms {
-		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value != 0 {
-			have[s.Name] = true
+		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Value == 0 {
+			continue
+		}
+		for _, prog := range f.Progs {
+			if prog.Type == elf.PT_LOAD && prog.Flags&elf.PF_X != 0 && prog.Vaddr <= s.Value && s.Value < prog.Vaddr+prog.Memsz {
+				offset[s.Name] = s.Value - prog.Vaddr + prog.Off
+				break
+			}
 		}
 	}
-	var out []tlsFunc
+	var out tlsLib
 	for _, fn := range tlsFuncs {
-		if have[fn.symbol] {
-			out = append(out, fn)
+		if off, ok := offset[fn.symbol]; ok {
+			out.funcs, out.offsets = append(out.funcs, fn), append(out.offsets, off)
 		}
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s exports none of %d SSL functions", path, len(tlsFuncs))
+	if len(out.funcs) == 0 {
+		return tlsLib{}, fmt.Errorf("%s exports none of %d SSL functions", path, len(tlsFuncs))
 	}
 	return out, nil
 }
@@ -275,9 +298,10 @@ func closeLinks(links []link.Link) error {
 }
 
 // libsslOf finds the OpenSSL libssl in a /proc/PID/maps listing: the path of the first mapping
-// named libssl.so*, or "" if there is none. A library deleted since it was mapped (a package
-// upgrade under a running server) cannot be opened by path: an error.
-func libsslOf(maps io.Reader) (string, error) {
+// named libssl.so*, or "" if there is none, and an id of the file (path, device and inode). A
+// library deleted since it was mapped (a package upgrade under a running server) cannot be
+// opened by path: an error.
+func libsslOf(maps io.Reader) (path, id string, err error) {
 	sc := bufio.NewScanner(maps)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
@@ -286,14 +310,14 @@ func libsslOf(maps io.Reader) (string, error) {
 		if len(fields) < 6 || !strings.HasPrefix(fields[5], "/") {
 			continue
 		}
-		path := strings.Join(fields[5:], " ")
-		if !strings.HasPrefix(filepath.Base(path), "libssl.so") {
+		lib := strings.Join(fields[5:], " ")
+		if !strings.HasPrefix(filepath.Base(lib), "libssl.so") {
 			continue
 		}
-		if strings.HasSuffix(path, " (deleted)") {
-			return "", fmt.Errorf("tls: %s was deleted since it was mapped", strings.TrimSuffix(path, " (deleted)"))
+		if strings.HasSuffix(lib, " (deleted)") {
+			return "", "", fmt.Errorf("tls: %s was deleted since it was mapped", strings.TrimSuffix(lib, " (deleted)"))
 		}
-		return path, nil
+		return lib, fields[3] + " " + fields[4] + " " + lib, nil
 	}
-	return "", sc.Err()
+	return "", "", sc.Err()
 }

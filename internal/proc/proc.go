@@ -30,6 +30,9 @@ type Info struct {
 	PPID    uint32
 	Cmdline []string
 	Started time.Time
+	// Exe is the program the process runs (/proc/PID/exe, as the process's own mount
+	// namespace names it), "" when it cannot be read.
+	Exe string
 }
 
 // ErrNoProcess is wrapped when a PID names no process.
@@ -58,6 +61,7 @@ func (fs FS) Read(pid uint32) (Info, error) {
 		return Info{}, fmt.Errorf("read pid %d cmdline: %w", pid, err)
 	}
 	info := Info{PID: pid, PPID: ppid, Cmdline: splitCmdline(raw)}
+	info.Exe, _ = os.Readlink(filepath.Join(dir, "exe"))
 	if bt, err := fs.bootTime(); err == nil {
 		info.Started = bt.Add(time.Duration(ticks) * time.Second / clockTicks)
 	}
@@ -163,24 +167,6 @@ func (fs FS) bootTime() (time.Time, error) {
 	return time.Time{}, errors.New("no btime in " + filepath.Join(fs.Root, "stat"))
 }
 
-// LooksLikeGunicorn says whether a command line is Gunicorn's: the gunicorn script, python -m
-// gunicorn, or a setproctitle title "gunicorn: master [app]".
-func LooksLikeGunicorn(cmdline []string) bool {
-	for i, a := range cmdline {
-		if i > 2 {
-			break
-		}
-		base := filepath.Base(a)
-		if strings.HasPrefix(base, "gunicorn") || a == "gunicorn:" {
-			return true
-		}
-		if a == "-m" && i+1 < len(cmdline) && cmdline[i+1] == "gunicorn" {
-			return true
-		}
-	}
-	return false
-}
-
 // App is the WSGI/ASGI application argument of a Gunicorn command line ("module:app"), or "".
 func App(cmdline []string) string {
 	if len(cmdline) >= 2 && cmdline[0] == "gunicorn:" {
@@ -267,29 +253,6 @@ func (fs FS) All() ([]Info, error) {
 			out = append(out, info)
 		}
 	}
-	return out, nil
-}
-
-// Masters finds every Gunicorn master on the host: a Gunicorn process whose parent is not
-// a Gunicorn process (so workers, and a USR2 child before it execs, are not masters).
-func (fs FS) Masters() ([]Info, error) {
-	all, err := fs.All()
-	if err != nil {
-		return nil, err
-	}
-	gun := make(map[uint32]bool)
-	for _, p := range all {
-		if LooksLikeGunicorn(p.Cmdline) {
-			gun[p.PID] = true
-		}
-	}
-	var out []Info
-	for _, p := range all {
-		if gun[p.PID] && !gun[p.PPID] {
-			out = append(out, p)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
 	return out, nil
 }
 

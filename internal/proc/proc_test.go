@@ -5,31 +5,46 @@ import (
 	"testing"
 )
 
-func TestLooksLikeGunicornAndApp(t *testing.T) {
+func TestRoleAndApp(t *testing.T) {
 	tests := []struct {
+		name    string
+		exe     string
 		cmdline []string
-		gun     bool
+		role    Role
 		app     string
 	}{
-		{[]string{"/usr/bin/python3", "/usr/bin/gunicorn", "-w", "2", "-b", "127.0.0.1:8000", "app:app"}, true, "app:app"},
-		{[]string{"/usr/bin/python3", "/usr/bin/gunicorn", "--workers=4", "--chdir", "/srv", "myproj.wsgi:application"}, true, "myproj.wsgi:application"},
-		{[]string{"python3", "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "asgi:app"}, true, "asgi:app"},
-		{[]string{"gunicorn:", "master", "[myapp:create_app()]"}, true, "myapp:create_app()"},
-		{[]string{"/usr/bin/python3", "/usr/bin/gunicorn", "--preload", "--reload", "wsgi"}, true, "wsgi"},
-		{[]string{"/usr/bin/python3", "-m", "http.server"}, false, ""},
-		{[]string{"sleep", "60"}, false, ""},
-		{nil, false, ""},
+		{"debian script", "/usr/bin/python3.11", []string{"/usr/bin/python3", "/usr/bin/gunicorn", "-w", "2", "-b", "127.0.0.1:8000", "app:app"}, Untitled, "app:app"},
+		{"exe unknown", "", []string{"/usr/bin/python3", "/usr/bin/gunicorn", "--workers=4", "--chdir", "/srv", "myproj.wsgi:application"}, Untitled, "myproj.wsgi:application"},
+		{"interpreter options", "/usr/bin/python3.11", []string{"/usr/bin/python3", "-X", "dev", "/srv/venv/bin/gunicorn", "wsgi"}, Untitled, "wsgi"},
+		{"older debian", "/usr/bin/python3.7", []string{"/usr/bin/python3", "/usr/bin/gunicorn3", "app:app"}, Untitled, "app:app"},
+		{"module", "/usr/local/bin/python3.12", []string{"python3", "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "asgi:app"}, Untitled, "asgi:app"},
+		{"module joined", "/usr/bin/python3.11", []string{"python3", "-mgunicorn.app.wsgiapp", "asgi:app"}, Untitled, "asgi:app"},
+		{"upgraded interpreter", "/usr/bin/python3.11 (deleted)", []string{"/usr/bin/python3", "/usr/bin/gunicorn", "app:app"}, Untitled, "app:app"},
+		{"master title", "/usr/bin/python3.11", []string{"gunicorn:", "master", "[myapp:create_app()]"}, TitledMaster, "myapp:create_app()"},
+		{"worker title", "/usr/bin/python3.11", []string{"gunicorn:", "worker", "[myapp:create_app()]"}, TitledWorker, "myapp:create_app()"},
+		{"preload reload", "", []string{"/usr/bin/python3", "/usr/bin/gunicorn", "--preload", "--reload", "wsgi"}, Untitled, "wsgi"},
+		{"launcher script", "/usr/bin/bash", []string{"/bin/bash", "/usr/local/bin/gunicorn-start"}, NotGunicorn, ""},
+		{"launcher, exe unknown", "", []string{"/bin/sh", "/usr/local/bin/gunicorn-start", "app:app"}, NotGunicorn, ""},
+		{"python launcher", "/usr/bin/python3.11", []string{"/usr/bin/python3", "/opt/gunicorn-start.py"}, NotGunicorn, ""},
+		{"gunicorn named by a shell", "/usr/bin/bash", []string{"/usr/bin/gunicorn", "app:app"}, NotGunicorn, ""},
+		{"python -c", "/usr/bin/python3.11", []string{"python3", "-c", "import gunicorn", "/usr/bin/gunicorn"}, NotGunicorn, ""},
+		{"http.server", "/usr/bin/python3.11", []string{"/usr/bin/python3", "-m", "http.server"}, NotGunicorn, ""},
+		{"sleep", "/usr/bin/sleep", []string{"sleep", "60"}, NotGunicorn, ""},
+		{"kernel thread", "", nil, NotGunicorn, ""},
 	}
 	for _, tt := range tests {
-		if got := LooksLikeGunicorn(tt.cmdline); got != tt.gun {
-			t.Errorf("LooksLikeGunicorn(%q) = %v, want %v", tt.cmdline, got, tt.gun)
-		}
-		if !tt.gun {
-			continue
-		}
-		if got := App(tt.cmdline); got != tt.app {
-			t.Errorf("App(%q) = %q, want %q", tt.cmdline, got, tt.app)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			p := Info{Exe: tt.exe, Cmdline: tt.cmdline}
+			if got := RoleOf(p); got != tt.role {
+				t.Errorf("RoleOf(%q, %q) = %v, want %v", tt.exe, tt.cmdline, got, tt.role)
+			}
+			if tt.role == NotGunicorn {
+				return
+			}
+			if got := App(tt.cmdline); got != tt.app {
+				t.Errorf("App(%q) = %q, want %q", tt.cmdline, got, tt.app)
+			}
+		})
 	}
 }
 
@@ -48,7 +63,7 @@ func TestReadSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.PPID != uint32(os.Getppid()) || len(info.Cmdline) == 0 || info.Started.IsZero() {
+	if info.PPID != uint32(os.Getppid()) || len(info.Cmdline) == 0 || info.Started.IsZero() || info.Exe == "" {
 		t.Errorf("Read(self) = %+v", info)
 	}
 	if _, err := Host.Read(1 << 30); err == nil {
