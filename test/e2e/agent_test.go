@@ -42,23 +42,7 @@ import (
 // environment, and does not wait for /metrics: the caller does (HTTPS), or expects an exit.
 func launch(t *testing.T, env []string, args ...string) *gpe {
 	t.Helper()
-	p := &gpe{Port: freePort(t), out: new(safeBuffer), done: make(chan struct{})}
-	args = append(defaultArgs(p.Port), args...)
-	p.cmd = exec.Command(binPath, args...)
-	p.cmd.Env = append(cleanEnv(), env...)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start gpe-ebpf: %v", err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.Stop(t)
-		if t.Failed() {
-			t.Logf("gpe-ebpf %v output:\n%s", args, p.out.String())
-		}
-	})
-	return p
+	return spawnGPE(t, append(cleanEnv(), env...), args...)
 }
 
 // cleanEnv is the test's environment without gpe-ebpf's own variables, so that a developer's
@@ -85,29 +69,6 @@ func (p *gpe) wait(t *testing.T, d time.Duration) (int, time.Duration) {
 		t.Fatalf("gpe-ebpf still running after %v:\n%s", d, p.out.String())
 	}
 	return 0, 0
-}
-
-func (p *gpe) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// waitScrape scrapes until ok says yes, and returns that scrape.
-func (p *gpe) waitScrape(t *testing.T, d time.Duration, what string, ok func(metrics) bool) metrics {
-	t.Helper()
-	var ms metrics
-	waitFor(t, d, what, func() bool {
-		if !p.running() {
-			t.Fatalf("gpe-ebpf exited while waiting for %s: %v", what, p.cmd.ProcessState)
-		}
-		ms = p.scrape(t)
-		return ok(ms)
-	})
-	return ms
 }
 
 // requestsOf sums gunicorn_worker_requests_total over the workers with these PIDs, joined
@@ -174,17 +135,16 @@ func stillLoaded(ids []ebpf.ProgramID) []ebpf.ProgramID {
 	var out []ebpf.ProgramID
 	deadline := time.Now().Add(2 * time.Second)
 	for _, id := range ids {
-		for {
+		gone := poll(time.Until(deadline), 10*time.Millisecond, func() bool {
 			prog, err := ebpf.NewProgramFromID(id)
 			if err != nil {
-				break
+				return true
 			}
 			prog.Close()
-			if time.Now().After(deadline) {
-				out = append(out, id)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
+			return false
+		})
+		if !gone {
+			out = append(out, id)
 		}
 	}
 	return out
@@ -366,9 +326,7 @@ func TestAgentPIDFile(t *testing.T) {
 	})
 
 	g1.Stop()
-	waitFor(t, 10*time.Second, "gpe-ebpf to see the master exit", func() bool {
-		return strings.Contains(p.out.String(), fmt.Sprintf(`msg="master exited" master_pid=%d`, g1.PID))
-	})
+	p.waitLog(t, fmt.Sprintf(`msg="master exited" master_pid=%d`, g1.PID))
 	if !p.running() {
 		t.Fatalf("gpe-ebpf exited with the first master in --pid-file mode: %v", p.cmd.ProcessState)
 	}
@@ -496,9 +454,7 @@ func TestAgentUSR2(t *testing.T) {
 	syscall.Kill(g.PID, syscall.SIGQUIT)
 	// Not g.cmd.Wait: it also waits for Gunicorn's output pipes, which the new master holds.
 	waitFor(t, 20*time.Second, "the old master to exit after QUIT", func() bool { return exited(g.PID) })
-	waitFor(t, 10*time.Second, "gpe-ebpf to see the old master exit", func() bool {
-		return strings.Contains(p.out.String(), fmt.Sprintf(`msg="master exited" master_pid=%d`, g.PID))
-	})
+	p.waitLog(t, fmt.Sprintf(`msg="master exited" master_pid=%d`, g.PID))
 	if !p.running() {
 		t.Fatalf("gpe-ebpf exited with the old master: %v", p.cmd.ProcessState)
 	}
@@ -579,7 +535,9 @@ func TestAgentStaleAfter(t *testing.T) {
 		return len(ms.series("gunicorn_worker_state", map[string]string{"worker_id": id, "state": "exited"})) == 1
 	})
 	// No scrape now (it would be the second to show the exit): past --stale-after, and the
-	// 500 ms sampling tick that expires series, the next scrape no longer has them.
+	// 500 ms sampling tick that expires series, the next scrape no longer has them. A fixed wait
+	// on purpose: the expiry is seen only by scraping (gpe-ebpf logs none), which would change
+	// what is tested.
 	time.Sleep(time.Until(killed.Add(3 * time.Second)))
 	ms := p.scrape(t)
 	if hasAny(ms) {
@@ -997,9 +955,7 @@ func TestAgentJSONLogs(t *testing.T) {
 		"--redis-enabled", "true", "--redis-host", "127.0.0.1", "--redis-port", strconv.Itoa(dead), "--redis-forward-interval", "1")
 	get(t, g.URL()+"/ok")
 	p.waitMetric(t, "gunicorn_worker_requests_total", nil, 1)
-	waitFor(t, 10*time.Second, "a failed Redis forward", func() bool {
-		return strings.Contains(p.out.String(), "redis forward failed")
-	})
+	p.waitLog(t, "redis forward failed")
 	if _, code := p.Stop(t); code != 0 {
 		t.Errorf("exit code %d, want 0", code)
 	}

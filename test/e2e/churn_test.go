@@ -145,15 +145,9 @@ load:
 	}
 	responses, heyErrors := heyCounts(t, heyOut.String())
 
-	// Every record of the load is read within about 100 ms; wait for the counter to settle.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		v := scrape()
-		if int(v.http) == responses || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Second)
-	}
+	// Every record of the load is read within about 100 ms; wait for the counter to settle,
+	// scraping once a second as under the load.
+	poll(15*time.Second, time.Second, func() bool { return int(scrape().http) == responses })
 	// Two more scrapes: the last exits are served twice, then only the live workers are left.
 	scrape()
 	scrape()

@@ -190,9 +190,10 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 		failedFloor += sent[ep] - answered
 	}
 	failedFloor -= gap
-	for deadline := time.Now().Add(15 * time.Second); ms.sum("gunicorn_worker_failed_requests_total", nil) < float64(failedFloor) && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
-		ms = p.scrape(t)
+	if ms.sum("gunicorn_worker_failed_requests_total", nil) < float64(failedFloor) {
+		ms, _ = p.scrapeUntil(t, 15*time.Second, func(ms metrics) bool {
+			return ms.sum("gunicorn_worker_failed_requests_total", nil) >= float64(failedFloor)
+		})
 	}
 	var failedWant float64
 	for ep, statuses := range byStatus {
@@ -298,16 +299,12 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 // the last 300 ms (a worker writes its line after the response), or after 3 s.
 func accessLogSettled(t *testing.T, g *gunicorn, want int) []accessEntry {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	entries := g.Access(t)
-	for time.Now().Before(deadline) {
-		time.Sleep(300 * time.Millisecond)
-		next := g.Access(t)
-		if len(next) == len(entries) && len(next) >= want {
-			return next
-		}
-		entries = next
-	}
+	var entries []accessEntry
+	still := unchanged(func() int {
+		entries = g.Access(t)
+		return len(entries)
+	})
+	poll(3*time.Second, 300*time.Millisecond, func() bool { return still() && len(entries) >= want })
 	return entries
 }
 

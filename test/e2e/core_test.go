@@ -51,8 +51,7 @@ func TestSyncEndToEnd(t *testing.T) {
 		(label(hooks[0], "mode") != "socket" && label(hooks[0], "mode") != "syscall") {
 		t.Errorf("gpe_ebpf_hooks_info: %v, want one series of value 1 naming the mode (GPE_HOOKS=%q)", hooks, mode)
 	}
-	time.Sleep(300 * time.Millisecond) // nothing more may arrive
-	ms = p.scrape(t)
+	ms = p.quiet(t) // nothing more may arrive
 	if got := ms.sum("gunicorn_worker_requests_total", nil); got != nOK+nFail+nSlow {
 		t.Errorf("requests_total settled at %v, want %d", got, nOK+nFail+nSlow)
 	}
@@ -164,18 +163,7 @@ func TestSyncEndToEnd(t *testing.T) {
 	}
 
 	// kill -9 one worker: the master replaces it.
-	pids := g.Workers()
-	if len(pids) != 2 {
-		t.Fatalf("workers after HUP: %v", pids)
-	}
-	victim := pids[0]
-	var victimID string
-	for _, m := range ms.series("gunicorn_worker_info", map[string]string{"pid": strconv.Itoa(victim)}) {
-		victimID = label(m, "worker_id")
-	}
-	if victimID == "" {
-		t.Fatalf("no gunicorn_worker_info for pid %d", victim)
-	}
+	victim, victimID := victimOf(t, g, ms)
 	syscall.Kill(victim, syscall.SIGKILL)
 	var st []*dto.Metric // the killed worker's state, from a scrape that showed it exited
 	waitFor(t, 5*time.Second, "the killed worker's state to be exited and its replacement", func() bool {
@@ -195,6 +183,23 @@ func TestSyncEndToEnd(t *testing.T) {
 		t.Errorf("events lost: %v", got)
 	}
 	t.Logf("lost events %v", ms.sum("gpe_ebpf_events_lost_total", nil))
+}
+
+// victimOf picks one of g's two workers to kill: its PID, and its worker_id in ms.
+func victimOf(t *testing.T, g *gunicorn, ms metrics) (int, string) {
+	t.Helper()
+	pids := g.Workers()
+	if len(pids) != 2 {
+		t.Fatalf("workers: %v", pids)
+	}
+	var id string
+	for _, m := range ms.series("gunicorn_worker_info", map[string]string{"pid": strconv.Itoa(pids[0])}) {
+		id = label(m, "worker_id")
+	}
+	if id == "" {
+		t.Fatalf("no gunicorn_worker_info for pid %d", pids[0])
+	}
+	return pids[0], id
 }
 
 func containsFold(s, sub string) bool {

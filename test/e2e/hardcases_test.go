@@ -2,18 +2,15 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -25,16 +22,13 @@ import (
 // returns the status line of the answer ("" if none).
 func rawRequest(t *testing.T, g *gunicorn, pieces []string, pause time.Duration) string {
 	t.Helper()
-	c, err := g.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := g.conn(t)
 	defer c.Close()
 	for _, p := range pieces {
 		if _, err := c.Write([]byte(p)); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(pause)
+		time.Sleep(pause) // the load's shape: a client that trickles its request
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, _ := bufio.NewReader(c).ReadString('\n')
@@ -98,10 +92,7 @@ func TestSendfileDuration(t *testing.T) {
 	g := startGunicorn(t, gunicornOpts{})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
 	// A client that reads slowly: the 10 MB sendfile takes well over 250 ms to drain.
-	c, err := g.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := g.conn(t)
 	c.(*net.TCPConn).SetReadBuffer(64 << 10)
 	fmt.Fprintf(c, "GET /file/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	start := time.Now()
@@ -113,7 +104,7 @@ func TestSendfileDuration(t *testing.T) {
 		if err != nil {
 			break
 		}
-		time.Sleep(8 * time.Millisecond)
+		time.Sleep(8 * time.Millisecond) // the load's shape: a slow reader
 	}
 	c.Close()
 	took := time.Since(start)
@@ -150,10 +141,7 @@ func TestChunkedAndContinue(t *testing.T) {
 		t.Fatalf("/chunked: %d", s)
 	}
 	// Expect: 100-continue: the interim 100 does not count, the final 200 does, once.
-	c, err := g.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := g.conn(t)
 	defer c.Close()
 	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
 	r := bufio.NewReader(c)
@@ -186,17 +174,16 @@ func TestClientLeavesBeforeResponse(t *testing.T) {
 	requireE2E(t)
 	g := startGunicorn(t, gunicornOpts{})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	c, err := g.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := g.conn(t)
 	fmt.Fprintf(c, "GET /sleep/600 HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(100 * time.Millisecond)
-	c.Close() // gone long before the worker answers
+	// The worker has read the request (it is in flight) when the client leaves, long before
+	// the worker answers.
+	p.waitMetric(t, "gunicorn_worker_requests_in_flight", nil, 1)
+	c.Close()
 	get(t, g.URL()+"/ok")
-	ms := p.settle(t, "gunicorn_worker_failed_requests_total", nil, 1)
-	time.Sleep(800 * time.Millisecond) // the sleeping worker answers into the void meanwhile
-	ms = p.scrape(t)
+	p.settle(t, "gunicorn_worker_failed_requests_total", nil, 1)
+	g.idle(t) // the sleeping worker has answered into the void and closed the connection
+	ms := p.quiet(t)
 	if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": "/sleep/{id}"}); got != 0 {
 		t.Errorf("phantom response counted for the request whose client left: %v", got)
 	}
@@ -258,10 +245,7 @@ func TestPipelinedRequests(t *testing.T) {
 	// gevent answers both requests of the segment (20.1's gthread answers only the first).
 	g := startGunicorn(t, gunicornOpts{WorkerClass: "gevent"})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	c, err := g.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := g.conn(t)
 	defer c.Close()
 	// Two requests in one segment.
 	c.Write([]byte("GET /ok HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
@@ -315,12 +299,7 @@ func TestUnixSocket(t *testing.T) {
 // alone: nothing is counted, and no made-up label is produced.
 func TestTLS(t *testing.T) {
 	requireE2E(t)
-	dir := t.TempDir()
-	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if out, err := exec.Command("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-		"-subj", "/CN=localhost", "-keyout", key, "-out", cert).CombinedOutput(); err != nil {
-		need(t, "openssl makes the test certificate (make deps)", fmt.Errorf("%v: %s", err, out))
-	}
+	cert, key, _ := selfSigned(t)
 	g := startGunicorn(t, gunicornOpts{Args: []string{"--certfile", cert, "--keyfile", key}})
 	// Without the libssl uprobes (tls_test.go measures TLS with them): only the ciphertext.
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID), "--tls-uprobes", "off")
@@ -336,8 +315,8 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("status %d over TLS", resp.StatusCode)
 		}
 	}
-	time.Sleep(time.Second)
-	ms := p.scrape(t)
+	g.idle(t)
+	ms := p.quiet(t)
 	// Encrypted bytes are recognised and left alone: no request series, and above all no
 	// series with a made-up method, endpoint or status.
 	for _, name := range []string{"gunicorn_http_requests_total", "gunicorn_worker_failed_requests_total", "gunicorn_worker_error_handling_total"} {
@@ -357,10 +336,7 @@ func TestWorkerTimeout(t *testing.T) {
 	requireE2E(t)
 	g := startGunicorn(t, gunicornOpts{Args: []string{"--timeout", "2", "--graceful-timeout", "1"}})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	c, err := g.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := g.conn(t)
 	defer c.Close()
 	fmt.Fprintf(c, "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
 	ms := p.waitMetric(t, "gunicorn_worker_exits_total", map[string]string{"reason": "timeout"}, 1)
@@ -378,6 +354,4 @@ func TestWorkerTimeout(t *testing.T) {
 	if got := ms.sum("gunicorn_master_signals_total", map[string]string{"signal": "chld"}); got < 1 {
 		t.Errorf("the master's SIGCHLD was not counted")
 	}
-	_ = syscall.SIGABRT
-	_ = bytes.MinRead
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -171,6 +170,16 @@ func (g *gunicorn) dial() (net.Conn, error) {
 	return net.Dial("tcp", g.Addr)
 }
 
+// conn is a fresh connection to Gunicorn.
+func (g *gunicorn) conn(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := g.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // Stop terminates Gunicorn and its workers.
 func (g *gunicorn) Stop() {
 	if g.cmd.ProcessState != nil {
@@ -222,6 +231,61 @@ func (g *gunicorn) Access(t *testing.T) []accessEntry {
 	return out
 }
 
+// tcpSocket is one socket of /proc/net/tcp (this network namespace, IPv4).
+type tcpSocket struct {
+	local, remote int // ports
+	state         int // the kernel's TCP state: 1 established, 3 SYN received, 8 close wait, 10 listen, ...
+	rxQueue       int // bytes received that the process has not read
+}
+
+func tcpSockets(t *testing.T) []tcpSocket {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := func(addr string) int {
+		n, _ := strconv.ParseUint(addr[strings.IndexByte(addr, ':')+1:], 16, 16)
+		return int(n)
+	}
+	var out []tcpSocket
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line) // sl local_address rem_address st tx_queue:rx_queue ...
+		if len(f) < 5 {
+			continue
+		}
+		st, _ := strconv.ParseUint(f[3], 16, 8)
+		rx, _ := strconv.ParseUint(f[4][strings.IndexByte(f[4], ':')+1:], 16, 32)
+		out = append(out, tcpSocket{port(f[1]), port(f[2]), int(st), int(rx)})
+	}
+	return out
+}
+
+// serverEnd is Gunicorn's end of the client connection c, until it is closed.
+func (g *gunicorn) serverEnd(t *testing.T, c net.Conn) (tcpSocket, bool) {
+	t.Helper()
+	for _, s := range tcpSockets(t) {
+		if s.local == g.Port && s.remote == c.LocalAddr().(*net.TCPAddr).Port {
+			return s, true
+		}
+	}
+	return tcpSocket{}, false
+}
+
+// idle waits until Gunicorn (on TCP) holds no connection open: every request it took was
+// answered, into the void or not, and its connection closed by the worker.
+func (g *gunicorn) idle(t *testing.T) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "Gunicorn to close every connection it took", func() bool {
+		for _, s := range tcpSockets(t) {
+			if s.local == g.Port && (s.state == 1 || s.state == 3 || s.state == 8) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // gpe is a running gpe-ebpf.
 type gpe struct {
 	cmd  *exec.Cmd
@@ -258,12 +322,14 @@ func defaultArgs(port int) []string {
 	return args
 }
 
-// startGPE starts gpe-ebpf with args (plus a free --metrics-port) and waits for /metrics.
-func startGPE(t *testing.T, args ...string) *gpe {
+// spawnGPE starts gpe-ebpf with the default flags and args (later flags win) and does not wait
+// for it to serve. env nil inherits the test's environment; otherwise it is the whole of it.
+func spawnGPE(t *testing.T, env []string, args ...string) *gpe {
 	t.Helper()
 	p := &gpe{Port: freePort(t), out: new(safeBuffer), done: make(chan struct{})}
 	args = append(defaultArgs(p.Port), args...)
 	p.cmd = exec.Command(binPath, args...)
+	p.cmd.Env = env
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
 	if err := p.cmd.Start(); err != nil {
@@ -273,14 +339,19 @@ func startGPE(t *testing.T, args ...string) *gpe {
 	t.Cleanup(func() {
 		p.Stop(t)
 		if t.Failed() {
-			t.Logf("gpe-ebpf output:\n%s", p.out.String())
+			t.Logf("gpe-ebpf %v output:\n%s", args, p.out.String())
 		}
 	})
+	return p
+}
+
+// startGPE starts gpe-ebpf with args (plus a free --metrics-port) and waits for /metrics.
+func startGPE(t *testing.T, args ...string) *gpe {
+	t.Helper()
+	p := spawnGPE(t, nil, args...)
 	waitFor(t, 15*time.Second, "gpe-ebpf to serve /metrics", func() bool {
-		select {
-		case <-p.done:
+		if !p.running() {
 			t.Fatalf("gpe-ebpf exited early: %v\n%s", p.cmd.ProcessState, p.out.String())
-		default:
 		}
 		resp, err := http.Get(p.url())
 		if err != nil {
@@ -290,6 +361,34 @@ func startGPE(t *testing.T, args ...string) *gpe {
 		return resp.StatusCode == 200
 	})
 	return p
+}
+
+func (p *gpe) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// waitLog waits until a line of gpe-ebpf's log holds every one of words.
+func (p *gpe) waitLog(t *testing.T, words ...string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("a log line with %q", words), func() bool {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			n := 0
+			for _, w := range words {
+				if strings.Contains(line, w) {
+					n++
+				}
+			}
+			if n == len(words) {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func (p *gpe) url() string { return fmt.Sprintf("http://127.0.0.1:%d/metrics", p.Port) }
@@ -411,51 +510,104 @@ func label(m *dto.Metric, name string) string {
 	return ""
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
+// poll calls cond every interval until it holds or d has passed, and says whether it held. It
+// is the suite's one polling loop: every wait of the suite is built on it.
+func poll(d, every time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for {
 		if cond() {
-			return
+			return true
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(every)
 	}
+}
+
+// unchanged is a condition for poll that holds once read gives the same value twice running:
+// with poll's interval between the reads, nothing changed over that long.
+func unchanged[T comparable](read func() T) func() bool {
+	var last T
+	seen := false
+	return func() bool {
+		v := read()
+		same := seen && v == last
+		last, seen = v, true
+		return same
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !poll(d, 50*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+}
+
+// scrapeUntil scrapes every 100 ms until ok says yes or d has passed, and returns the last
+// scrape either way and whether ok said yes. It fails at once if gpe-ebpf has exited.
+func (p *gpe) scrapeUntil(t *testing.T, d time.Duration, ok func(metrics) bool) (metrics, bool) {
+	t.Helper()
+	var ms metrics
+	held := poll(d, 100*time.Millisecond, func() bool {
+		if !p.running() {
+			t.Fatalf("gpe-ebpf exited: %v\n%s", p.cmd.ProcessState, p.out.String())
+		}
+		ms = p.scrape(t)
+		return ok(ms)
+	})
+	return ms, held
+}
+
+// waitScrape scrapes until ok says yes, and returns that scrape.
+func (p *gpe) waitScrape(t *testing.T, d time.Duration, what string, ok func(metrics) bool) metrics {
+	t.Helper()
+	ms, held := p.scrapeUntil(t, d, ok)
+	if !held {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+	return ms
 }
 
 // waitMetric waits until sum(name, labels) == want, then returns the final scrape.
 // It fails with the last value seen if that never happens.
 func (p *gpe) waitMetric(t *testing.T, name string, labels map[string]string, want float64) metrics {
 	t.Helper()
-	var last float64
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ms := p.scrape(t)
-		last = ms.sum(name, labels)
-		if last == want {
-			return ms
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v, want %v", name, labels, last, want)
-		}
-		time.Sleep(100 * time.Millisecond)
+	ms := p.settle(t, name, labels, want)
+	if last := ms.sum(name, labels); last != want {
+		t.Fatalf("%s%v = %v, want %v", name, labels, last, want)
 	}
+	return ms
 }
 
 // settle waits up to 15 s for sum(name, labels) to reach want and returns the last scrape
 // either way, so the caller's finer assertions say what is off.
 func (p *gpe) settle(t *testing.T, name string, labels map[string]string, want float64) metrics {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ms := p.scrape(t)
-		if ms.sum(name, labels) == want || time.Now().After(deadline) {
-			return ms
-		}
-		time.Sleep(100 * time.Millisecond)
+	ms, _ := p.scrapeUntil(t, 15*time.Second, func(ms metrics) bool { return ms.sum(name, labels) == want })
+	return ms
+}
+
+// quietWindow is the time between the two scrapes of quiet: three drains of gpe-ebpf's ring
+// buffer reader (one every 100 ms), so a record the kernel wrote before the first scrape is
+// counted by the second.
+const quietWindow = 300 * time.Millisecond
+
+// quiet waits until gpe-ebpf reads no more records (gpe_ebpf_events_total unchanged across two
+// scrapes quietWindow apart) and returns the last scrape: every record of what happened before
+// the first of them is in it. It is the wait for "nothing more arrives" once a count is reached,
+// for TCP (a Unix connection's end waits for a sweep, every 500 ms).
+func (p *gpe) quiet(t *testing.T) metrics {
+	t.Helper()
+	var ms metrics
+	if !poll(15*time.Second, quietWindow, unchanged(func() float64 {
+		ms = p.scrape(t)
+		return ms.sum("gpe_ebpf_events_total", nil)
+	})) {
+		t.Fatalf("gpe_ebpf_events_total still growing after 15 s: %v", ms.sum("gpe_ebpf_events_total", nil))
 	}
+	return ms
 }
 
 // startServing starts Gunicorn and gpe-ebpf, serves one request, and returns the IDs of the
@@ -506,5 +658,3 @@ func parallel(n, c int, f func(i int)) {
 	close(ch)
 	wg.Wait()
 }
-
-var _ = context.Background

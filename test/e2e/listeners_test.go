@@ -73,16 +73,16 @@ func burst(c *http.Client, n int, url string) (<-chan struct{}, *[]error) {
 func (p *gpe) peakWhile(t *testing.T, done <-chan struct{}, name string, labels map[string]string) float64 {
 	t.Helper()
 	peak := -1.0
-	for {
-		if v := p.scrape(t).sum(name, labels); v > peak {
-			peak = v
-		}
+	poll(time.Minute, 10*time.Millisecond, func() bool {
+		peak = max(peak, p.scrape(t).sum(name, labels))
 		select {
 		case <-done:
-			return peak
-		case <-time.After(10 * time.Millisecond):
+			return true
+		default:
+			return false
 		}
-	}
+	})
+	return peak
 }
 
 // startListening starts a 1-worker sync Gunicorn with args and gpe-ebpf on it, and waits for
@@ -224,16 +224,12 @@ func TestListenDrops(t *testing.T) {
 	// Drops can still come after the burst (SYN-ACK retransmits to closed clients): compare
 	// once both counters are still between two reads of the kernel's.
 	var kernel, ours float64
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	poll(15*time.Second, 200*time.Millisecond, func() bool {
 		k1 := netstatListenDrops(t, g.PID)
 		ours = p.scrape(t).sum(listenDrops, lbl) - ours0
 		kernel = netstatListenDrops(t, g.PID) - kernel0
-		if k1-kernel0 == kernel && ours == kernel || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return k1-kernel0 == kernel && ours == kernel
+	})
 	t.Logf("%s rose by %v; TcpExt ListenDrops rose by %v", listenDrops, ours, kernel)
 	if ours < 1 {
 		t.Errorf("%s rose by %v over a burst of 50 connects into a full queue, want >= 1", listenDrops, ours)

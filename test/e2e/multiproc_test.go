@@ -195,9 +195,8 @@ func TestMultiprocCustomMetrics(t *testing.T) {
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID), "--multiproc-dir", dir)
 
 	n := sendOrders(t, g, multiprocOrders)
-	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, float64(n))
-	time.Sleep(300 * time.Millisecond) // nothing more may arrive
-	ms = p.scrape(t)
+	p.waitMetric(t, "gunicorn_worker_requests_total", nil, float64(n))
+	ms := p.quiet(t) // nothing more may arrive
 	if got := ms.sum("gunicorn_worker_requests_total", nil); got != float64(n) {
 		t.Errorf("gunicorn_worker_requests_total settled at %v, want %d", got, n)
 	}
@@ -250,18 +249,7 @@ func TestMultiprocCustomMetrics(t *testing.T) {
 
 	// kill -9 one of them. No child_exit hook calls mark_process_dead: the dead worker's
 	// gauge file stays, and only gpe-ebpf's view of the worker's exit drops it.
-	pids := g.Workers()
-	if len(pids) != 2 {
-		t.Fatalf("workers: %v", pids)
-	}
-	victim := pids[0]
-	var victimID string
-	for _, m := range ms.series("gunicorn_worker_info", map[string]string{"pid": strconv.Itoa(victim)}) {
-		victimID = label(m, "worker_id")
-	}
-	if victimID == "" {
-		t.Fatalf("no gunicorn_worker_info for pid %d", victim)
-	}
+	victim, victimID := victimOf(t, g, ms)
 	start := time.Now()
 	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -299,9 +287,8 @@ func TestMultiprocCustomMetrics(t *testing.T) {
 	// files at scrape time; the kernel's records arrive in batches up to 100 ms later.) The
 	// killed worker's own series are gone once two scrapes showed it exited, so the total is
 	// gunicorn_http_requests_total's, which has no worker_id.
-	ms = p.waitMetric(t, "gunicorn_http_requests_total", nil, float64(n+1))
-	time.Sleep(300 * time.Millisecond)
-	ms = p.scrape(t)
+	p.waitMetric(t, "gunicorn_http_requests_total", nil, float64(n+1))
+	ms = p.quiet(t)
 	if got := ms.sum("gunicorn_http_requests_total", nil); got != float64(n+1) {
 		t.Errorf("gunicorn_http_requests_total settled at %v, want %d (the orders and the surviving hold)", got, n+1)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -17,7 +18,8 @@ func TestRequestQueue(t *testing.T) {
 	requireE2E(t)
 	g := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"--backlog", "64"}})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
-	time.Sleep(300 * time.Millisecond) // the listening ports reach the kernel at attach
+	// The listening ports reach the kernel at attach: the queue waits are timed from then on.
+	p.waitLog(t, `msg="listening ports timed in the accept queue"`, fmt.Sprintf("ports=[%d]", g.Port))
 
 	const clients = 8
 	var wg sync.WaitGroup
