@@ -152,30 +152,40 @@ func hookModes(bin, flagValue string) []string {
 	return []string{"default"}
 }
 
-func bench(o options) error {
+// newSession checks what the benchmark needs (root, the tools, the repository, the binary) and
+// makes its temporary directory.
+func newSession(o options) (*session, error) {
 	if os.Geteuid() != 0 {
-		return errors.New("needs root: gpe-ebpf loads BPF programs")
+		return nil, errors.New("needs root: gpe-ebpf loads BPF programs")
 	}
 	for _, tool := range []string{"gunicorn", "wrk", "dd"} {
 		if _, err := execLookPath(tool); err != nil {
-			return fmt.Errorf("%s not found (make deps): %w", tool, err)
+			return nil, fmt.Errorf("%s not found (make deps): %w", tool, err)
 		}
 	}
 	s := &session{o: o}
 	var err error
 	if s.root, err = os.Getwd(); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := os.Stat(filepath.Join(s.root, "test", "app", "app.py")); err != nil {
-		return errors.New("run from the repository root (make bench)")
+		return nil, errors.New("run from the repository root (make bench)")
 	}
 	if s.bin, err = filepath.Abs(o.bin); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := os.Stat(s.bin); err != nil {
-		return fmt.Errorf("%s: %w (make build)", s.bin, err)
+		return nil, fmt.Errorf("%s: %w (make build)", s.bin, err)
 	}
 	if s.tmp, err = os.MkdirTemp("", "gpe-bench-"); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func bench(o options) error {
+	s, err := newSession(o)
+	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(s.tmp)

@@ -31,10 +31,7 @@ func (s *session) throughputPhase(ctx context.Context, g *gunicorn) error {
 		s.res.Runs = append(s.res.Runs, r)
 		fmt.Printf("  round %2d %-10s %8.0f req/s %7d requests  CPU µs/request: workers %6.1f wrk %5.1f",
 			pair, arm, r.Wrk.PerSec, r.Wrk.Requests, r.WorkerUS, r.WrkUS)
-		if r.ObserverPID != 0 {
-			fmt.Printf("  gpe-ebpf %5.2f  counted %7.0f  lost %.0f", r.ObserverUS, r.Counted, r.Lost)
-		}
-		fmt.Println()
+		endRoundLine(r)
 		return nil
 	})
 	if err != nil {
@@ -159,4 +156,12 @@ func (r *run) setCPU(workers time.Duration) {
 	}
 	r.WorkerUS = float64(workers) / 1e3 / float64(r.Wrk.Requests)
 	r.WrkUS = r.Wrk.CPUSeconds * 1e6 / float64(r.Wrk.Requests)
+}
+
+// endRoundLine ends a round's line with the observer's figures, if the round had one.
+func endRoundLine(r run) {
+	if r.ObserverPID != 0 {
+		fmt.Printf("  gpe-ebpf %5.2f  counted %7.0f  lost %.0f", r.ObserverUS, r.Counted, r.Lost)
+	}
+	fmt.Println()
 }

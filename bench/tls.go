@@ -48,10 +48,7 @@ func (s *session) tlsPhase(ctx context.Context) error {
 		byArm[arm] = append(byArm[arm], r)
 		s.res.Runs = append(s.res.Runs, r)
 		fmt.Printf("  round %2d %-10s %8.0f req/s %7d requests  CPU µs/request: workers %6.1f", pair, arm, r.Wrk.PerSec, r.Wrk.Requests, r.WorkerUS)
-		if r.ObserverPID != 0 {
-			fmt.Printf("  gpe-ebpf %5.2f  counted %7.0f  lost %.0f", r.ObserverUS, r.Counted, r.Lost)
-		}
-		fmt.Println()
+		endRoundLine(r)
 		return nil
 	})
 	if err != nil {

@@ -301,25 +301,7 @@ func merge(m *metric) []sample {
 func (c *Collector) build(files []processFile) []prometheus.Metric {
 	var out []prometheus.Metric
 	families := map[string]string{} // family name → type, to refuse conflicts
-	descs := map[string]*prometheus.Desc{}
-	desc := func(fq, help string, labels map[string]string) (*prometheus.Desc, []string) {
-		names := make([]string, 0, len(labels))
-		for n := range labels {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		k := fq + "\xff" + strings.Join(names, "\xff")
-		d := descs[k]
-		if d == nil {
-			d = prometheus.NewDesc(fq, help, names, nil)
-			descs[k] = d
-		}
-		values := make([]string, len(names))
-		for i, n := range names {
-			values[i] = labels[n]
-		}
-		return d, values
-	}
+	desc := descCache{}.get
 	claim := func(family, typ string) bool {
 		if t, ok := families[family]; ok && t != typ {
 			c.logger.Warn("skip multiprocess metric: name taken by another type", "metric", family, "type", typ, "taken_by", t)
@@ -400,6 +382,29 @@ func (c *Collector) build(files []processFile) []prometheus.Metric {
 		}
 	}
 	return out
+}
+
+// descCache holds one Desc per metric name and label names, for one build.
+type descCache map[string]*prometheus.Desc
+
+// get is the Desc of metric fq with labels' names (sorted), and labels' values in that order.
+func (dc descCache) get(fq, help string, labels map[string]string) (*prometheus.Desc, []string) {
+	names := make([]string, 0, len(labels))
+	for n := range labels {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	k := fq + "\xff" + strings.Join(names, "\xff")
+	d := dc[k]
+	if d == nil {
+		d = prometheus.NewDesc(fq, help, names, nil)
+		dc[k] = d
+	}
+	values := make([]string, len(names))
+	for i, n := range names {
+		values[i] = labels[n]
+	}
+	return d, values
 }
 
 // series is a summary's or a histogram's samples of one label set, merged.

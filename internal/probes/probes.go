@@ -125,27 +125,12 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	if cfg.RingBufferBytes != 0 {
-		spec.Maps["events"].MaxEntries = cfg.RingBufferBytes
-	}
-	if err := spec.Variables["wakeup_bytes"].Set(cfg.WakeupBytes); err != nil {
-		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
-	}
-	if err := spec.Variables["tls_on"].Set(boolU32(cfg.TLS)); err != nil {
-		return nil, fmt.Errorf("set tls_on: %w", err)
-	}
-	slots, conns := TableSizes(cfg.MaxConnections)
-	spec.Maps["slots"].MaxEntries = slots
-	spec.Maps["conns"].MaxEntries = conns
-	if err := spec.Variables["slot_mask"].Set(slots - 1); err != nil {
-		return nil, fmt.Errorf("set slot_mask: %w", err)
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
 	}
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
 	// kernel does not have); every map serves both.
 	hooks := hooksOf(mode)
-	if err := spec.Variables["queue_wait"].Set(boolU32(cfg.QueueWait)); err != nil {
-		return nil, fmt.Errorf("set queue_wait: %w", err)
-	}
 	// One of the two TCP hooks sees a connection's end: on_tcp_state (every TCP state change,
 	// the accept-queue stamp too) or, without it, on_tcp_destroy (once a socket).
 	drop := gpeProgOnTcpDestroy
@@ -213,6 +198,27 @@ func Load(cfg Config) (_ *Probes, err error) {
 		sweep: unixSweep{conns: connMap{p.objs.Conns}, proc: proc.Host, clock: events.MonotonicNow},
 	}
 	return p, nil
+}
+
+// configure sizes spec's maps and sets its load-time constants from cfg.
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	if cfg.RingBufferBytes != 0 {
+		spec.Maps["events"].MaxEntries = cfg.RingBufferBytes
+	}
+	slots, conns := TableSizes(cfg.MaxConnections)
+	spec.Maps["slots"].MaxEntries = slots
+	spec.Maps["conns"].MaxEntries = conns
+	for name, v := range map[string]any{
+		"wakeup_bytes": cfg.WakeupBytes,
+		"tls_on":       boolU32(cfg.TLS),
+		"slot_mask":    slots - 1,
+		"queue_wait":   boolU32(cfg.QueueWait),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // Track adds a process to the kernel's table so that its forks, signals, exit and (for a
