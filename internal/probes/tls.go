@@ -107,7 +107,7 @@ func (p *Probes) AttachTLS(pid uint32) (TLSAttach, error) {
 	if err != nil || lib == "" {
 		return TLSAttach{}, err
 	}
-	path := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), lib)
+	path := libPath(pid, lib, id)
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
 		return TLSAttach{Lib: lib}, fmt.Errorf("tls: open %s of pid %d: %w", lib, pid, err)
@@ -295,6 +295,24 @@ func closeLinks(links []link.Link) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// libPath is where gpe-ebpf opens the library that process pid maps as lib, id being its
+// libsslOf id ("dev inode path"). /proc/PID/maps names a file as the reader sees it when it
+// can: a process in a container (another mount namespace, a pivot_root) maps a path of its own
+// root, reached through /proc/PID/root; one under a plain chroot in our mount namespace maps the
+// path as we see it, with the chroot's directory in front, which /proc/PID/root would add
+// twice. That path is taken only when it is the very file mapped (same device and inode).
+func libPath(pid uint32, lib, id string) string {
+	inRoot := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), lib)
+	if _, err := os.Stat(inRoot); err == nil {
+		return inRoot
+	}
+	var st unix.Stat_t
+	if unix.Stat(lib, &st) == nil && id == fmt.Sprintf("%02x:%02x %d %s", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino, lib) {
+		return lib
+	}
+	return inRoot // not there: the open says so, with the path tried
 }
 
 // libsslOf finds the OpenSSL libssl in a /proc/PID/maps listing: the path of the first mapping
