@@ -282,6 +282,20 @@ struct {
 	__type(value, __u32);
 } tls_socks SEC(".maps");
 
+/*
+ * Per thread (pid_tgid), the socket of the last ciphertext it read from a TLS connection whose
+ * SSL the uprobes have not tied (on_io). asyncio (Gunicorn's asgi worker, uvicorn) runs libssl
+ * over memory BIOs: no SSL_set_fd, no socket call inside SSL_read; it reads the ciphertext, hands
+ * it to the SSL and calls SSL_read at once, in the same thread. That SSL_read is of this socket
+ * (tls_return ties them). LRU: threads that die leave their entry to age out.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tls_conn);
+} tls_last_read SEC(".maps");
+
 /* Threads in tls_calls and sockets in tls_socks (upper bounds): while one is 0, the socket
  * hooks make no lookup of that map, so a worker that serves no TLS pays one memory read. */
 __u64 tls_in_calls = 0;

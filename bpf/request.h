@@ -186,6 +186,9 @@ static __always_inline void announce(struct conn_key *k, struct conn *c, __u64 n
 static __always_inline void take(struct conn_key *k, struct conn *c, __u64 buf, __s64 n, __u64 now,
 				 struct proc_info *pi);
 
+/* tls.h, after this file: a thread read ciphertext on a TLS connection not tied yet. */
+static __always_inline void tls_note_read(struct sock *sk, __u32 fd);
+
 /* A new connection of a worker: its first read. A request line (or a TLS handshake) starts a
  * request; anything else puts the connection in probation. */
 static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 hash, int tcp,
@@ -328,6 +331,8 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			start_request(&k, c, buf, n, now, 0, pi);
 		} else if (c->state == CONN_RESPONDING || c->state == CONN_PROBATION) {
 			start_request(&k, c, buf, n, now, 1, pi);
+		} else if (c->state == CONN_TLS && tls_on) {
+			tls_note_read(sk, k.fd); /* ciphertext of an SSL not tied yet (asyncio) */
 		}
 		return 0;
 	}

@@ -78,6 +78,13 @@ static __always_inline int tls_skip(struct sock *sk, __s64 fd)
 	return 0;
 }
 
+static __always_inline void tls_note_read(struct sock *sk, __u32 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_conn v = {.sk = (__u64)sk, .fd = fd};
+	bpf_map_update_elem(&tls_last_read, &id, &v, BPF_ANY);
+}
+
 /* Which function a uprobe is on: its attach cookie (tls.go, tlsFuncs). */
 enum tls_func {
 	TLS_SET_FD = 1,   /* SSL_set_fd(ssl, fd) */
@@ -163,14 +170,21 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 	struct tls_conn v = {};
 	if (s) {
 		v = *s;
-	} else if (tc.sk) {
-		/* Wrapped before the uprobes were attached: tied by the socket call made inside. */
-		v.sk = tc.sk;
-		v.fd = tc.fd;
+	} else {
+		/* Wrapped before the uprobes were attached: tied by the socket call made inside. Or,
+		 * with no socket call inside (asyncio's memory BIOs), by the ciphertext this thread
+		 * read last (tls_note_read). */
+		struct tls_conn *last = tc.sk ? 0 : bpf_map_lookup_elem(&tls_last_read, &id);
+		if (tc.sk) {
+			v.sk = tc.sk;
+			v.fd = tc.fd;
+		} else if (last && tc.op == OP_RECV) {
+			v = *last;
+		} else {
+			return 0;
+		}
 		bpf_map_update_elem(&tls_ssl, &k, &v, BPF_ANY);
 		tls_mark_sock(v.sk, tgid);
-	} else {
-		return 0;
 	}
 	struct sock *sk = (struct sock *)v.sk;
 	struct call call = {.buf = tc.buf, .fd = v.fd, .op = tc.op, .tls = 1};

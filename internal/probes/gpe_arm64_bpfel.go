@@ -203,6 +203,7 @@ const (
 	gpeMapScratch          = "scratch"
 	gpeMapSlots            = "slots"
 	gpeMapTlsCalls         = "tls_calls"
+	gpeMapTlsLastRead      = "tls_last_read"
 	gpeMapTlsSocks         = "tls_socks"
 	gpeMapTlsSsl           = "tls_ssl"
 	gpeProgOnExec          = "on_exec"
@@ -313,6 +314,7 @@ type gpeMapSpecs struct {
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
 	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
+	TlsLastRead *ebpf.MapSpec `ebpf:"tls_last_read"`
 	TlsSocks    *ebpf.MapSpec `ebpf:"tls_socks"`
 	TlsSsl      *ebpf.MapSpec `ebpf:"tls_ssl"`
 }
@@ -371,6 +373,7 @@ type gpeMaps struct {
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Slots       *ebpf.Map `ebpf:"slots"`
 	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
+	TlsLastRead *ebpf.Map `ebpf:"tls_last_read"`
 	TlsSocks    *ebpf.Map `ebpf:"tls_socks"`
 	TlsSsl      *ebpf.Map `ebpf:"tls_ssl"`
 }
@@ -389,6 +392,7 @@ func (m *gpeMaps) Close() error {
 		m.Scratch,
 		m.Slots,
 		m.TlsCalls,
+		m.TlsLastRead,
 		m.TlsSocks,
 		m.TlsSsl,
 	)
