@@ -1,8 +1,11 @@
 package export
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 )
@@ -15,10 +18,11 @@ type histogramMetric struct {
 	desc   *prometheus.Desc
 	labels []*dto.LabelPair
 	h      aggregate.Histogram // Counts per bucket, not cumulative; a copy no one else writes
+	ctime  time.Time           // when counting began (OpenMetrics _created); zero: unknown
 }
 
-func newHistogramMetric(desc *prometheus.Desc, h aggregate.Histogram, labelValues []string) prometheus.Metric {
-	return &histogramMetric{desc: desc, labels: prometheus.MakeLabelPairs(desc, labelValues), h: h}
+func newHistogramMetric(desc *prometheus.Desc, h aggregate.Histogram, ctime time.Time, labelValues []string) prometheus.Metric {
+	return &histogramMetric{desc: desc, labels: prometheus.MakeLabelPairs(desc, labelValues), h: h, ctime: ctime}
 }
 
 func (m *histogramMetric) Desc() *prometheus.Desc { return m.desc }
@@ -38,5 +42,8 @@ func (m *histogramMetric) Write(out *dto.Metric) error {
 	}
 	out.Label = m.labels
 	out.Histogram = &dto.Histogram{SampleCount: &m.h.Count, SampleSum: &m.h.Sum, Bucket: ptrs}
+	if !m.ctime.IsZero() {
+		out.Histogram.CreatedTimestamp = timestamppb.New(m.ctime)
+	}
 	return nil
 }
