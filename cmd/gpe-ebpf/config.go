@@ -33,6 +33,7 @@ type Config struct {
 	Server export.ServerConfig
 	Probes probes.Config
 	Redis  redisfwd.Config
+	OTLP   export.OTLPConfig
 
 	ShowVersion bool
 }
@@ -105,7 +106,8 @@ var flagGroups = []struct {
 }{
 	{"Attaching", []string{"pid", "pid-file", "discover", "force"}},
 	{"Metrics endpoint", []string{"metrics-port", "bind-address", "metrics-path", "tls-cert-file", "tls-key-file", "web.config.file"}},
-	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "ignore-route", "sample-interval", "multiproc-dir"}},
+	{"Metrics", []string{"workers", "stale-after", "max-endpoints", "endpoint-mode", "route", "ignore-route", "sample-interval", "multiproc-dir", "native-histograms"}},
+	{"OpenTelemetry push", []string{"otlp-endpoint", "otlp-interval"}},
 	{"Redis forwarding", []string{"redis-enabled", "redis-host", "redis-port", "redis-db", "redis-password", "redis-key-prefix", "redis-forward-interval", "redis-instance"}},
 	{"Kernel side", []string{"hooks", "queue-wait", "tls-uprobes", "ring-buffer-size", "wakeup-bytes"}},
 	{"Logging and other", []string{"log-level", "log-format", "version", "help"}},
@@ -134,6 +136,9 @@ func newFlagSet(cfg *Config, redisEnabled *string, routes *[]string, endpointMod
 	fs.StringArrayVar(&cfg.Agent.Aggregate.IgnoreRoutes, "ignore-route", nil, "route template of requests not to count, such as /healthz (repeatable); counted in gpe_ebpf_ignored_requests_total")
 	fs.DurationVar(&cfg.Agent.SampleInterval, "sample-interval", cfg.Agent.SampleInterval, "how often worker memory and CPU are sampled")
 	fs.StringVar(&cfg.Multiproc, "multiproc-dir", "", "serve the app's prometheus_client multiprocess files from this directory too")
+	fs.BoolVar(&cfg.Agent.Aggregate.NativeHistograms, "native-histograms", false, "give the duration, queue-wait and size histograms a native (exponential) form too, for a scraper that asks for protobuf; the classic buckets stay")
+	fs.StringVar(&cfg.OTLP.Endpoint, "otlp-endpoint", "", "push the metrics over OTLP/HTTP (protobuf) to this URL, such as http://collector:4318 (path /v1/metrics when none is given)")
+	fs.DurationVar(&cfg.OTLP.Interval, "otlp-interval", cfg.OTLP.Interval, "time between OTLP pushes")
 
 	fs.StringVar(redisEnabled, "redis-enabled", "false", "forward the exposition to Redis (true/1/yes/on)")
 	r := &cfg.Redis
@@ -160,6 +165,7 @@ func defaultConfig() Config {
 		Server: export.DefaultServerConfig(),
 		Probes: probes.DefaultConfig(),
 		Redis:  redisfwd.DefaultConfig(),
+		OTLP:   export.DefaultOTLPConfig(),
 	}
 }
 
@@ -242,6 +248,7 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 		{intervalSecs < 1, fmt.Sprintf("invalid --redis-forward-interval (REDIS_FORWARD_INTERVAL) %d: at least 1 second", intervalSecs)},
 		{cfg.LogLevel != "debug" && cfg.LogLevel != "info" && cfg.LogLevel != "warn" && cfg.LogLevel != "error", fmt.Sprintf("invalid --log-level %q: debug, info, warn or error", cfg.LogLevel)},
 		{cfg.LogFormat != "text" && cfg.LogFormat != "json", fmt.Sprintf("invalid --log-format %q: text or json", cfg.LogFormat)},
+		{cfg.OTLP.Interval < time.Second, "invalid --otlp-interval: at least 1s"},
 	}
 	for _, c := range checks {
 		if c.bad {
@@ -275,6 +282,11 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 		// failure of the metrics server after the probes are attached.
 		if _, err := tls.LoadX509KeyPair(cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile); err != nil {
 			return cfg, usagef("invalid --tls-cert-file/--tls-key-file (PROMETHEUS_SSL_CERTFILE/PROMETHEUS_SSL_KEYFILE): %v", err)
+		}
+	}
+	if cfg.OTLP.Endpoint != "" {
+		if _, _, _, err := export.CheckOTLPEndpoint(cfg.OTLP.Endpoint); err != nil {
+			return cfg, usagef("invalid --otlp-endpoint: %v", err)
 		}
 	}
 	if err := export.CheckWebConfig(cfg.Server.WebConfigFile); err != nil {

@@ -88,6 +88,20 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		fwd.NotifyForwarded(agg.BeginForward)
 	}
 
+	if cfg.OTLP.Endpoint != "" {
+		pusher, err := export.NewOTLPPusher(cfg.OTLP, reg, logger)
+		if err != nil {
+			return stop(usageError{err})
+		}
+		reg.MustRegister(pusher)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pusher.Run(ctx)
+		}()
+		logger.Info("pushing metrics over OTLP", "endpoint", cfg.OTLP.Endpoint, "interval", cfg.OTLP.Interval)
+	}
+
 	l, err := export.Listen(ctx, cfg.Server, logger)
 	if err != nil && ctx.Err() != nil {
 		// SIGINT/SIGTERM while waiting for a taken port is a normal stop (README "Failure behaviour").
