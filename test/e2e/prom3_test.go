@@ -52,13 +52,15 @@ func repoDir() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// promAPI runs an instant query on a Prometheus query API and returns its vector.
+// sample is one element of a query's vector: a float, or a native histogram.
 type sample struct {
 	Metric    map[string]string `json:"metric"`
 	Value     [2]any            `json:"value"`
 	Histogram [2]any            `json:"histogram"`
 }
 
+// promAPI runs an instant query on a Prometheus query API (Prometheus', victoria-metrics') and
+// returns its vector.
 func promAPI(base, expr string) ([]sample, error) {
 	resp, err := http.Get(base + "/api/v1/query?query=" + url.QueryEscape(expr))
 	if err != nil {
