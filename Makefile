@@ -14,7 +14,7 @@ DEB_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev \
 	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl prometheus \
 	qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support debootstrap cpio
 
-.PHONY: all deps generate build image test test-unit test-e2e test-deploy test-kernels demo bench lint vmlinux clean
+.PHONY: all deps generate build image deb test test-unit test-e2e test-deploy test-kernels demo bench lint vmlinux clean
 
 all: build
 
@@ -44,6 +44,31 @@ build:
 IMAGE ?= gpe-ebpf:$(VERSION)
 image:
 	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(COMMIT) -t $(IMAGE) .
+
+# The Debian package, built with dpkg-deb from the files of deploy/: the static binary in /usr/bin,
+# the systemd unit (its ExecStart pointed at /usr/bin) in /usr/lib/systemd/system, the settings in
+# /etc/default/gpe-ebpf (a conffile), the dashboard and the rules in /usr/share/gpe-ebpf. A
+# version that is not a tag such as v1.2.3 becomes 0.0~git<commit>; DEB_DIR=dir puts it elsewhere.
+DEB_VERSION ?= $(or $(shell echo '$(VERSION)' | sed -n 's/^v\{0,1\}\([0-9].*\)/\1/p' | tr - +),0.0~git$(COMMIT))
+DEB_ARCH ?= $(shell dpkg --print-architecture)
+DEB_DIR ?= dist
+DEB := $(DEB_DIR)/gpe-ebpf_$(DEB_VERSION)_$(DEB_ARCH).deb
+deb: build
+	@set -e; tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \
+	install -D -m 0755 bin/gpe-ebpf "$$tree/usr/bin/gpe-ebpf"; \
+	mkdir -p "$$tree/usr/lib/systemd/system"; \
+	sed 's|^ExecStart=/usr/local/bin/gpe-ebpf |ExecStart=/usr/bin/gpe-ebpf |' deploy/systemd/gpe-ebpf.service >"$$tree/usr/lib/systemd/system/gpe-ebpf.service"; \
+	install -D -m 0644 deploy/debian/gpe-ebpf.default "$$tree/etc/default/gpe-ebpf"; \
+	install -D -m 0644 deploy/grafana/gpe-ebpf.json "$$tree/usr/share/gpe-ebpf/grafana/gpe-ebpf.json"; \
+	install -D -m 0644 -t "$$tree/usr/share/gpe-ebpf/prometheus" deploy/prometheus/gpe-ebpf-rules.yml deploy/prometheus/gpe-ebpf-migration-rules.yml; \
+	install -D -m 0644 README.md "$$tree/usr/share/doc/gpe-ebpf/README.md"; \
+	install -D -m 0755 -t "$$tree/DEBIAN" deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm; \
+	echo /etc/default/gpe-ebpf >"$$tree/DEBIAN/conffiles"; \
+	sed -e 's|@VERSION@|$(DEB_VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' deploy/debian/control.in >"$$tree/DEBIAN/control"; \
+	echo "Installed-Size: $$(du -sk --exclude=DEBIAN "$$tree" | cut -f1)" >>"$$tree/DEBIAN/control"; \
+	chmod -R u=rwX,go=rX "$$tree"; chmod 0755 "$$tree/usr/bin/gpe-ebpf"; \
+	mkdir -p $(DEB_DIR); dpkg-deb --root-owner-group -Zxz --build "$$tree" $(DEB) >/dev/null; \
+	echo "built $(DEB)"
 
 # Everything, the privileged end-to-end tests included (they need root; under CI=true a
 # missing prerequisite fails instead of skipping).

@@ -25,6 +25,7 @@ type Config struct {
 	Server export.ServerConfig
 	Probes probes.Config
 	Redis  redisfwd.Config
+	OTLP   export.OTLPConfig
 
 	common
 	ShowVersion bool
@@ -42,6 +43,7 @@ func defaultConfig() Config {
 		Server: export.DefaultServerConfig(),
 		Probes: probes.DefaultConfig(),
 		Redis:  redisfwd.DefaultConfig(),
+		OTLP:   export.DefaultOTLPConfig(),
 		common: common{LogLevel: "info", LogFormat: "text"},
 	}
 }
@@ -54,6 +56,7 @@ func (c *Config) settings() []setting.Setting {
 		agent.Settings(&c.Agent),
 		multiproc.Settings(&c.Multiproc),
 		redisfwd.Settings(&c.Redis),
+		export.OTLPSettings(&c.OTLP),
 		probes.Settings(&c.Probes),
 		c.common.settings(&c.ShowVersion),
 	))
@@ -104,11 +107,6 @@ func parseConfig(args []string, lookup func(string) (string, bool), out io.Write
 	cfg.Redis.MetricsPort = cfg.Server.Port
 	if err := setting.Check(rows); err != nil {
 		return cfg, usageError{err}
-	}
-	if cfg.Redis.Enabled {
-		if err := cfg.Redis.Validate(); err != nil {
-			return cfg, usagef("invalid Redis settings: %v", err)
-		}
 	}
 	return cfg, nil
 }

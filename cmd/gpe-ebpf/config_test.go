@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,5 +169,24 @@ func TestTLSUprobesFlag(t *testing.T) {
 	}
 	if _, err := parseConfig([]string{"--pid", "1", "--tls-uprobes", "kprobe"}, env(), io.Discard); err == nil {
 		t.Error("--tls-uprobes kprobe accepted")
+	}
+}
+
+// TestPushAndNativeFlags: --native-histograms reaches the aggregator, --otlp-* the pusher; a
+// bad endpoint or interval is a usage error.
+func TestPushAndNativeFlags(t *testing.T) {
+	cfg, err := parseConfig([]string{"--pid", "1"}, env(), io.Discard)
+	if err != nil || cfg.Agent.Aggregate.NativeHistograms || cfg.OTLP.Endpoint != "" || cfg.OTLP.Interval != 30*time.Second {
+		t.Errorf("defaults: native %v, OTLP %+v, %v; want off, none, 30s", cfg.Agent.Aggregate.NativeHistograms, cfg.OTLP, err)
+	}
+	cfg, err = parseConfig([]string{"--pid", "1", "--native-histograms", "--otlp-endpoint", "http://127.0.0.1:4318", "--otlp-interval", "5s"}, env(), io.Discard)
+	if err != nil || !cfg.Agent.Aggregate.NativeHistograms || cfg.OTLP.Endpoint != "http://127.0.0.1:4318" || cfg.OTLP.Interval != 5*time.Second {
+		t.Errorf("set: native %v, OTLP %+v, %v", cfg.Agent.Aggregate.NativeHistograms, cfg.OTLP, err)
+	}
+	for _, args := range [][]string{{"--otlp-endpoint", "collector:4318"}, {"--otlp-endpoint", "ftp://x"}, {"--otlp-interval", "10ms"}} {
+		var ue usageError
+		if _, err := parseConfig(append([]string{"--pid", "1"}, args...), env(), io.Discard); !errors.As(err, &ue) || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: %v, want a usage error naming %s", args, err, args[0])
+		}
 	}
 }

@@ -48,9 +48,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	agg := a.Aggregator()
 	logger.Info("attached", "masters", agg.Masters(), "workers", len(agg.LiveWorkers()), "took", time.Since(start).Round(time.Millisecond))
 
-	// The registry: our collector, the listener gauges (every master's listening sockets, read
-	// from sock_diag at scrape time), the app's multiprocess files, and gpe-ebpf's Go and
-	// process collectors; serve adds Redis's own counters.
+	// The registry: ours, the listeners' and the drops' (read at scrape time), Go's and the process's.
 	reg := prometheus.NewRegistry()
 	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
 	defer lr.Close()
@@ -96,6 +94,10 @@ func serve(ctx context.Context, cfg Config, a *agent.Agent, reg *prometheus.Regi
 		}
 		reg.MustRegister(fwd.Collectors()...)
 		fwd.NotifyForwarded(agg.BeginForward)
+	}
+
+	if err := export.StartOTLP(ctx, cfg.OTLP, reg, &wg, logger); err != nil {
+		return stop(usageError{err})
 	}
 
 	l, err := export.Listen(ctx, cfg.Server, logger)

@@ -14,6 +14,9 @@
 // module's golden exposition, internal/export/testdata/golden.prom; the
 // environment variable GPE_GOLDEN points it at another file.
 //
-// Tests that need a tool (systemd-analyze, ruby, promtool) skip when it is
-// missing, except under CI=true, where they fail.
+// Tests that need a tool (systemd-analyze, ruby, promtool, prometheus) skip when
+// it is missing, except under CI=true, where they fail. The Prometheus 3 checks
+// run sid's promtool and prometheus from a root that test/roots/build.sh builds
+// (debootstrap, cached in .cache/roots): that needs root, and a root that
+// cannot be built fails under CI=true too.
 package deploytest

@@ -1,6 +1,8 @@
 package deploytest
 
 import (
+	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -67,15 +69,41 @@ func decodeStrict(t *testing.T, rel string, v any) {
 	}
 }
 
-// TestPromtool runs promtool's own checks: the rules parse and are valid PromQL, and
-// their unit tests pass. promtool comes with Debian's prometheus package.
+// TestPromtool runs promtool's own checks: the rules parse and are valid PromQL, and their unit
+// tests pass, on Prometheus 2 (Debian 12's promtool 2.42, on the host) and on Prometheus 3 (sid's
+// promtool 3.5, from the sid root): the tests are written so that they hold on both.
 func TestPromtool(t *testing.T) {
-	promtool := requireTool(t, "promtool", "prometheus")
+	t.Run("host", func(t *testing.T) {
+		promtool := requireTool(t, "promtool", "prometheus")
+		runPromtool(t, func(dir string, args ...string) *exec.Cmd {
+			cmd := exec.Command(promtool, args...)
+			cmd.Dir = dir
+			return cmd
+		}, filepath.Join(repoRoot, "deploy/prometheus"))
+	})
+	t.Run("sid", func(t *testing.T) {
+		root := debianRoot(t, "sid")
+		t.Logf("promtool %s", rootVersion(t, root, "prometheus"))
+		host, inside := rootTempDir(t, root)
+		for _, rs := range ruleSets {
+			for _, f := range []string{rs.rules, rs.tests} {
+				if err := os.WriteFile(filepath.Join(host, filepath.Base(f)), []byte(readRepoFile(t, f)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		runPromtool(t, func(dir string, args ...string) *exec.Cmd {
+			return inRoot(context.Background(), root, "/bin/sh", append([]string{"-c", `cd "$0" && exec promtool "$@"`, dir}, args...)...)
+		}, inside)
+	})
+}
+
+// runPromtool runs `promtool check rules` and `promtool test rules` on every rule set, in dir.
+func runPromtool(t *testing.T, promtool func(dir string, args ...string) *exec.Cmd, dir string) {
+	t.Helper()
 	for _, rs := range ruleSets {
 		for _, args := range [][]string{{"check", "rules", filepath.Base(rs.rules)}, {"test", "rules", filepath.Base(rs.tests)}} {
-			cmd := exec.Command(promtool, args...)
-			cmd.Dir = filepath.Join(repoRoot, filepath.Dir(rs.rules))
-			out, err := cmd.CombinedOutput()
+			out, err := promtool(dir, args...).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "SUCCESS") {
 				t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 			}

@@ -28,6 +28,9 @@ type Config struct {
 	MonoToWall func(ns uint64) time.Time
 	// Now is the wall clock (replaced in tests).
 	Now func() time.Time
+	// NativeHistograms also counts the duration, queue-wait and size histograms in exponential
+	// buckets (Histogram.Native), for Prometheus native histograms.
+	NativeHistograms bool
 }
 
 // DefaultConfig returns the defaults of README "Configuration".

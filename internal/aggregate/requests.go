@@ -123,7 +123,7 @@ func (a *Aggregator) reqEnd(ev *events.Event) {
 	rk := routeKey{r.method, r.endpoint}
 	h, ok := w.master.routes[rk]
 	if !ok {
-		nh := newHistogram(DurationBuckets)
+		nh := a.newHistogram(DurationBuckets)
 		h = &nh
 		w.master.routes[rk] = h
 	}

@@ -32,6 +32,8 @@ func Settings(c *Config) []setting.Setting {
 		{Name: "ignore-route", Group: setting.Metrics, Value: setting.Strings(&c.IgnoreRoutes),
 			Help:  "route template of requests not to count, such as /healthz (repeatable); counted in gpe_ebpf_ignored_requests_total",
 			Check: func(name string) error { return checkPaths(name, c.IgnoreRoutes) }},
+		{Name: "native-histograms", Group: setting.Metrics, Value: setting.Bool(&c.NativeHistograms),
+			Help: "give the duration, queue-wait and size histograms a native (exponential) form too, for a scraper that asks for protobuf; the classic buckets stay"},
 	}
 }
 

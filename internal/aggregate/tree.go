@@ -100,7 +100,7 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 		exits:   make(map[string]uint64),
 		http:    make(map[httpKey]uint64),
 		routes:  make(map[routeKey]*Histogram),
-		queue:   newHistogram(DurationBuckets),
+		queue:   a.newHistogram(DurationBuckets),
 		ignored: make(map[string]uint64),
 		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.IgnoreRoutes, a.cfg.MaxEndpoints),
 	}
@@ -194,9 +194,9 @@ func (a *Aggregator) newWorker(m *master, pid uint32, started time.Time) *worker
 		id:         fmt.Sprintf("worker_%d_%d", m.ages, started.Unix()),
 		state:      StateRunning,
 		stateSince: started,
-		duration:   newHistogram(DurationBuckets),
-		reqSize:    newHistogram(SizeBuckets),
-		respSize:   newHistogram(SizeBuckets),
+		duration:   a.newHistogram(DurationBuckets),
+		reqSize:    a.newHistogram(SizeBuckets),
+		respSize:   a.newHistogram(SizeBuckets),
 		failed:     make(map[failKey]uint64),
 		errors:     make(map[errKey]uint64),
 	}

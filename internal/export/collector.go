@@ -56,6 +56,7 @@ type Collector struct {
 	src     Source
 	lost    func() (uint64, error)
 	monoNow func() uint64
+	start   time.Time // when the collector began counting: the _created of gpe-ebpf's own counters
 
 	workerRequests, workerDuration, workerMemory, workerCPU, workerUptime, workerState,
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
@@ -66,7 +67,7 @@ type Collector struct {
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
 func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), monoNow func() uint64) *Collector {
-	c := &Collector{cfg: cfg, src: src, lost: lost, monoNow: monoNow}
+	c := &Collector{cfg: cfg, src: src, lost: lost, monoNow: monoNow, start: time.Now()}
 	var base []string
 	if cfg.MasterLabel {
 		base = []string{"master_pid"}
@@ -124,11 +125,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, c.cfg.Revision, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	ch <- prometheus.MustNewConstMetric(c.attached, prometheus.GaugeValue, float64(len(s.Masters)))
 	for _, kind := range s.EventKinds {
-		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(s.Events[kind]), kind)
+		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.events, prometheus.CounterValue, float64(s.Events[kind]), c.start, kind)
 	}
 	if c.lost != nil {
 		if n, err := c.lost(); err == nil {
-			ch <- prometheus.MustNewConstMetric(c.lostDesc, prometheus.CounterValue, float64(n))
+			ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.lostDesc, prometheus.CounterValue, float64(n), c.start)
 		} else {
 			ch <- prometheus.NewInvalidMetric(c.lostDesc, err)
 		}
@@ -156,8 +157,8 @@ func (c *Collector) collectPrograms(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, st := range stats {
-		ch <- prometheus.MustNewConstMetric(c.progRuns, prometheus.CounterValue, float64(st.Runs), st.Name)
-		ch <- prometheus.MustNewConstMetric(c.progSeconds, prometheus.CounterValue, st.Runtime.Seconds(), st.Name)
+		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.progRuns, prometheus.CounterValue, float64(st.Runs), c.start, st.Name)
+		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.progSeconds, prometheus.CounterValue, st.Runtime.Seconds(), c.start, st.Name)
 	}
 }
 
@@ -169,19 +170,24 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		}
 		return values
 	}
+	// The master's series have no known start (its attach time is not in the snapshot): no
+	// _created. A worker's began at its fork, or at gpe-ebpf's start for one already running.
 	counter := func(d *prometheus.Desc, v float64, values ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv(values...)...)
+	}
+	workerCounter := func(d *prometheus.Desc, v float64, ctime time.Time, values ...string) {
+		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(d, prometheus.CounterValue, v, ctime, lv(values...)...)
 	}
 	gauge := func(d *prometheus.Desc, v float64, values ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv(values...)...)
 	}
-	hist := func(d *prometheus.Desc, h aggregate.Histogram, values ...string) {
-		ch <- newHistogramMetric(d, h, lv(values...))
+	hist := func(d *prometheus.Desc, h aggregate.Histogram, ctime time.Time, values ...string) {
+		ch <- newHistogramMetric(d, h, ctime, lv(values...))
 	}
 
 	ch <- prometheus.MustNewConstMetric(c.masterInfo, prometheus.GaugeValue, 1, mpid, m.App, m.ContainerID, m.PodUID)
 	counter(c.masterRestarts, float64(m.Restarts))
-	hist(c.queue, m.Queue)
+	hist(c.queue, m.Queue, time.Time{})
 	gauge(c.masterWorkers, float64(m.LiveWorkers))
 	if c.cfg.ExpectedWorkers > 0 {
 		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))
@@ -196,7 +202,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		counter(c.httpRequests, float64(h.Count), h.Method, h.Endpoint, strconv.Itoa(int(h.Status)))
 	}
 	for _, r := range m.Routes {
-		hist(c.httpDuration, r.Duration, r.Method, r.Endpoint)
+		hist(c.httpDuration, r.Duration, time.Time{}, r.Method, r.Endpoint)
 	}
 	for route, n := range m.Ignored {
 		counter(c.ignored, float64(n), route)
@@ -204,10 +210,14 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 	for i := range m.Workers {
 		w := &m.Workers[i]
 		id := w.ID
-		counter(c.workerRequests, float64(w.Requests), id)
-		hist(c.workerDuration, w.Duration, id)
-		hist(c.reqSize, w.ReqSize, id)
-		hist(c.respSize, w.RespSize, id)
+		ctime := w.Started
+		if ctime.Before(c.start) {
+			ctime = c.start
+		}
+		workerCounter(c.workerRequests, float64(w.Requests), ctime, id)
+		hist(c.workerDuration, w.Duration, ctime, id)
+		hist(c.reqSize, w.ReqSize, ctime, id)
+		hist(c.respSize, w.RespSize, ctime, id)
 		gauge(c.workerMemory, float64(w.RSS), id)
 		gauge(c.workerCPU, w.CPUPercent, id)
 		gauge(c.workerUptime, w.Uptime, id)
@@ -218,12 +228,12 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		gauge(c.workerState, state, id, w.State, fmt.Sprint(w.StateSince.Unix()))
 		gauge(c.workerInfo, 1, id, strconv.FormatUint(uint64(w.PID), 10), strconv.FormatUint(uint64(w.ContainerPID), 10))
 		gauge(c.inFlight, float64(w.InFlight), id)
-		counter(c.busy, w.BusySeconds, id)
+		workerCounter(c.busy, w.BusySeconds, ctime, id)
 		for _, f := range w.Failed {
-			counter(c.workerFailed, float64(f.Count), id, f.Method, f.Endpoint)
+			workerCounter(c.workerFailed, float64(f.Count), ctime, id, f.Method, f.Endpoint)
 		}
 		for _, e := range w.Errors {
-			counter(c.workerErrors, float64(e.Count), id, e.Method, e.Endpoint, e.ErrorType)
+			workerCounter(c.workerErrors, float64(e.Count), ctime, id, e.Method, e.Endpoint, e.ErrorType)
 		}
 	}
 }

@@ -74,7 +74,9 @@ const (
 	ReadyPath   = "/-/ready"
 )
 
-// Handler serves the gatherer at the metrics path, a small landing page at /, and the probes:
+// Handler serves the gatherer at the metrics path (OpenMetrics to a scraper that asks for
+// application/openmetrics-text, the protobuf format to one that asks for it, the classic text
+// format otherwise), a small landing page at /, and the probes:
 // HealthyPath answers 200 while the process serves at all, ReadyPath 200 while ready says
 // so (gpe-ebpf is attached to at least one master) and 503 otherwise. They sit behind the same
 // TLS and basic auth as the metrics (Serve applies the web config to the whole handler).
@@ -101,6 +103,10 @@ func Handler(cfg ServerConfig, g prometheus.Gatherer, ready func() bool, logger 
 		ErrorLog:           slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:      promhttp.ContinueOnError,
 		DisableCompression: true, // gzipFast compresses, faster than promhttp's default level
+		// A scraper that asks for OpenMetrics (Prometheus does, first) gets it, with the
+		// _created lines of the series whose start the collector knows.
+		EnableOpenMetrics:                   true,
+		EnableOpenMetricsTextCreatedSamples: true,
 	})))
 	if cfg.MetricsPath != "/" {
 		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/setting"
 )
@@ -78,4 +79,25 @@ func checkKeyPair(name, cert, key string) error {
 		return fmt.Errorf("invalid --tls-cert-file/--tls-key-file (PROMETHEUS_SSL_CERTFILE/PROMETHEUS_SSL_KEYFILE): %v", err)
 	}
 	return nil
+}
+
+// OTLPSettings are the rows of c: where and how often the metrics are pushed.
+func OTLPSettings(c *OTLPConfig) []setting.Setting {
+	return []setting.Setting{
+		{Name: "otlp-endpoint", Group: setting.OTLP, Value: setting.String(&c.Endpoint),
+			Help: "push the metrics over OTLP/HTTP (protobuf) to this URL, such as http://collector:4318 (path /v1/metrics when none is given)",
+			Check: func(name string) error {
+				if c.Endpoint == "" {
+					return nil
+				}
+				if _, _, _, err := CheckOTLPEndpoint(c.Endpoint); err != nil {
+					return fmt.Errorf("invalid %s: %w", name, err)
+				}
+				return nil
+			}},
+		{Name: "otlp-interval", Group: setting.OTLP, Value: setting.Duration(&c.Interval), Help: "time between OTLP pushes",
+			Check: func(name string) error {
+				return setting.Require(c.Interval >= time.Second, "invalid %s: at least 1s", name)
+			}},
+	}
 }

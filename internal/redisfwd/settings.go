@@ -32,7 +32,17 @@ func Settings(c *Config) []setting.Setting {
 				return setting.Require(secs >= 1, "invalid %s %d: at least 1 second", name, secs)
 			}},
 		setting.Setting{Name: "redis-instance", Env: "REDIS_INSTANCE", Group: setting.Redis, Value: setting.String(&c.Instance),
-			Help: "instance name in the Redis keys; the default is the host name"})
+			Help: "instance name in the Redis keys; the default is the host name",
+			// The last Redis row: every other one is set, so the whole is checked here.
+			Check: func(string) error {
+				if !c.Enabled {
+					return nil
+				}
+				if err := c.Validate(); err != nil {
+					return fmt.Errorf("invalid Redis settings: %w", err)
+				}
+				return nil
+			}})
 }
 
 // CollectorSettings are the rows of a Collector's c, its server's TLS included.

@@ -20,11 +20,12 @@ const (
 	Endpoint
 	Metrics
 	Redis
+	OTLP
 	Kernel
 	Other
 )
 
-var groupTitles = [...]string{"Attaching", "Metrics endpoint", "Metrics", "Redis forwarding", "Kernel side", "Logging and other"}
+var groupTitles = [...]string{"Attaching", "Metrics endpoint", "Metrics", "Redis forwarding", "OpenTelemetry push", "Kernel side", "Logging and other"}
 
 func (g Group) String() string { return groupTitles[g] }
 

@@ -60,34 +60,10 @@ EOF
 	touch "$kdir/.done"
 fi
 
-# --- the root filesystem: debootstrap once per arch, then one cpio.gz of it.
+# --- the root filesystem: debootstrap once per arch (test/roots/build.sh, which the other test
+# roots use too: it rebuilds the tree when the package list changes), then one cpio.gz of it.
 tree=$cache/rootfs-$arch
-if [ ! -f "$tree/.done" ]; then
-	if [ "$arch" != amd64 ] && [ "$(dpkg --print-architecture)" != "$arch" ]; then
-		# debootstrap's second stage runs the foreign arch's binaries through qemu-user-static.
-		[ -f /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-		update-binfmts --enable "qemu-${arch/arm64/aarch64}" >/dev/null 2>&1 || true
-		[ -f "/proc/sys/fs/binfmt_misc/qemu-${arch/arm64/aarch64}" ] ||
-			{ log "binfmt for $arch is not registered (install qemu-user-static and binfmt-support)"; exit 1; }
-	fi
-	tmp=$tree.tmp
-	cleanup_tree() {
-		for m in proc sys dev/pts dev; do umount -l "$tmp/$m" 2>/dev/null || true; done
-		rm -rf --one-file-system "$tmp"
-	}
-	cleanup_tree
-	trap cleanup_tree EXIT
-	log "debootstrap bookworm $arch into $tmp"
-	start=$(date +%s)
-	debootstrap --arch "$arch" --variant=minbase --include=python3,gunicorn,curl,bpftool \
-		bookworm "$tmp" "$mirror" >"$cache/debootstrap-$arch.log" 2>&1 ||
-		{ tail -n 20 "$cache/debootstrap-$arch.log" >&2; exit 1; }
-	log "debootstrap $arch took $(($(date +%s) - start)) s"
-	rm -f "$tmp"/var/cache/apt/archives/*.deb
-	rm -rf "$tree" && mv "$tmp" "$tree"
-	trap - EXIT
-	touch "$tree/.done"
-fi
+bash "$root/test/roots/build.sh" -a "$arch" -d "$tree" "rootfs-$arch" bookworm python3 gunicorn curl bpftool >/dev/null
 cpio=$cache/rootfs-$arch.cpio.gz
 if [ ! -f "$cpio" ] || [ "$tree/.done" -nt "$cpio" ]; then
 	log "packing $cpio"
