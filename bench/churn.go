@@ -9,14 +9,15 @@ import (
 
 // churnArms are the arms of the churn phase: gpe-ebpf with the TLS uprobes in auto (the
 // default) and off, on a plain-HTTP Gunicorn whose workers restart every 50 requests, and the
-// same gpe-ebpf on a Gunicorn without --max-requests (the cost of the requests alone).
-var churnArms = []string{"steady", "churn-off", "churn-auto"}
+// same gpe-ebpf on a Gunicorn without --max-requests (the cost of the requests alone), and
+// with no load at all (its cost per second: the ring drains and the sampling).
+var churnArms = []string{"idle", "steady", "churn-off", "churn-auto"}
 
 // churnPhase measures what worker churn costs gpe-ebpf (issue 25): 2 sync workers on plain
 // HTTP with --max-requests 50, saturated by wrk, observed in the first hook mode. Each run
 // reads gpe-ebpf's CPU (scheduler time of all its threads) and the restarts it counted
-// (gunicorn_master_worker_restarts_total). Per restart, the CPU the requests cost on the
-// steady Gunicorn is taken off: what remains is what a restart itself costs.
+// (gunicorn_master_worker_restarts_total). Per restart, the idle cost of the run's time and
+// the steady cost of its requests are taken off: what remains is what a restart itself costs.
 func (s *session) churnPhase(ctx context.Context) error {
 	o := s.o
 	churning, err := s.gunicorn(2, "--max-requests", "50")
@@ -37,7 +38,7 @@ func (s *session) churnPhase(ctx context.Context) error {
 	err = eachRound(ctx, o.churnPairs, churnArms, func(pair int, arm string) error {
 		g, tls := churning, "auto"
 		switch arm {
-		case "steady":
+		case "idle", "steady":
 			g = steady
 		case "churn-off":
 			tls = "off"
@@ -54,8 +55,10 @@ func (s *session) churnPhase(ctx context.Context) error {
 			return err
 		}
 		c0 := onCPU(pid)
-		w, err := runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.churnRun, "")
-		if err != nil {
+		var w wrkResult
+		if arm == "idle" {
+			time.Sleep(o.churnRun)
+		} else if w, err = runWrk(ctx, g.url("/ok"), o.wrkThreads, o.wrkConns, o.churnRun, ""); err != nil {
 			return err
 		}
 		time.Sleep(400 * time.Millisecond) // the last exits and forks are read and handled
@@ -69,28 +72,37 @@ func (s *session) churnPhase(ctx context.Context) error {
 		byArm[arm] = append(byArm[arm], r)
 		s.res.Runs = append(s.res.Runs, run{Phase: "churn", Arm: arm, Pair: pair, Wrk: w, ObserverPID: pid,
 			ObserverUS: float64(cpu) / 1e3 / max(r.requests, 1), Lost: metricSum(after, "gpe_ebpf_events_lost_total")})
-		fmt.Printf("  round %2d %-10s %7.0f requests %5.0f restarts  gpe-ebpf CPU %7.1f ms: %6.1f ms per 1,000 requests\n",
-			pair, arm, r.requests, r.restarts, r.cpuMS, 1000*r.cpuMS/max(r.requests, 1))
+		fmt.Printf("  round %2d %-10s %7.0f requests %5.0f restarts  gpe-ebpf CPU %7.1f ms\n", pair, arm, r.requests, r.restarts, r.cpuMS)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	var steadyPerReq []float64
+	// gpe-ebpf's CPU is idle time (per second) + requests + restarts: the idle arm gives the
+	// first, the steady arm the second, and what remains of a churn run is its restarts'.
+	secs := o.churnRun.Seconds()
+	var idlePerSec, steadyPerReq []float64
+	for _, r := range byArm["idle"] {
+		idlePerSec = append(idlePerSec, r.cpuMS/secs)
+	}
+	idle := median(slices.Sorted(slices.Values(idlePerSec)))
 	for _, r := range byArm["steady"] {
-		steadyPerReq = append(steadyPerReq, r.cpuMS/max(r.requests, 1))
+		steadyPerReq = append(steadyPerReq, (r.cpuMS-idle*secs)/max(r.requests, 1))
 		if r.restarts != 0 {
 			s.res.note("churn: the steady Gunicorn restarted %v workers in a run", r.restarts)
 		}
 	}
 	perReq := median(slices.Sorted(slices.Values(steadyPerReq)))
-	s.res.add(newFigure("churn: gpe-ebpf CPU per 1,000 requests, no churn", "ms", scale(steadyPerReq, 1000), "", nil))
+	s.res.add(
+		newFigure("churn: gpe-ebpf CPU per second, idle", "ms", idlePerSec, "", nil),
+		newFigure("churn: gpe-ebpf CPU per 1,000 requests, no churn, less idle", "ms", scale(steadyPerReq, 1000), "", nil),
+	)
 	for _, arm := range churnArms[1:] {
 		var per1000, perRestart, marginal []float64
 		for _, r := range byArm[arm] {
 			per1000 = append(per1000, 1000*r.cpuMS/max(r.requests, 1))
 			perRestart = append(perRestart, r.cpuMS/max(r.restarts, 1))
-			marginal = append(marginal, (r.cpuMS-perReq*r.requests)/max(r.restarts, 1))
+			marginal = append(marginal, (r.cpuMS-idle*secs-perReq*r.requests)/max(r.restarts, 1))
 		}
 		target, ok := "", (func(float64) bool)(nil)
 		if arm == "churn-auto" {
@@ -99,7 +111,7 @@ func (s *session) churnPhase(ctx context.Context) error {
 		s.res.add(
 			newFigure("churn "+arm+": gpe-ebpf CPU per 1,000 requests", "ms", per1000, "", nil),
 			newFigure("churn "+arm+": gpe-ebpf CPU per restart, all of it", "ms", perRestart, "", nil),
-			newFigure("churn "+arm+": gpe-ebpf CPU per restart, less its requests' steady cost", "ms", marginal, target, ok),
+			newFigure("churn "+arm+": gpe-ebpf CPU per restart, less idle and requests", "ms", marginal, target, ok),
 		)
 	}
 	return nil
