@@ -97,7 +97,7 @@ func (s *session) churnPhase(ctx context.Context) error {
 		newFigure("churn: gpe-ebpf CPU per second, idle", "ms", idlePerSec, "", nil),
 		newFigure("churn: gpe-ebpf CPU per 1,000 requests, no churn, less idle", "ms", scale(steadyPerReq, 1000), "", nil),
 	)
-	for _, arm := range churnArms[1:] {
+	for _, arm := range churnArms[2:] { // the churn arms
 		var per1000, perRestart, marginal []float64
 		for _, r := range byArm[arm] {
 			per1000 = append(per1000, 1000*r.cpuMS/max(r.requests, 1))
