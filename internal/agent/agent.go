@@ -26,7 +26,7 @@ type Kernel interface {
 	// Occupancy is a tracked worker's requests in flight and busy time, as the kernel
 	// counts them; false if it is not tracked.
 	Occupancy(tgid uint32) (events.Occupancy, bool)
-	// Read blocks until the next event; it returns probes.ErrClosed after Close.
+	// Read blocks until the next event; it returns events.ErrClosed after Close.
 	Read(ev *events.Event) error
 	// Close releases the kernel side and makes a blocked Read return.
 	Close() error

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 )
 
 // PIDs of the fixtures, just under the largest pid_max (1<<22): the sampler, which reads the
@@ -102,14 +101,14 @@ func (k *fakeKernel) Read(ev *events.Event) error {
 		select {
 		case k.done <- struct{}{}:
 		case <-k.closed:
-			return probes.ErrClosed
+			return events.ErrClosed
 		}
 	}
 	select {
 	case *ev = <-k.in:
 		return nil
 	case <-k.closed:
-		return probes.ErrClosed
+		return events.ErrClosed
 	}
 }
 

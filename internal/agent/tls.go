@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
@@ -20,7 +19,7 @@ import (
 // already running at attach and each one the kernel reports forked (a reload's, a USR2
 // upgrade's, a replacement's).
 type TLSKernel interface {
-	AttachTLS(pid uint32) (probes.TLSAttach, error)
+	AttachTLS(pid uint32) (events.TLSAttach, error)
 	DetachTLS(pid uint32) error
 }
 
@@ -157,7 +156,7 @@ func (a *Agent) watchTLS(pid, master uint32, forkNS uint64) {
 	}
 	res, err := k.AttachTLS(pid)
 	switch {
-	case errors.Is(err, probes.ErrTLSOff):
+	case errors.Is(err, events.ErrTLSOff):
 		return
 	case err != nil:
 		a.log.Warn("tls: cannot attach to the worker's libssl; its TLS connections are not measured", "worker_pid", pid, "error", err)

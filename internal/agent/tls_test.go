@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
@@ -21,11 +20,11 @@ type tlsFake struct {
 	attached, detached []uint32
 }
 
-func (k *tlsFake) AttachTLS(pid uint32) (probes.TLSAttach, error) {
+func (k *tlsFake) AttachTLS(pid uint32) (events.TLSAttach, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.attached = append(k.attached, pid)
-	return probes.TLSAttach{Lib: "/usr/lib/x86_64-linux-gnu/libssl.so.3", Probes: 9}, nil
+	return events.TLSAttach{Lib: "/usr/lib/x86_64-linux-gnu/libssl.so.3", Probes: 9}, nil
 }
 
 func (k *tlsFake) DetachTLS(pid uint32) error {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
-	"github.com/gpe-ebpf/gpe-ebpf/internal/probes"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
@@ -98,7 +97,7 @@ func (a *Agent) read() {
 	var ev events.Event
 	for {
 		err := a.k.Read(&ev)
-		if errors.Is(err, probes.ErrClosed) {
+		if errors.Is(err, events.ErrClosed) {
 			return
 		}
 		if err != nil {

@@ -87,8 +87,8 @@ func DefaultConfig() Config {
 	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true, TLS: true, MaxConnections: DefaultMaxConnections}
 }
 
-// ErrClosed is returned by Read once Close has been called.
-var ErrClosed = errors.New("probes closed")
+// ErrClosed is returned by Read once Close has been called (events.ErrClosed).
+var ErrClosed = events.ErrClosed
 
 // Probes owns the loaded BPF objects, their links and the ring-buffer reader. Close releases
 // all of them; nothing stays loaded in the kernel after it.

@@ -15,6 +15,8 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
 )
 
 // TLS: the plaintext of a worker's TLS connections, from uprobes on the libssl it has mapped
@@ -71,18 +73,11 @@ func kernelAtLeast(major, minor int) bool {
 	return maj > major || maj == major && min >= minor
 }
 
-// TLSAttach is what AttachTLS did for one process.
-type TLSAttach struct {
-	// Lib is the libssl the process has mapped, as the process names it ("" if none).
-	Lib string
-	// Probes is how many uprobes and uretprobes were attached.
-	Probes int
-	// Took is how long finding the library and attaching took.
-	Took time.Duration
-}
+// TLSAttach is what AttachTLS did for one process (events.TLSAttach).
+type TLSAttach = events.TLSAttach
 
-// ErrTLSOff is returned by AttachTLS when Load was not asked for TLS (Config.TLS).
-var ErrTLSOff = errors.New("tls observation is off")
+// ErrTLSOff is returned by AttachTLS when the TLS programs were not loaded (events.ErrTLSOff).
+var ErrTLSOff = events.ErrTLSOff
 
 // AttachTLS attaches the TLS uprobes, scoped to pid, to the libssl that pid has mapped (read
 // from /proc/pid/maps, opened through /proc/pid/root, so a worker in a container is served by
