@@ -80,10 +80,10 @@ func TestOrphanedWorkersAreNoMasters(t *testing.T) {
 	}
 	survivor := strconv.Itoa(gs[2].PID)
 	scrapes := 0
-	deadline := time.Now().Add(40 * time.Second)
-	for len(alive(orphans)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("orphans %v still running after 40 s", alive(orphans))
+	// Scrape every 500 ms while the orphans live: none may ever show as a master.
+	if !poll(40*time.Second, 500*time.Millisecond, func() bool {
+		if len(alive(orphans)) == 0 {
+			return true
 		}
 		ms := p.scrape(t)
 		scrapes++
@@ -104,7 +104,9 @@ func TestOrphanedWorkersAreNoMasters(t *testing.T) {
 		if got := ms.sum("gpe_ebpf_masters_attached", nil); got != float64(len(seen)) {
 			t.Errorf("gpe_ebpf_masters_attached %v, with %d gunicorn_master_info series %v", got, len(seen), seen)
 		}
-		time.Sleep(500 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("orphans %v still running after 40 s", alive(orphans))
 	}
 	out := p.out.String()
 	logged := 0

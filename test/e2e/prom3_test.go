@@ -101,14 +101,12 @@ func waitQuery(t *testing.T, base, expr string, want float64) {
 	t.Helper()
 	var last []sample
 	var err error
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		if last, err = promAPI(base, expr); err == nil && scalarOf(last) == want {
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
+	if !poll(time.Minute, 500*time.Millisecond, func() bool {
+		last, err = promAPI(base, expr)
+		return err == nil && scalarOf(last) == want
+	}) {
+		t.Fatalf("%s: %v (%v), want %v", expr, last, err, want)
 	}
-	t.Fatalf("%s: %v (%v), want %v", expr, last, err, want)
 }
 
 // TestNativeHistogramsPrometheus3: with --native-histograms, sid's Prometheus 3.5 (native
