@@ -166,8 +166,6 @@ static __always_inline __u32 cut_line(struct gpe_req_start *e, __u32 n, __u32 *p
 	return x.kept;
 }
 
-#define GPE_H2_PREFACE_LEN 24
-
 /* Do the first 24 bytes of line (8-byte aligned) hold the HTTP/2 client connection preface,
  * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113, 3.4)? Three words, little-endian. */
 static __always_inline int h2_preface(const char *line)
