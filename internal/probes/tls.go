@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
 // TLS: the plaintext of a worker's TLS connections, from uprobes on the libssl it has mapped
@@ -93,7 +94,7 @@ func (p *Probes) AttachTLS(pid uint32) (TLSAttach, error) {
 	if _, ok := p.tlsLinks[pid]; ok {
 		return TLSAttach{}, nil
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	f, err := proc.Host.Maps(pid)
 	if err != nil {
 		return TLSAttach{}, fmt.Errorf("tls: %w", err)
 	}
@@ -299,7 +300,7 @@ func closeLinks(links []link.Link) error {
 // path as we see it, with the chroot's directory in front, which /proc/PID/root would add
 // twice. That path is taken only when it is the very file mapped (same device and inode).
 func libPath(pid uint32, lib, id string) string {
-	inRoot := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), lib)
+	inRoot := proc.Host.InRoot(pid, lib)
 	if _, err := os.Stat(inRoot); err == nil {
 		return inRoot
 	}
