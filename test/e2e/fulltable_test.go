@@ -78,7 +78,7 @@ func TestFullConnectionTable(t *testing.T) {
 	ms = p.waitScrape(t, 15*time.Second, "counted + dropped to reach every request", func(ms metrics) bool {
 		return ms.sum("gunicorn_worker_requests_total", nil)+ms.sum("gpe_ebpf_connections_dropped_total", nil) == idle+long
 	})
-	if n := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": "/sleep/4000"}); n != long {
+	if n := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": "/sleep/{id}"}); n != long {
 		t.Errorf("long requests counted %v, want %d (in flight when the table filled)", n, long)
 	}
 	if n := ms.sum("gunicorn_worker_requests_in_flight", nil); n != 0 {
