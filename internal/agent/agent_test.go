@@ -29,6 +29,11 @@ func workers(s aggregate.Snapshot) map[uint32]aggregate.WorkerSnapshot {
 	return out
 }
 
+// kindsAre is a condition for eventually: the kernel tracks exactly want.
+func kindsAre(k *fakeKernel, want map[uint32]string) func() bool {
+	return func() bool { return maps.Equal(k.kinds(), want) }
+}
+
 func wantKinds(t *testing.T, k *fakeKernel, want map[uint32]string) {
 	t.Helper()
 	if got := k.kinds(); !maps.Equal(got, want) {
@@ -135,7 +140,9 @@ func TestPIDFileNewMaster(t *testing.T) {
 	os.Remove(pidFile) // between a service's stop and start
 	f.gunicorn(m2, "other:app", w4)
 	writePID("4190200")
+	// Attach names the master before it tracks and seeds its workers: wait for both.
 	eventually(t, "the new master is observed", isMasters(r.a, m2))
+	eventually(t, "the new master's worker is tracked", kindsAre(r.k, map[uint32]string{m2: "master", w4: "worker of 4190200"}))
 	if r.returned() {
 		t.Fatalf("Run returned while the pid file could name a new master")
 	}
@@ -163,6 +170,7 @@ func TestDiscover(t *testing.T) {
 
 	f.gunicorn(m2, "other:app", w4)
 	eventually(t, "the second master is discovered", isMasters(r.a, m1, m2))
+	eventually(t, "the second master's worker is tracked", kindsAre(r.k, map[uint32]string{m1: "master", w1: "worker of 4190100", m2: "master", w4: "worker of 4190200"}))
 	wantKinds(t, r.k, map[uint32]string{m1: "master", w1: "worker of 4190100", m2: "master", w4: "worker of 4190200"})
 
 	r.k.feed(t, events.Event{Kind: events.KindExit, TGID: m1, ProcKind: events.ProcMaster})
