@@ -196,7 +196,10 @@ func busyWorker(t *testing.T, p *gpe, c *http.Client, url string) <-chan struct{
 }
 
 // TestListenDrops: with --backlog 1 and the one worker busy, a burst of 50 connects
-// overflows the accept queue; the listener's drops rise by exactly the kernel's ListenDrops.
+// overflows the accept queue; the listener's drops rise with the kernel's ListenDrops: by at
+// least as much, and at most twice as much, since a handshake's last ACK that finds the queue
+// full is counted once in ListenDrops and twice in the socket's sk_drops (tcp_listendrop in
+// the overflow, then sk_drops_add when tcp_v4_rcv discards the packet).
 func TestListenDrops(t *testing.T) {
 	g, p, lbl := startListening(t, 1, "--backlog", "1")
 	slow := busyWorker(t, p, slowClient(nil), g.URL()+"/sleep/2000")
@@ -228,14 +231,14 @@ func TestListenDrops(t *testing.T) {
 		k1 := netstatListenDrops(t, g.PID)
 		ours = p.scrape(t).sum(listenDrops, lbl) - ours0
 		kernel = netstatListenDrops(t, g.PID) - kernel0
-		return k1-kernel0 == kernel && ours == kernel
+		return k1-kernel0 == kernel && ours >= kernel
 	})
 	t.Logf("%s rose by %v; TcpExt ListenDrops rose by %v", listenDrops, ours, kernel)
 	if ours < 1 {
 		t.Errorf("%s rose by %v over a burst of 50 connects into a full queue, want >= 1", listenDrops, ours)
 	}
-	if ours != kernel {
-		t.Errorf("%s rose by %v, TcpExt ListenDrops by %v: want equal", listenDrops, ours, kernel)
+	if ours < kernel || ours > 2*kernel {
+		t.Errorf("%s rose by %v, TcpExt ListenDrops by %v: want from once to twice as much", listenDrops, ours, kernel)
 	}
 }
 
