@@ -17,7 +17,7 @@ static __always_inline int sock_io(struct sock *sk, int ret, int send)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!maybe_tracked(tgid))
 		return 0;
-	if (tls_skip(sk, -1)) /* ciphertext: its plaintext comes from the libssl uprobes */
+	if (tls_skip(sk, -1, !send && ret > 0)) /* ciphertext: its plaintext comes from the libssl uprobes */
 		return 0;
 	struct call call = {};
 	return on_io(sk, sk->__sk_common.skc_hash, sk->__sk_common.skc_family, sk->sk_protocol,

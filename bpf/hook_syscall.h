@@ -34,7 +34,7 @@ static __always_inline int sys_io(struct sys_exit_ctx *ctx, int send)
 	if (!socket_call(send, &call) || (!send && recv_peeks()))
 		return 0;
 	struct sock *sk = fd_sock(call.fd);
-	if (!sk || tls_skip(sk, call.fd))
+	if (!sk || tls_skip(sk, call.fd, !send && n > 0))
 		return 0;
 	return on_io(sk, BPF_CORE_READ(sk, __sk_common.skc_hash),
 		     BPF_CORE_READ(sk, __sk_common.skc_family), BPF_CORE_READ(sk, sk_protocol), tgid,

@@ -261,11 +261,17 @@ struct tls_key {
 struct tls_conn {
 	__u64 sk;
 	__u32 fd;
-	__u32 pad;
+	__u32 flags; /* enum tls_conn_flag */
+};
+
+enum tls_conn_flag {
+	TLS_BY_READ = 1, /* tls_ssl: tied by the thread's last ciphertext read (asyncio), not by
+			  * SSL_set_fd */
+	TLS_UNTIED = 2,  /* tls_last_read: the socket read was tied to no SSL */
 };
 
 /* SSL* of a worker -> its socket. LRU: an SSL freed unseen ages out; a new SSL at the same
- * address is tied again by its SSL_set_fd. */
+ * address is tied again by its SSL_set_fd, or (TLS_BY_READ) by its reads (tls_return). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -274,7 +280,9 @@ struct {
 } tls_ssl SEC(".maps");
 
 /* Sockets carrying TLS under the uprobes, whose ciphertext the socket hooks skip, until the
- * socket is destroyed (on_tcp_destroy). Value: the worker. */
+ * socket is destroyed (on_tcp_destroy). Value: the worker, with TLS_SOCK_BY_READ set when
+ * the socket's SSL was tied by a read (asyncio): its ciphertext reads are still noted in
+ * tls_last_read. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -284,7 +292,7 @@ struct {
 
 /*
  * Per thread (pid_tgid), the socket of the last ciphertext it read from a TLS connection whose
- * SSL the uprobes have not tied (on_io). asyncio (Gunicorn's asgi worker, uvicorn) runs libssl
+ * SSL the uprobes have not tied (on_io) or tied by a read (tls_skip). asyncio (Gunicorn's asgi worker, uvicorn) runs libssl
  * over memory BIOs: no SSL_set_fd, no socket call inside SSL_read; it reads the ciphertext, hands
  * it to the SSL and calls SSL_read at once, in the same thread. That SSL_read is of this socket
  * (tls_return ties them). LRU: threads that die leave their entry to age out.

@@ -190,7 +190,7 @@ static __always_inline void take(struct conn_key *k, struct conn *c, __u64 buf, 
 				 struct proc_info *pi);
 
 /* tls.h, after this file: a thread read ciphertext on a TLS connection not tied yet. */
-static __always_inline void tls_note_read(struct sock *sk, __u32 fd);
+static __always_inline void tls_note_read(struct sock *sk, __u32 fd, __u32 flags);
 
 /* A new connection of a worker: its first read. A request line (or a TLS handshake) starts a
  * request; anything else puts the connection in probation. */
@@ -335,7 +335,7 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 		} else if (c->state == CONN_RESPONDING || c->state == CONN_PROBATION) {
 			start_request(&k, c, buf, n, now, 1, pi);
 		} else if (c->state == CONN_TLS && tls_on) {
-			tls_note_read(sk, k.fd); /* ciphertext of an SSL not tied yet (asyncio) */
+			tls_note_read(sk, k.fd, TLS_UNTIED); /* ciphertext of an SSL not tied yet (asyncio) */
 		}
 		return 0;
 	}

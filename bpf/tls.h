@@ -30,9 +30,18 @@
  * libssl had already buffered makes no socket call: the SSL* -> socket association answers it.
  */
 
-static __always_inline void tls_mark_sock(__u64 sk, __u32 tgid)
+#define TLS_SOCK_BY_READ (1u << 31) /* in a tls_socks value: above any tgid */
+
+static __always_inline void tls_note_read(struct sock *sk, __u32 fd, __u32 flags)
 {
-	if (bpf_map_update_elem(&tls_socks, &sk, &tgid, BPF_NOEXIST) == 0)
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_conn v = {.sk = (__u64)sk, .fd = fd, .flags = flags};
+	bpf_map_update_elem(&tls_last_read, &id, &v, BPF_ANY);
+}
+
+static __always_inline void tls_mark_sock(__u64 sk, __u32 w)
+{
+	if (bpf_map_update_elem(&tls_socks, &sk, &w, BPF_NOEXIST) == 0)
 		__sync_fetch_and_add(&tls_socks_n, 1);
 }
 
@@ -45,12 +54,21 @@ static __always_inline void tls_forget_sock(struct sock *sk)
 		__sync_fetch_and_add(&tls_socks_n, -1);
 }
 
+static __always_inline __u32 call_fd(__s64 fd)
+{
+	if (fd >= 0)
+		return (__u32)fd;
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	return (__u32)GPE_SYSCALL_ARG0(r);
+}
+
 /*
  * Is this socket call's data ciphertext of a connection whose plaintext the uprobes see? The
  * socket of a call made inside SSL_read/SSL_write is remembered for that call (fd: the call's
- * fd, or -1 to read it from the syscall's registers).
+ * fd, or -1 to read it from the syscall's registers). note: the call read data; if its socket's
+ * SSL was tied by a read, the read is noted for the next SSL_read (tls_return).
  */
-static __always_inline int tls_skip(struct sock *sk, __s64 fd)
+static __always_inline int tls_skip(struct sock *sk, __s64 fd, int note)
 {
 	if (!tls_on)
 		return 0;
@@ -59,12 +77,7 @@ static __always_inline int tls_skip(struct sock *sk, __s64 fd)
 		struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &id);
 		if (tc) {
 			if (!tc->sk) {
-				if (fd < 0) {
-					struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(
-						bpf_get_current_task_btf());
-					fd = (__u32)GPE_SYSCALL_ARG0(r);
-				}
-				tc->fd = (__u32)fd;
+				tc->fd = call_fd(fd);
 				tc->sk = (__u64)sk;
 			}
 			return 1;
@@ -72,17 +85,14 @@ static __always_inline int tls_skip(struct sock *sk, __s64 fd)
 	}
 	if (tls_socks_n) {
 		__u64 key = (__u64)sk;
-		if (bpf_map_lookup_elem(&tls_socks, &key))
+		__u32 *w = bpf_map_lookup_elem(&tls_socks, &key);
+		if (w) {
+			if (note && (*w & TLS_SOCK_BY_READ))
+				tls_note_read(sk, call_fd(fd), 0);
 			return 1;
+		}
 	}
 	return 0;
-}
-
-static __always_inline void tls_note_read(struct sock *sk, __u32 fd)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tls_conn v = {.sk = (__u64)sk, .fd = fd};
-	bpf_map_update_elem(&tls_last_read, &id, &v, BPF_ANY);
 }
 
 /* Which function a uprobe is on: its attach cookie (tls.go, tlsFuncs). */
@@ -168,23 +178,34 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 	struct tls_key k = {.ssl = tc.ssl, .tgid = tgid};
 	struct tls_conn *s = bpf_map_lookup_elem(&tls_ssl, &k);
 	struct tls_conn v = {};
+	int tie = 0;
 	if (s) {
 		v = *s;
-	} else {
-		/* Wrapped before the uprobes were attached: tied by the socket call made inside. Or,
-		 * with no socket call inside (asyncio's memory BIOs), by the ciphertext this thread
-		 * read last (tls_note_read). */
-		struct tls_conn *last = tc.sk ? 0 : bpf_map_lookup_elem(&tls_last_read, &id);
-		if (tc.sk) {
-			v.sk = tc.sk;
-			v.fd = tc.fd;
-		} else if (last && tc.op == OP_RECV) {
+	} else if (tc.sk) {
+		/* Wrapped before the uprobes were attached: tied by the socket call made inside. */
+		v.sk = tc.sk;
+		v.fd = tc.fd;
+		tie = 1;
+	}
+	if (!tc.sk && tc.op == OP_RECV && (!s || (v.flags & TLS_BY_READ))) {
+		/* No socket call inside (asyncio's memory BIOs): the SSL is of the socket whose
+		 * ciphertext this thread read last (tls_note_read). Checked at every read of an SSL
+		 * tied so: asyncio calls no SSL_set_fd, so an SSL freed and made again at the same
+		 * address for a new connection is told only by its reads, of another socket, or of
+		 * the same socket memory made again for a new connection, tied to no SSL. */
+		struct tls_conn *last = bpf_map_lookup_elem(&tls_last_read, &id);
+		if (last && (last->sk != v.sk || (last->flags & TLS_UNTIED))) {
 			v = *last;
-		} else {
-			return 0;
+			v.flags = TLS_BY_READ;
+			last->flags = 0; /* tied now */
+			tie = 1;
 		}
+	}
+	if (!v.sk)
+		return 0;
+	if (tie) {
 		bpf_map_update_elem(&tls_ssl, &k, &v, BPF_ANY);
-		tls_mark_sock(v.sk, tgid);
+		tls_mark_sock(v.sk, (v.flags & TLS_BY_READ) ? tgid | TLS_SOCK_BY_READ : tgid);
 	}
 	struct sock *sk = (struct sock *)v.sk;
 	struct call call = {.buf = tc.buf, .fd = v.fd, .op = tc.op, .tls = 1};

@@ -174,10 +174,10 @@ type gpeTlsCall struct {
 }
 
 type gpeTlsConn struct {
-	_   structs.HostLayout
-	Sk  uint64
-	Fd  uint32
-	Pad uint32
+	_     structs.HostLayout
+	Sk    uint64
+	Fd    uint32
+	Flags uint32
 }
 
 type gpeTlsKey struct {

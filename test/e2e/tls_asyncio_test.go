@@ -39,7 +39,10 @@ func TestTLSAsyncio(t *testing.T) {
 		resp.Body.Close()
 	}
 	ka.CloseIdleConnections()
-	ms := p.waitMetric(t, "gunicorn_worker_requests_total", nil, fresh+missing+kept)
+	ms := p.settle(t, "gunicorn_worker_requests_total", nil, fresh+missing+kept)
+	if got := ms.sum("gunicorn_worker_requests_total", nil); got != fresh+missing+kept {
+		t.Errorf("requests counted %v, want %d", got, fresh+missing+kept)
+	}
 	if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": "/ok", "status": "200"}); got != fresh+kept {
 		t.Errorf("/ok 200 counted %v, want %d", got, fresh+kept)
 	}
