@@ -48,7 +48,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin/gpe-ebpf", "gpe-ebpf binary (make build)")
 	flag.StringVar(&o.out, "out", "bench/out", "directory of the JSON results")
-	flag.StringVar(&o.modes, "modes", "", "arms observed by gpe-ebpf, comma-separated: socket, syscall, socket-noqueue (socket with --queue-wait=false) (default: all three when the binary has --queue-wait)")
+	flag.StringVar(&o.modes, "modes", "", "arms observed by gpe-ebpf, comma-separated: socket, syscall, socket-noqueue (socket with --queue-wait=false), socket-nocpu (socket with --request-cpu=false) (default: all four when the binary has --request-cpu)")
 	flag.IntVar(&o.pairs, "pairs", 15, "rounds of the throughput comparison (each runs every arm once)")
 	flag.IntVar(&o.otherPairs, "other-pairs", 10, "rounds of the other-process comparison")
 	flag.IntVar(&o.kernelRuns, "kernel-runs", 3, "runs per mode with BPF run statistics on")
@@ -111,15 +111,24 @@ func (s *session) gunicorn(workers int, extra ...string) (*gunicorn, error) {
 }
 
 // noQueue is the suffix of an arm that runs a hook mode with --queue-wait=false: without the
-// hook on every TCP state change of the host.
-const noQueue = "-noqueue"
+// hook on every TCP state change of the host; noCPU, with --request-cpu=false: without each
+// request's CPU time.
+const (
+	noQueue = "-noqueue"
+	noCPU   = "-nocpu"
+)
+
+// armFlags are the flags each arm suffix adds.
+var armFlags = map[string]string{noQueue: "--queue-wait=false", noCPU: "--request-cpu=false"}
 
 // observe starts a gpe-ebpf on master in a hook mode ("" or "default": the binary's default;
-// "socket-noqueue": socket hooks, --queue-wait=false).
+// "socket-noqueue": socket hooks, --queue-wait=false; "socket-nocpu": --request-cpu=false).
 func (s *session) observe(master int, mode string, extra ...string) (*observer, error) {
-	if base, ok := strings.CutSuffix(mode, noQueue); ok {
-		extra = append([]string{"--queue-wait=false"}, extra...)
-		mode = base
+	for suffix, f := range armFlags {
+		if base, ok := strings.CutSuffix(mode, suffix); ok {
+			extra = append([]string{f}, extra...)
+			mode = base
+		}
 	}
 	if mode != "" && mode != "default" {
 		extra = append([]string{"--hooks", mode}, extra...)
@@ -144,6 +153,8 @@ func hookModes(bin, flagValue string) []string {
 	}
 	out, _ := execOutput(bin, "--help")
 	switch {
+	case strings.Contains(out, "--request-cpu"):
+		return []string{"socket", "socket" + noQueue, "socket" + noCPU, "syscall"}
 	case strings.Contains(out, "--queue-wait"):
 		return []string{"socket", "socket" + noQueue, "syscall"}
 	case strings.Contains(out, "--hooks"):

@@ -33,6 +33,8 @@ enum gpe_event_kind {
 enum gpe_req_flag {
 	GPE_FLAG_TLS = 1,         /* the connection carries TLS: nothing was parsed */
 	GPE_FLAG_CLIENT_GONE = 2, /* the client had closed its side when the status line was written */
+	GPE_FLAG_CPU = 4,         /* cpu_ns is the on-CPU time of the thread that served the
+				   * request, which served no other meanwhile (request_cpu) */
 };
 
 enum gpe_proc_kind {
@@ -93,6 +95,8 @@ struct gpe_req_event {
 			   * connection (accept-queue wait = start_ns - this), else 0 */
 	__u64 bytes_in;   /* request bytes read */
 	__u64 bytes_out;  /* response bytes written */
+	__u64 cpu_ns;     /* with GPE_FLAG_CPU: the serving thread's CPU time, first read to last
+			   * response write */
 	__u16 status;     /* the final status, 0 if none was written */
 	__u8 reason;      /* enum gpe_end_reason */
 	__u8 flags;       /* GPE_FLAG_* */

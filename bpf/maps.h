@@ -88,7 +88,12 @@ struct conn {
 	__u64 est_ns;   /* TCP: when the kernel established it, if to a tracked listener; sent with
 			 * the first request's END (the accept-queue wait), then 0 */
 	__u16 head_len; /* bytes of line */
-	__u16 pad[3];
+	__u8 cpu_ok;    /* request_cpu: cpu_ns was measured in the thread that began the request */
+	__u8 pad[5];
+	__u64 cpu0;     /* request_cpu: the beginning thread's runtime (se.sum_exec_runtime) then */
+	__u64 cpu_ns;   /* its runtime at the last response write since, minus cpu0 */
+	__u32 cpu_tid;  /* that thread */
+	__u32 cpu_mark; /* its thread_reqs begins count at the beginning; 0: it shares the thread */
 };
 
 enum line_phase {
@@ -222,7 +227,7 @@ volatile const __u32 queue_wait = 1;
  * Records are built here, per CPU: the first bytes of a read are copied into entry 0's line
  * and cut there (a LINE piece is sent from it); an END is built in entry 1 from the connection's state (its
  * line included), and only the header and the kept bytes go into the ring (send_line), so
- * "GET /ok" takes 80 bytes of it, not 328.
+ * "GET /ok" takes 80 bytes of it, not 352.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -233,6 +238,31 @@ struct {
 
 /* Set at load when --tls is on: the socket hooks look for ciphertext to skip. */
 volatile const __u32 tls_on = 0;
+
+/*
+ * --request-cpu: each request's on-CPU time, read from the serving thread's runtime at its
+ * first read and at its response writes (programs that run anyway: no hook of its own).
+ */
+volatile const __u32 request_cpu = 0;
+
+/*
+ * Per thread (its pid), for request_cpu: is its runtime one request's? begins counts the
+ * requests the thread began; open is the last one not answered yet (0: none). A request whose
+ * thread began another before answering it, or that began while another was open, shares its
+ * thread (an event loop's: gevent, tornado, asyncio) and gets no CPU time. LRU: threads that die
+ * leave their entry to age out.
+ */
+struct thread_req {
+	__u32 begins;
+	__u32 open;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct thread_req);
+} thread_reqs SEC(".maps");
 
 /* A thread inside a TLS read or write. */
 struct tls_call {

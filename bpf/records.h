@@ -67,6 +67,7 @@ static __always_inline void fill_req(struct gpe_req_event *e, __u32 kind, struct
 	e->est_ns = 0;
 	e->bytes_in = c->bytes_in;
 	e->bytes_out = c->bytes_out;
+	e->cpu_ns = 0;
 	e->status = c->status;
 	e->reason = 0;
 	e->flags = c->flags;

@@ -20,6 +20,10 @@ static __always_inline void emit_end(struct conn_key *k, struct conn *c, __u8 re
 	__u32 kept = c->head_len;
 	fill_req(&e->req, GPE_EV_REQ_END, k, c, now, kept);
 	e->req.reason = reason;
+	if (c->cpu_ok && c->cpu_mark) {
+		e->req.flags |= GPE_FLAG_CPU;
+		e->req.cpu_ns = c->cpu_ns;
+	}
 	/* The accept-queue wait goes with the connection's first request only. */
 	e->req.est_ns = c->est_ns;
 	c->est_ns = 0;
@@ -55,6 +59,65 @@ static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32
 	return e;
 }
 
+/*
+ * request_cpu: the calling thread's runtime (se.sum_exec_runtime: the kernel adds to it at each
+ * context switch and scheduler tick, so a thread running now is behind by less than a tick).
+ * Its pid in *tid.
+ */
+static __always_inline __u64 thread_runtime(__u32 *tid)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	*tid = (__u32)BPF_CORE_READ(t, pid);
+	return BPF_CORE_READ(t, se.sum_exec_runtime);
+}
+
+/* request_cpu: c's request begins in the calling thread. */
+static __always_inline void cpu_begin(struct conn *c)
+{
+	__u32 tid = 0;
+	c->cpu0 = thread_runtime(&tid);
+	c->cpu_tid = tid;
+	c->cpu_ns = 0;
+	c->cpu_ok = 0;
+	c->cpu_mark = 0;
+	struct thread_req *r = bpf_map_lookup_elem(&thread_reqs, &tid);
+	if (!r) {
+		struct thread_req z = {};
+		bpf_map_update_elem(&thread_reqs, &tid, &z, BPF_NOEXIST);
+		r = bpf_map_lookup_elem(&thread_reqs, &tid);
+		if (!r)
+			return;
+	}
+	__u32 n = r->begins + 1;
+	r->begins = n;
+	if (!r->open)
+		c->cpu_mark = n; /* else another request of the thread is not answered yet */
+	r->open = c->seq;
+}
+
+/* request_cpu: a response write of c's request. The thread that began it measures its runtime
+ * so far; at the status line (answered), its thread says whether it began another meanwhile. */
+static __always_inline void cpu_write(struct conn *c, int answered)
+{
+	__u32 tid = 0;
+	__u64 rt = thread_runtime(&tid);
+	if (tid != c->cpu_tid)
+		return;
+	if (answered) {
+		struct thread_req *r = bpf_map_lookup_elem(&thread_reqs, &tid);
+		if (r) {
+			if (r->begins != c->cpu_mark)
+				c->cpu_mark = 0; /* the thread began another meanwhile */
+			if (r->open == c->seq)
+				r->open = 0;
+		}
+	}
+	if (!c->cpu_mark)
+		return;
+	c->cpu_ns = rt - c->cpu0;
+	c->cpu_ok = 1;
+}
+
 /* Make c's next request the current one: READING, with nothing written yet, its line the
  * first kept bytes of line (0: none, labelled OTHER / unknown). One more in flight for k. */
 static __always_inline void begin_request(struct conn_key *k, struct conn *c, __u64 start_ns,
@@ -82,6 +145,8 @@ static __always_inline void begin_request(struct conn_key *k, struct conn *c, __
 			c->head_len = kept;
 	}
 	c->state = CONN_READING;
+	if (request_cpu)
+		cpu_begin(c);
 	flight_of(pi ? pi : tracked(k->tgid), 1, now);
 }
 
@@ -198,7 +263,7 @@ static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 has
 				  __u64 buf, __s64 n, __u64 now, struct proc_info *pi)
 {
 	/* The new entry is built in a per-CPU map value, not on the stack: with its line it is
-	 * 328 bytes, and a program's stack with a callback's (the cut) is at most 512. */
+	 * 352 bytes, and a program's stack with a callback's (the cut) is at most 512. */
 	__u32 zero = 0;
 	struct conn *fresh = bpf_map_lookup_elem(&fresh_conn, &zero);
 	if (!fresh)
@@ -360,6 +425,8 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			}
 			c->status = st;
 			c->state = CONN_RESPONDING;
+			if (request_cpu)
+				cpu_write(c, 1);
 			flight(k.tgid, -1, now); /* answered: in flight no more */
 			/* A client that left before its answer: the worker writes into the void. */
 			c->flags = client_gone(sk, n, c->unix_sock) ? GPE_FLAG_CLIENT_GONE : 0;
@@ -372,8 +439,11 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	if (c->state == CONN_PROBATION)
 		return 0;
 	c->bytes_out += n;
-	if (c->state == CONN_RESPONDING)
+	if (c->state == CONN_RESPONDING) {
 		c->last_write_ns = now;
+		if (request_cpu)
+			cpu_write(c, 0);
+	}
 	return 0;
 }
 

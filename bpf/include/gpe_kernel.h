@@ -23,7 +23,12 @@ typedef int pid_t;
 #pragma clang diagnostic ignored "-Wpadded"
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
+struct sched_entity {
+	u64 sum_exec_runtime; /* the thread's time on a CPU, as of the last context switch or tick */
+};
+
 struct task_struct {
+	struct sched_entity se;
 	int exit_code;
 	pid_t pid;
 	pid_t tgid;

@@ -121,13 +121,21 @@ func (a *Aggregator) reqEnd(ev *events.Event) {
 	w.reqSize.observe(float64(ev.BytesIn))
 	w.respSize.observe(float64(ev.BytesOut))
 	rk := routeKey{r.method, r.endpoint}
-	h, ok := w.master.routes[rk]
+	rt, ok := w.master.routes[rk]
 	if !ok {
-		nh := a.newHistogram(DurationBuckets)
-		h = &nh
-		w.master.routes[rk] = h
+		rt = &routeStats{duration: a.newHistogram(DurationBuckets), cpu: a.newHistogram(DurationBuckets)}
+		w.master.routes[rk] = rt
 	}
-	h.observe(d)
+	rt.duration.observe(d)
+	if ev.Flags&events.FlagCPU != 0 {
+		rt.cpu.observe(float64(ev.CPUNS) / 1e9)
+	}
+}
+
+// routeStats is what a master keeps of one method and endpoint: the duration of its requests, and
+// the on-CPU time of those the kernel measured alone on their thread (events.FlagCPU).
+type routeStats struct {
+	duration, cpu Histogram
 }
 
 func (a *Aggregator) fail(w *worker, r *request, errorType string) {

@@ -48,6 +48,9 @@ type HTTPCount struct {
 type RouteHistogram struct {
 	Method, Endpoint string
 	Duration         Histogram
+	// CPU is the on-CPU time of the requests measured alone on their thread (--request-cpu;
+	// none under event-loop workers serving several at once): its count may be below Duration's.
+	CPU Histogram
 }
 
 // LabeledCount is a counter of failures with their labels; ErrorType is empty for
@@ -156,8 +159,8 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 			}
 			return x.Status < y.Status
 		})
-		for k, h := range m.routes {
-			ms.Routes = append(ms.Routes, RouteHistogram{Method: k.method, Endpoint: k.endpoint, Duration: h.clone()})
+		for k, rt := range m.routes {
+			ms.Routes = append(ms.Routes, RouteHistogram{Method: k.method, Endpoint: k.endpoint, Duration: rt.duration.clone(), CPU: rt.cpu.clone()})
 		}
 		sort.Slice(ms.Routes, func(i, j int) bool {
 			x, y := ms.Routes[i], ms.Routes[j]

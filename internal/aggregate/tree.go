@@ -71,7 +71,7 @@ type master struct {
 	signals      map[string]uint64
 	exits        map[string]uint64
 	http         map[httpKey]uint64
-	routes       map[routeKey]*Histogram
+	routes       map[routeKey]*routeStats
 	ignored      map[string]uint64 // by --ignore-route template
 	norm         *normalizer
 	containerPID uint32    // as for a worker
@@ -99,7 +99,7 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 		signals: make(map[string]uint64),
 		exits:   make(map[string]uint64),
 		http:    make(map[httpKey]uint64),
-		routes:  make(map[routeKey]*Histogram),
+		routes:  make(map[routeKey]*routeStats),
 		queue:   a.newHistogram(DurationBuckets),
 		ignored: make(map[string]uint64),
 		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.IgnoreRoutes, a.cfg.MaxEndpoints),

@@ -63,6 +63,7 @@ type Flags uint8
 const (
 	FlagTLS        Flags = 1 // the connection carries TLS: nothing was parsed
 	FlagClientGone Flags = 2 // the client had closed its side when the status line was written
+	FlagCPU        Flags = 4 // CPUNS is the request's on-CPU time
 )
 
 // LineMax is the most request bytes the kernel copies (GPE_LINE_MAX).
@@ -93,11 +94,14 @@ type Event struct {
 	EstablishedNS uint64
 	BytesIn       uint64
 	BytesOut      uint64
-	Status        uint16
-	Reason        EndReason
-	Flags         Flags
-	Line          []byte // END: "METHOD /path" as far as the first read had it, cut after the path in the kernel; LINE: a later piece
-	line          [LineMax]byte
+	// CPUNS (with FlagCPU): the on-CPU time of the thread that served the request, from its
+	// first read to its last response write; that thread served no other request meanwhile.
+	CPUNS  uint64
+	Status uint16
+	Reason EndReason
+	Flags  Flags
+	Line   []byte // END: "METHOD /path" as far as the first read had it, cut after the path in the kernel; LINE: a later piece
+	line   [LineMax]byte
 }
 
 // SetLine makes Line a copy of b in the Event's own buffer, which it reuses from one record to

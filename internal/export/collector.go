@@ -60,7 +60,7 @@ type Collector struct {
 
 	workerRequests, workerDuration, workerMemory, workerCPU, workerUptime, workerState,
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
-	httpRequests, httpDuration, reqSize, respSize, inFlight, busy, masterWorkers,
+	httpRequests, httpDuration, httpCPU, reqSize, respSize, inFlight, busy, masterWorkers,
 	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
 	progSeconds, attached, ignored, queue *prometheus.Desc
 }
@@ -88,6 +88,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.httpRequests = d("gunicorn_http_requests_total", "Answered requests by method, endpoint and status code.", l("method", "endpoint", "status"), nil)
 	c.queue = d("gunicorn_request_queue_seconds", "Time a TCP connection waited in the listener's accept queue: from the kernel establishing it to a worker's first read of its first request.", base, nil)
 	c.httpDuration = d("gunicorn_http_request_duration_seconds", "Request duration by method and endpoint.", l("method", "endpoint"), nil)
+	c.httpCPU = d("gunicorn_http_request_cpu_seconds", "On-CPU time of the thread that served the request, first read to last response write, by method and endpoint (requests served alone on their thread).", l("method", "endpoint"), nil)
 	c.reqSize = d("gunicorn_worker_request_size_bytes", "Bytes read for the request.", l("worker_id"), nil)
 	c.respSize = d("gunicorn_worker_response_size_bytes", "Bytes written for the response.", l("worker_id"), nil)
 	c.inFlight = d("gunicorn_worker_requests_in_flight", "Requests read whose status line is not written yet.", l("worker_id"), nil)
@@ -111,7 +112,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.workerRequests, c.workerDuration, c.workerMemory,
 		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
-		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.reqSize, c.respSize,
+		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.httpCPU, c.reqSize, c.respSize,
 		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
 		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored, c.queue} {
 		ch <- d
@@ -203,6 +204,9 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 	}
 	for _, r := range m.Routes {
 		hist(c.httpDuration, r.Duration, time.Time{}, r.Method, r.Endpoint)
+		if r.CPU.Count > 0 {
+			hist(c.httpCPU, r.CPU, time.Time{}, r.Method, r.Endpoint)
+		}
 	}
 	for route, n := range m.Ignored {
 		counter(c.ignored, float64(n), route)

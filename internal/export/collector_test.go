@@ -44,10 +44,16 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 		}
 		a.Handle(&e)
 	}
+	// The kernel's CPU time, for requests served alone on their thread (--request-cpu).
+	onCPU := map[string]time.Duration{"GET /ok": time.Millisecond, "GET /users/12345": 20 * time.Millisecond}
 	req := func(pid, fd, seq uint32, line string, status uint16, dur time.Duration) {
 		start := ts + uint64(time.Millisecond)
 		end := start + uint64(dur)
-		ev(events.Event{Kind: events.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: events.EndClose, TS: end + 1, Line: []byte(line)})
+		e := events.Event{Kind: events.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: events.EndClose, TS: end + 1, Line: []byte(line)}
+		if c, ok := onCPU[line]; ok {
+			e.Flags, e.CPUNS = events.FlagCPU, uint64(c)
+		}
+		ev(e)
 		ts = end + 2
 	}
 	req(101, 5, 1, "GET /ok", 200, 2*time.Millisecond)

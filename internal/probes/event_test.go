@@ -34,10 +34,11 @@ func reqRecord(kind events.Kind, status uint16, flags events.Flags, line string)
 	le.PutUint64(b[40:], 5)  // established
 	le.PutUint64(b[48:], 100)
 	le.PutUint64(b[56:], 200)
-	le.PutUint16(b[64:], status)
-	b[66] = byte(events.EndClose)
-	b[67] = byte(flags)
-	le.PutUint16(b[68:], uint16(len(line)))
+	le.PutUint64(b[64:], 3000) // cpu
+	le.PutUint16(b[72:], status)
+	b[74] = byte(events.EndClose)
+	b[75] = byte(flags)
+	le.PutUint16(b[76:], uint16(len(line)))
 	copy(b[reqSize:], line)
 	return b
 }
@@ -69,15 +70,15 @@ func TestDecode(t *testing.T) {
 				t.Errorf("got %+v", ev)
 			}
 		}},
-		{name: "end", raw: reqRecord(events.KindReqEnd, 503, events.FlagClientGone, ""), check: func(t *testing.T, ev *events.Event) {
-			if ev.Status != 503 || ev.Reason != events.EndClose || ev.Flags != events.FlagClientGone || ev.BytesIn != 100 || ev.BytesOut != 200 || ev.LastWriteNS != 20 || len(ev.Line) != 0 {
+		{name: "end", raw: reqRecord(events.KindReqEnd, 503, events.FlagClientGone|events.FlagCPU, ""), check: func(t *testing.T, ev *events.Event) {
+			if ev.Status != 503 || ev.Reason != events.EndClose || ev.Flags != events.FlagClientGone|events.FlagCPU || ev.BytesIn != 100 || ev.BytesOut != 200 || ev.LastWriteNS != 20 || ev.CPUNS != 3000 || len(ev.Line) != 0 {
 				t.Errorf("got %+v", ev)
 			}
 		}},
 		{name: "line length beyond the record", raw: reqRecord(events.KindReqEnd, 0, 0, "GET /x")[:reqSize+3], wantErr: true},
 		{name: "short header", raw: []byte{1, 0, 0}, wantErr: true},
 		{name: "short proc", raw: procRecord(events.KindFork, 1, 2, 3, 0)[:20], wantErr: true},
-		{name: "short request", raw: reqRecord(events.KindReqEnd, 200, 0, "")[:64], wantErr: true},
+		{name: "short request", raw: reqRecord(events.KindReqEnd, 200, 0, "")[:72], wantErr: true},
 		{name: "unknown kind", raw: procRecord(events.Kind(77), 1, 2, 3, 0), wantErr: true},
 	}
 	for _, tt := range tests {

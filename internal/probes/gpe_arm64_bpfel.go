@@ -35,7 +35,12 @@ type gpeConn struct {
 	Ino         uint32
 	EstNs       uint64
 	HeadLen     uint16
-	Pad         [3]uint16
+	CpuOk       uint8
+	Pad         [5]uint8
+	Cpu0        uint64
+	CpuNs       uint64
+	CpuTid      uint32
+	CpuMark     uint32
 }
 
 type gpeConnState uint32
@@ -121,6 +126,7 @@ type gpeGpeReqEvent struct {
 	EstNs       uint64
 	BytesIn     uint64
 	BytesOut    uint64
+	CpuNs       uint64
 	Status      uint16
 	Reason      uint8
 	Flags       uint8
@@ -133,6 +139,7 @@ type gpeGpeReqFlag uint32
 const (
 	gpeGpeReqFlagGPE_FLAG_TLS         gpeGpeReqFlag = 1
 	gpeGpeReqFlagGPE_FLAG_CLIENT_GONE gpeGpeReqFlag = 2
+	gpeGpeReqFlagGPE_FLAG_CPU         gpeGpeReqFlag = 4
 )
 
 type gpeGpeReqStart struct {
@@ -160,6 +167,12 @@ type gpeSlot struct {
 	_  structs.HostLayout
 	Sk uint64
 	C  gpeConn
+}
+
+type gpeThreadReq struct {
+	_      structs.HostLayout
+	Begins uint32
+	Open   uint32
 }
 
 type gpeTlsCall struct {
@@ -202,6 +215,7 @@ const (
 	gpeMapProcs            = "procs"
 	gpeMapScratch          = "scratch"
 	gpeMapSlots            = "slots"
+	gpeMapThreadReqs       = "thread_reqs"
 	gpeMapTlsCalls         = "tls_calls"
 	gpeMapTlsLastRead      = "tls_last_read"
 	gpeMapTlsSocks         = "tls_socks"
@@ -223,6 +237,7 @@ const (
 	gpeProgOnTcpState      = "on_tcp_state"
 	gpeVarNextSeq          = "next_seq"
 	gpeVarQueueWait        = "queue_wait"
+	gpeVarRequestCpu       = "request_cpu"
 	gpeVarSlotMask         = "slot_mask"
 	gpeVarTcpInConns       = "tcp_in_conns"
 	gpeVarTlsInCalls       = "tls_in_calls"
@@ -313,6 +328,7 @@ type gpeMapSpecs struct {
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
+	ThreadReqs  *ebpf.MapSpec `ebpf:"thread_reqs"`
 	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
 	TlsLastRead *ebpf.MapSpec `ebpf:"tls_last_read"`
 	TlsSocks    *ebpf.MapSpec `ebpf:"tls_socks"`
@@ -325,6 +341,7 @@ type gpeMapSpecs struct {
 type gpeVariableSpecs struct {
 	NextSeq          *ebpf.VariableSpec `ebpf:"next_seq"`
 	QueueWait        *ebpf.VariableSpec `ebpf:"queue_wait"`
+	RequestCpu       *ebpf.VariableSpec `ebpf:"request_cpu"`
 	SlotMask         *ebpf.VariableSpec `ebpf:"slot_mask"`
 	TcpInConns       *ebpf.VariableSpec `ebpf:"tcp_in_conns"`
 	TlsInCalls       *ebpf.VariableSpec `ebpf:"tls_in_calls"`
@@ -372,6 +389,7 @@ type gpeMaps struct {
 	Procs       *ebpf.Map `ebpf:"procs"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Slots       *ebpf.Map `ebpf:"slots"`
+	ThreadReqs  *ebpf.Map `ebpf:"thread_reqs"`
 	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
 	TlsLastRead *ebpf.Map `ebpf:"tls_last_read"`
 	TlsSocks    *ebpf.Map `ebpf:"tls_socks"`
@@ -391,6 +409,7 @@ func (m *gpeMaps) Close() error {
 		m.Procs,
 		m.Scratch,
 		m.Slots,
+		m.ThreadReqs,
 		m.TlsCalls,
 		m.TlsLastRead,
 		m.TlsSocks,
@@ -404,6 +423,7 @@ func (m *gpeMaps) Close() error {
 type gpeVariables struct {
 	NextSeq          *ebpf.Variable `ebpf:"next_seq"`
 	QueueWait        *ebpf.Variable `ebpf:"queue_wait"`
+	RequestCpu       *ebpf.Variable `ebpf:"request_cpu"`
 	SlotMask         *ebpf.Variable `ebpf:"slot_mask"`
 	TcpInConns       *ebpf.Variable `ebpf:"tcp_in_conns"`
 	TlsInCalls       *ebpf.Variable `ebpf:"tls_in_calls"`

@@ -16,12 +16,14 @@ func TestRecordLayout(t *testing.T) {
 	}{
 		{"hdr", unsafe.Sizeof(gpeGpeHdr{}), 16},
 		{"proc", unsafe.Sizeof(gpeGpeProcEvent{}), 48},
-		{"req", unsafe.Sizeof(gpeGpeReqEvent{}), 72},
-		{"req_start", unsafe.Sizeof(gpeGpeReqStart{}), 72 + events.LineMax},
+		{"req", unsafe.Sizeof(gpeGpeReqEvent{}), 80},
+		{"req_start", unsafe.Sizeof(gpeGpeReqStart{}), 80 + events.LineMax},
 		{"req.est_ns", unsafe.Offsetof(gpeGpeReqEvent{}.EstNs), 40},
-		{"req.status", unsafe.Offsetof(gpeGpeReqEvent{}.Status), 64},
-		{"req.line_len", unsafe.Offsetof(gpeGpeReqEvent{}.LineLen), 68},
+		{"req.status", unsafe.Offsetof(gpeGpeReqEvent{}.Status), 72},
+		{"req.line_len", unsafe.Offsetof(gpeGpeReqEvent{}.LineLen), 76},
 		{"req.bytes_out", unsafe.Offsetof(gpeGpeReqEvent{}.BytesOut), 56},
+		{"req.cpu_ns", unsafe.Offsetof(gpeGpeReqEvent{}.CpuNs), 64},
+		{"conn", unsafe.Sizeof(gpeConn{}), 352}, // ConnBytes: this plus a hash element's header
 		{"proc.busy_ns", unsafe.Offsetof(gpeGpeProcEvent{}.BusyNs), 40},
 		{"proc.start_ns", unsafe.Offsetof(gpeGpeProcEvent{}.StartNs), 32},
 		{"proc.code", unsafe.Offsetof(gpeGpeProcEvent{}.Code), 24},
@@ -61,6 +63,7 @@ func TestEnumValues(t *testing.T) {
 		{"end_exit", uint64(events.EndExit), uint64(gpeGpeEndReasonGPE_END_EXIT)},
 		{"flag_tls", uint64(events.FlagTLS), uint64(gpeGpeReqFlagGPE_FLAG_TLS)},
 		{"flag_client_gone", uint64(events.FlagClientGone), uint64(gpeGpeReqFlagGPE_FLAG_CLIENT_GONE)},
+		{"flag_cpu", uint64(events.FlagCPU), uint64(gpeGpeReqFlagGPE_FLAG_CPU)},
 		{"line_max", events.LineMax, uint64(len(gpeGpeReqStart{}.Line))},
 	}
 	for _, tt := range tests {

@@ -46,16 +46,19 @@ type Config struct {
 	// (TableSizes): past it, a new connection's requests are counted as dropped
 	// (Dropped), and nothing tracked is evicted. 0 means DefaultMaxConnections.
 	MaxConnections uint32
+	// RequestCPU measures each request's on-CPU time (events.FlagCPU, Event.CPUNS): the serving
+	// thread's runtime read at the request's first read and at its response writes.
+	RequestCPU bool
 }
 
 // DefaultMaxConnections is the connection table's size by default: 8,192 slots and 16,384
-// entries in conns, about 9 MiB of kernel memory (ConnBytes a connection).
+// entries in conns, about 9.4 MiB of kernel memory (ConnBytes a connection).
 const DefaultMaxConnections = 24576
 
 // ConnBytes is about what one tracked connection's room costs in kernel memory (a slot or
-// a conns entry: the connection's state with its request line, 328 bytes, plus the hash
+// a conns entry: the connection's state with its request line, 352 bytes, plus the hash
 // table's element header), for the README's sizing.
-const ConnBytes = 384
+const ConnBytes = 400
 
 // TableSizes splits max connections into the slots (a power of two, a third of max at most,
 // from 1 to GPE_CONN_SLOTS) and the conns entries (the rest, at least 1).
@@ -84,7 +87,7 @@ const connSlotsMax = 8192
 // ≈ 180 µs around a 2 ms drain), whatever it reads: 100 ms instead of 50 took the observer's CPU
 // per request at saturation from 1.5 to 1.2 µs, and halved its cost when idle.
 func DefaultConfig() Config {
-	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true, TLS: true, MaxConnections: DefaultMaxConnections}
+	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true, TLS: true, MaxConnections: DefaultMaxConnections, RequestCPU: true}
 }
 
 // ErrClosed is returned by Read once Close has been called (events.ErrClosed).
@@ -213,6 +216,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		"tls_on":       boolU32(cfg.TLS),
 		"slot_mask":    slots - 1,
 		"queue_wait":   boolU32(cfg.QueueWait),
+		"request_cpu":  boolU32(cfg.RequestCPU),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)

@@ -21,8 +21,10 @@ func Settings(c *Config) []setting.Setting {
 			}},
 		{Name: "queue-wait", Group: setting.Kernel, Value: setting.Bool(&c.QueueWait),
 			Help: "time each TCP connection's wait in the accept queue (gunicorn_request_queue_seconds): a hook on every TCP state change of the host, about ten per connection"},
+		{Name: "request-cpu", Group: setting.Kernel, Value: setting.Bool(&c.RequestCPU),
+			Help: "measure each request's on-CPU time (gunicorn_http_request_cpu_seconds) from the serving thread's runtime, read in the socket hooks at its first read and at its response writes"},
 		{Name: "max-connections", Group: setting.Kernel, Value: setting.Uint32(&c.MaxConnections),
-			Help: "connections of tracked workers the kernel tracks at once (about 384 bytes of kernel memory each); past it, a new connection's requests are counted in gpe_ebpf_connections_dropped_total{reason=\"table_full\"}, and nothing tracked is pushed out",
+			Help: "connections of tracked workers the kernel tracks at once (about 400 bytes of kernel memory each); past it, a new connection's requests are counted in gpe_ebpf_connections_dropped_total{reason=\"table_full\"}, and nothing tracked is pushed out",
 			Check: func(name string) error {
 				return setting.Require(c.MaxConnections >= 1, "invalid %s %d: at least 1", name, c.MaxConnections)
 			}},

@@ -1,7 +1,7 @@
 """A small WSGI application for gpe-ebpf's end-to-end tests, demo and benchmark.
 
 Endpoints: /ok (200), /fail (500: an exception the framework turns into a 500), /status/<code>,
-/slow (50 ms), /sleep/<ms>, /big (2 MB), /file/<mb> (sent with wsgi.file_wrapper, so sendfile),
+/slow (50 ms), /sleep/<ms>, /cpu/<ms> (a CPU loop of that long), /big (2 MB), /file/<mb> (sent with wsgi.file_wrapper, so sendfile),
 /chunked (no Content-Length), /upload (POST: reads the body), /hang (sleeps 1 h: for timeouts),
 /users/<id> (an id in the path), and anything else 404.
 """
@@ -43,6 +43,13 @@ def app(environ, start_response):
         time.sleep(int(parts[1]) / 1000.0)
         start_response("200 OK", [("Content-Length", "5")])
         return [b"slept"]
+    if head == "cpu" and len(parts) == 2:
+        end = time.monotonic() + int(parts[1]) / 1000.0
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+        start_response("200 OK", [("Content-Length", "3")])
+        return [b"cpu"]
     if path == "/big":
         body = b"b" * (2 << 20)
         start_response("200 OK", [("Content-Length", str(len(body)))])
