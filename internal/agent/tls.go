@@ -161,6 +161,8 @@ func (a *Agent) watchTLS(pid, master uint32, forkNS uint64) {
 	case err != nil:
 		a.log.Warn("tls: cannot attach to the worker's libssl; its TLS connections are not measured", "worker_pid", pid, "error", err)
 		return
+	case res.Already:
+		return
 	case res.Lib == "":
 		a.log.Debug("tls: the worker has no libssl mapped", "worker_pid", pid)
 		return

@@ -22,4 +22,6 @@ type TLSAttach struct {
 	Probes int
 	// Took is how long finding the library and attaching took.
 	Took time.Duration
+	// Already says the process had its uprobes already: nothing was done.
+	Already bool
 }

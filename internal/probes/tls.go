@@ -92,7 +92,7 @@ func (p *Probes) AttachTLS(pid uint32) (TLSAttach, error) {
 	p.tlsMu.Lock()
 	defer p.tlsMu.Unlock()
 	if _, ok := p.tlsLinks[pid]; ok {
-		return TLSAttach{}, nil
+		return TLSAttach{Already: true}, nil
 	}
 	f, err := proc.Host.Maps(pid)
 	if err != nil {

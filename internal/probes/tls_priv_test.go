@@ -68,10 +68,10 @@ func testAttachTLS(t *testing.T, perf bool) {
 		t.Errorf("python: %+v, want 9 probes on a libssl.so", a)
 	}
 	t.Logf("python: %d probes on %s in %v (uprobe_multi: %v)", a.Probes, a.Lib, a.Took, p.tlsMulti)
-	if again, err := p.AttachTLS(uint32(py)); err != nil || again.Probes != 0 {
+	if again, err := p.AttachTLS(uint32(py)); err != nil || again.Probes != 0 || !again.Already {
 		t.Errorf("second attach: %+v, %v; want nothing done", again, err)
 	}
-	if none, err := p.AttachTLS(uint32(sh)); err != nil || none.Lib != "" || none.Probes != 0 {
+	if none, err := p.AttachTLS(uint32(sh)); err != nil || none.Lib != "" || none.Probes != 0 || none.Already {
 		t.Errorf("sleep: %+v, %v; want no libssl and no error", none, err)
 	}
 	if got := p.TLSAttached(); !slices.Equal(got, []uint32{uint32(py)}) {
