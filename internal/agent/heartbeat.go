@@ -47,7 +47,7 @@ type heartbeats struct {
 }
 
 type heartbeatFD struct {
-	fd       int
+	fd       int    // -1: none found, not looked for again until the next sampling
 	dev, ino uint64 // the file it named when found
 }
 
@@ -61,6 +61,9 @@ func (h *heartbeats) read(pid uint32) (time.Time, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if c, ok := h.fds[pid]; ok {
+		if c.fd < 0 {
+			return time.Time{}, false
+		}
 		ctime, dev, ino, err := h.fs.FDChangeTime(pid, c.fd)
 		if err == nil && dev == c.dev && ino == c.ino {
 			return ctime, true
@@ -69,6 +72,8 @@ func (h *heartbeats) read(pid uint32) (time.Time, bool) {
 	}
 	fd, err := h.fs.HeartbeatFD(pid)
 	if err != nil {
+		// A process that is no Gunicorn worker (--force): its fds are not listed at every scrape.
+		h.fds[pid] = heartbeatFD{fd: -1}
 		return time.Time{}, false
 	}
 	ctime, dev, ino, err := h.fs.FDChangeTime(pid, fd)
@@ -79,12 +84,13 @@ func (h *heartbeats) read(pid uint32) (time.Time, bool) {
 	return ctime, true
 }
 
-// forget drops the fds of workers not in live.
+// forget drops the fds of workers not in live, and the workers where none was found, to be
+// looked for again.
 func (h *heartbeats) forget(live map[uint32]bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for pid := range h.fds {
-		if !live[pid] {
+	for pid, c := range h.fds {
+		if !live[pid] || c.fd < 0 {
 			delete(h.fds, pid)
 		}
 	}
