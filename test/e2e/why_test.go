@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -54,10 +56,12 @@ func TestBusyWorkers(t *testing.T) {
 	p.waitMetric(t, "gunicorn_master_workers_busy", nil, 0)
 }
 
-// TestBusyGthread: a gthread worker is busy only when all its threads serve a request.
+// TestBusyGthread: a gthread worker is busy only when all its threads serve a request. The
+// threads come from GUNICORN_CMD_ARGS, and make the sync worker the command line names a
+// gthread worker, as Gunicorn does.
 func TestBusyGthread(t *testing.T) {
 	requireE2E(t)
-	g := startGunicorn(t, gunicornOpts{Workers: 1, WorkerClass: "gthread", Args: []string{"--threads", "2"}})
+	g := startGunicorn(t, gunicornOpts{Workers: 1, WorkerClass: "sync", Env: []string{"GUNICORN_CMD_ARGS=--threads 2"}})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
 	first := g.hold(t, "/sleep/6000")
 	ms := p.waitMetric(t, "gunicorn_worker_requests_in_flight", nil, 1)
@@ -104,4 +108,29 @@ func TestHeartbeatAge(t *testing.T) {
 		return !inFlight(ms) && age(ms) < peak
 	})
 	t.Logf("heartbeat age: %.2f s when the request started, %.2f s while served, %.2f s after", first, peak, age(ms))
+}
+
+// TestWorkerTimeoutFromFlag: a timeout set by a config file is not known from the master's
+// command line, so none is exported, until --worker-timeout says it.
+func TestWorkerTimeoutFromFlag(t *testing.T) {
+	requireE2E(t)
+	conf := filepath.Join(t.TempDir(), "conf.py")
+	if err := os.WriteFile(conf, []byte("timeout = 40\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := startGunicorn(t, gunicornOpts{Workers: 1, Args: []string{"-c", conf}})
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{{nil, 0}, {[]string{"--worker-timeout", "40s"}, 1}} {
+		p := startGPE(t, append([]string{"--pid", strconv.Itoa(g.PID)}, tt.args...)...)
+		ms := p.waitMetric(t, "gunicorn_master_workers", nil, 1)
+		if s := ms.series("gunicorn_master_timeout_seconds", nil); len(s) != tt.want {
+			t.Errorf("with %v: %d gunicorn_master_timeout_seconds series, want %d", tt.args, len(s), tt.want)
+		}
+		if tt.want == 1 && ms.sum("gunicorn_master_timeout_seconds", nil) != 40 {
+			t.Errorf("with %v: gunicorn_master_timeout_seconds = %v, want 40", tt.args, ms.sum("gunicorn_master_timeout_seconds", nil))
+		}
+		p.Stop(t)
+	}
 }
