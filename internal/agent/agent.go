@@ -48,6 +48,9 @@ type Config struct {
 	// RescanInterval is how often the pid file is re-read, the host scanned for masters
 	// (--discover) and masters whose exit was not seen are dropped.
 	RescanInterval time.Duration
+	// WorkerTimeout is the masters' worker timeout where their command line does not say it
+	// (--worker-timeout; 0: not known then).
+	WorkerTimeout time.Duration
 	// ProcRoot is where /proc is mounted: "/proc", or a fixture in tests.
 	ProcRoot string
 	// Aggregate configures the aggregator the agent feeds.
@@ -86,6 +89,7 @@ type Agent struct {
 	portsKnown bool            // portsOf is set
 	orphans    map[uint32]bool // workers whose master exited, seen by discover (logged once)
 	tls        tlsPolicy       // which masters serve TLS (tls.go)
+	heartbeats *heartbeats     // where the workers' heartbeats are read (heartbeat.go)
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32
@@ -101,6 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		cfg: cfg, log: log, proc: proc.FS{Root: cfg.ProcRoot}, agg: aggregate.New(cfg.Aggregate),
 		masterGone: make(chan uint32, 16),
 	}
+	a.heartbeats = newHeartbeats(a.proc)
 	pid := cfg.PID
 	if cfg.PIDFile != "" {
 		var err error
@@ -136,6 +141,7 @@ func (a *Agent) Masters() []int {
 func (a *Agent) Attach(k Kernel) error {
 	a.k = k
 	a.agg.SetOccupancy(k.Occupancy)
+	a.agg.SetHeartbeat(a.heartbeats.read)
 	for _, info := range a.first {
 		if err := a.attach(info); err != nil {
 			return err

@@ -24,6 +24,11 @@ func Settings(c *Config) []setting.Setting {
 			Help: "attach even if the process does not look like a Gunicorn master"},
 	}
 	rows = append(rows, aggregate.Settings(&c.Aggregate)...)
+	rows = append(rows, setting.Setting{Name: "worker-timeout", Group: setting.Metrics, Value: setting.Duration(&c.WorkerTimeout),
+		Help: "the masters' worker timeout (Gunicorn's --timeout) where their command line does not say it (a config file); exported as gunicorn_master_timeout_seconds",
+		Check: func(name string) error {
+			return setting.Require(c.WorkerTimeout >= 0, "invalid %s: must not be negative", name)
+		}})
 	return append(rows, setting.Setting{Name: "sample-interval", Group: setting.Metrics, Value: setting.Duration(&c.SampleInterval),
 		Help: "how often worker memory and CPU are sampled",
 		Check: func(name string) error {

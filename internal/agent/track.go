@@ -19,6 +19,7 @@ func (a *Agent) attach(info proc.Info) error {
 		return err
 	}
 	a.agg.AddMaster(m, info.Started, proc.App(info.Cmdline))
+	a.noteSettings(m)
 	// Listed after the master is tracked, so a worker forked meanwhile is seen either way.
 	kids, err := a.proc.Children(m)
 	if err != nil {
@@ -113,6 +114,7 @@ func (a *Agent) read() {
 			a.unwatchTLS(ev.TGID)
 			a.decideTLS(ev.TGID)
 			a.noteContainer(ev.TGID)
+			a.noteSettings(ev.TGID)
 			a.log.Info("new master after an upgrade (USR2)", "master_pid", ev.TGID, "old_master_pid", ev.Other)
 		case ev.Kind == events.KindSignal && ev.ProcKind == events.ProcWorker:
 			a.log.Debug("worker signalled", "master_pid", ev.Master, "worker_pid", ev.TGID, "sender_pid", ev.Other,
@@ -158,7 +160,8 @@ func (a *Agent) dropGoneMasters() {
 
 func (a *Agent) sample(s *proc.Sampler) {
 	live := make(map[uint32]bool)
-	for _, pid := range a.agg.LiveWorkers() {
+	workers := a.agg.LiveWorkers()
+	for _, pid := range workers {
 		info, err := a.proc.Read(pid)
 		if err != nil {
 			continue
@@ -171,6 +174,10 @@ func (a *Agent) sample(s *proc.Sampler) {
 		a.agg.SetUsage(pid, u.RSS, u.CPUPercent)
 	}
 	s.Forget(live)
+	for _, pid := range workers {
+		live[pid] = true // sampled or not, its heartbeat's fd stays known
+	}
+	a.heartbeats.forget(live)
 }
 
 // discover attaches every Gunicorn master not observed yet. Masters that exit are dropped

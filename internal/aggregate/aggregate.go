@@ -60,6 +60,8 @@ type Aggregator struct {
 	events [len(events.KindNames)]uint64
 	// occupancy reads a worker's in flight and busy time from the kernel (SetOccupancy).
 	occupancy func(pid uint32) (events.Occupancy, bool)
+	// heartbeat reads a live worker's last heartbeat (SetHeartbeat).
+	heartbeat func(pid uint32) (time.Time, bool)
 	// exits numbers the worker exits handled; a snapshot's ExitMark is its value then, so an
 	// exposition made from it showed exactly the exited workers whose exitSeq is at most that.
 	exits uint64

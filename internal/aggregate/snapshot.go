@@ -35,6 +35,12 @@ type MasterSnapshot struct {
 	Routes      []RouteHistogram
 	Ignored     map[string]uint64 // requests not counted, by --ignore-route template
 	Workers     []WorkerSnapshot
+
+	// BusyWorkers are the live workers serving as many requests as they can at once.
+	BusyWorkers int
+	// Timeout is the master's worker timeout in seconds, when TimeoutKnown.
+	Timeout      float64
+	TimeoutKnown bool
 }
 
 // HTTPCount is gunicorn_http_requests_total for one label set.
@@ -79,6 +85,11 @@ type WorkerSnapshot struct {
 	BusySeconds  float64
 	RSS          uint64
 	CPUPercent   float64
+
+	// HeartbeatAge is the seconds since the worker last touched its heartbeat file, when
+	// HeartbeatKnown (a live worker whose file was read).
+	HeartbeatAge   float64
+	HeartbeatKnown bool
 }
 
 // Snapshot copies the current state. monoNow is the current CLOCK_MONOTONIC time in
@@ -124,6 +135,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 			busy += monoNow - w.busySince
 		}
 		ws.BusySeconds = float64(busy) / 1e9
+		a.heartbeatAge(&ws, now)
 		for k, n := range w.failed {
 			ws.Failed = append(ws.Failed, LabeledCount{Method: k.method, Endpoint: k.endpoint, Count: n})
 		}
@@ -146,6 +158,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 				ms.LiveWorkers++
 			}
 		}
+		saturation(&ms, m)
 		for k, n := range m.http {
 			ms.HTTP = append(ms.HTTP, HTTPCount{Method: k.method, Endpoint: k.endpoint, Status: k.status, Count: n})
 		}

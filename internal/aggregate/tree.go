@@ -78,6 +78,7 @@ type master struct {
 	containerID  string    // its container runtime's ID, from its cgroup
 	podUID       string    // its Kubernetes pod, from its cgroup
 	queue        Histogram // gunicorn_request_queue_seconds
+	settings     MasterSettings
 }
 
 // AddMaster starts observing a master. app is its WSGI/ASGI application argument, if known.
@@ -248,7 +249,8 @@ func (a *Aggregator) exec(ev *events.Event) {
 		m.exitCredits++
 	}
 	delete(a.workers, ev.TGID)
-	a.addMasterLocked(ev.TGID, a.cfg.MonoToWall(ev.TS), m.app)
+	// Re-executed with the old master's arguments: its settings until the agent reads them.
+	a.addMasterLocked(ev.TGID, a.cfg.MonoToWall(ev.TS), m.app).settings = m.settings
 }
 
 func (a *Aggregator) exit(ev *events.Event) {

@@ -63,6 +63,7 @@ type Collector struct {
 	httpRequests, httpDuration, httpCPU, reqSize, respSize, inFlight, busy, masterWorkers,
 	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
 	progSeconds, attached, ignored, queue *prometheus.Desc
+	saturation saturation
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -104,6 +105,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.ignored = d("gpe_ebpf_ignored_requests_total", "Requests matching an --ignore-route template, counted nowhere else.", l("route"), nil)
 	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+) or syscall; always 1.", []string{"mode"}, nil)
 	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
+	c.saturation = newSaturation(base, l)
 	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	return c
 }
@@ -117,6 +119,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored, c.queue} {
 		ch <- d
 	}
+	c.saturation.describe(ch)
 }
 
 // Collect takes one snapshot and sends its series.
@@ -193,6 +196,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 	if c.cfg.ExpectedWorkers > 0 {
 		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))
 	}
+	c.saturation.collect(m, gauge)
 	for sig, n := range m.Signals {
 		counter(c.masterSignals, float64(n), sig)
 	}

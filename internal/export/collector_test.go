@@ -84,6 +84,24 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	ev(events.Event{Kind: events.KindFork, TGID: 105, Other: m})
 	a.SetUsage(104, 29<<20, 1)
 	a.SetUsage(105, 28<<20, 0)
+	// Sync workers, with Gunicorn's default timeout: 104 serves a request, 105 is idle, and
+	// 104 touched its heartbeat 12 s ago, 105 1.5 s ago.
+	a.SetMasterSettings(m, aggregate.MasterSettings{Capacity: 1, Timeout: 30 * time.Second, TimeoutKnown: true})
+	a.SetOccupancy(func(pid uint32) (events.Occupancy, bool) {
+		if pid == 104 {
+			return events.Occupancy{InFlight: 1, BusyNS: uint64(time.Second), BusySince: uint64(19 * time.Second)}, true
+		}
+		return events.Occupancy{}, pid == 105
+	})
+	a.SetHeartbeat(func(pid uint32) (time.Time, bool) {
+		switch pid {
+		case 104:
+			return now.Add(-12 * time.Second), true
+		case 105:
+			return now.Add(-1500 * time.Millisecond), true
+		}
+		return time.Time{}, false
+	})
 	return a
 }
 
@@ -167,6 +185,8 @@ func TestContractMetrics(t *testing.T) {
 		"gunicorn_worker_busy_seconds_total": "counter", "gunicorn_master_workers": "gauge",
 		"gunicorn_master_workers_expected": "gauge", "gunicorn_worker_exits_total": "counter",
 		"gpe_ebpf_events_total": "counter", "gpe_ebpf_events_lost_total": "counter", "gpe_ebpf_build_info": "gauge",
+		"gunicorn_master_workers_busy": "gauge", "gunicorn_worker_heartbeat_age_seconds": "gauge",
+		"gunicorn_master_timeout_seconds": "gauge",
 	}
 	for name, typ := range want {
 		if !strings.Contains(out, "# TYPE "+name+" "+typ+"\n") {

@@ -336,6 +336,7 @@ func TestWorkerTimeout(t *testing.T) {
 	requireE2E(t)
 	g := startGunicorn(t, gunicornOpts{Args: []string{"--timeout", "2", "--graceful-timeout", "1"}})
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	p.waitMetric(t, "gunicorn_master_timeout_seconds", nil, 2) // what the heartbeat alert compares with
 	c := g.conn(t)
 	defer c.Close()
 	fmt.Fprintf(c, "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
