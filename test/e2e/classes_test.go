@@ -171,7 +171,10 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 	within := func(got float64, lo, hi int) bool { return got >= float64(lo) && got <= float64(hi) }
 	ms := p.settle(t, "gunicorn_worker_requests_total", nil, float64(len(all)+gap))
 	got := ms.sum("gunicorn_worker_requests_total", nil)
-	if short := float64(len(all)+gap) - got; short > 0 && short <= float64(wc.uncounted) {
+	// slack: the known defect (wc.uncounted), which may take any request, answered or not, from
+	// any endpoint: every check allows that many fewer, never more.
+	slack := wc.uncounted
+	if short := float64(len(all)+gap) - got; short > 0 && short <= float64(slack) {
 		t.Logf("KNOWN DEFECT (README, TLS in syscall mode): %v of %d answered requests not counted", short, len(all)+gap)
 	} else if got != float64(len(all)+gap) {
 		t.Errorf("requests_total = %v, the workers answered %d (the client saw %d)", got, len(all)+gap, len(all))
@@ -207,13 +210,13 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 		for st, n := range statuses {
 			answered += n
 			labels := map[string]string{"endpoint": ep, "status": strconv.Itoa(st)}
-			if got := ms.sum("gunicorn_http_requests_total", labels); !within(got, n-wc.uncounted, n+gap) {
+			if got := ms.sum("gunicorn_http_requests_total", labels); !within(got, n-slack, n+gap) {
 				t.Errorf("http_requests_total%v = %v, client saw %d (+%d unread)", labels, got, n, gap)
 			}
 			if st >= 500 {
 				failedWant += float64(n)
 				el := map[string]string{"endpoint": ep, "error_type": fmt.Sprintf("http_%d", st)}
-				if got := ms.sum("gunicorn_worker_error_handling_total", el); !within(got, n, n+gap) {
+				if got := ms.sum("gunicorn_worker_error_handling_total", el); !within(got, n-slack, n+gap) {
 					t.Errorf("error_handling_total%v = %v, want %d (+%d unread)", el, got, n, gap)
 				}
 			}
@@ -223,7 +226,7 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 			// WSGI app raises): each is a failure with error_type no_response.
 			failedWant += float64(missing)
 			el := map[string]string{"endpoint": ep, "error_type": "no_response"}
-			if got := ms.sum("gunicorn_worker_error_handling_total", el); !within(got, missing-gap, missing) {
+			if got := ms.sum("gunicorn_worker_error_handling_total", el); !within(got, missing-gap-slack, missing) {
 				t.Errorf("error_handling_total%v = %v, want %d (requests without a response; -%d unread)", el, got, missing, gap)
 			}
 		}
@@ -235,11 +238,11 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 			}
 		}
 		want += float64(sent[ep] - answered)
-		if got := ms.sum("gunicorn_worker_failed_requests_total", fl); !within(got, int(want)-gap, int(want)) {
+		if got := ms.sum("gunicorn_worker_failed_requests_total", fl); !within(got, int(want)-gap-slack, int(want)) {
 			t.Errorf("failed_requests_total{endpoint=%q} = %v, want %v (-%d unread)", ep, got, want, gap)
 		}
 	}
-	if got := ms.sum("gunicorn_worker_failed_requests_total", nil); !within(got, int(failedWant)-gap, int(failedWant)) {
+	if got := ms.sum("gunicorn_worker_failed_requests_total", nil); !within(got, int(failedWant)-gap-slack, int(failedWant)) {
 		t.Errorf("failed_requests_total = %v, want %v (-%d unread)", got, failedWant, gap)
 	}
 	if got := ms.sum("gpe_ebpf_events_lost_total", nil); got != 0 {
@@ -256,7 +259,7 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 		ourSum += m.GetHistogram().GetSampleSum()
 		ourCount += m.GetHistogram().GetSampleCount()
 	}
-	if n := byStatus["/sleep/{id}"][200]; !within(float64(ourCount), n-wc.uncounted, n+gap) {
+	if n := byStatus["/sleep/{id}"][200]; !within(float64(ourCount), n-slack, n+gap) {
 		t.Errorf("/sleep/30 histogram count %d, want %d (+%d unread)", ourCount, n, gap)
 	}
 	if n := ms.bucket("gunicorn_http_request_duration_seconds", sleep, 0.025); n != 0 {
