@@ -60,7 +60,9 @@ enum gpe_end_reason {
 enum gpe_drop_reason {
 	GPE_DROP_TABLE_FULL = 0, /* a request on a connection the full table had no room for: it
 				  * is counted here, not in the request metrics */
-	GPE_DROP_REASONS = 1,
+	GPE_DROP_TLS_UNTIED = 1, /* TLS plaintext read or written on an SSL* tied to no socket
+				  * (tls_return): one a call, its bytes go nowhere */
+	GPE_DROP_REASONS = 2,
 };
 
 struct gpe_hdr {

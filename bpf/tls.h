@@ -201,8 +201,10 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 			tie = 1;
 		}
 	}
-	if (!v.sk)
+	if (!v.sk) {
+		count_drop(GPE_DROP_TLS_UNTIED);
 		return 0;
+	}
 	if (tie) {
 		bpf_map_update_elem(&tls_ssl, &k, &v, BPF_ANY);
 		tls_mark_sock(v.sk, (v.flags & TLS_BY_READ) ? tgid | TLS_SOCK_BY_READ : tgid);

@@ -18,7 +18,7 @@ type DropCollector struct {
 // count for every reason the kernel has, zeros included.
 func NewDropCollector(dropped func() (map[string]uint64, error)) *DropCollector {
 	return &DropCollector{dropped: dropped, desc: prometheus.NewDesc("gpe_ebpf_connections_dropped_total",
-		"Requests the kernel side could not track, by reason: table_full, a request on a connection the full connection table (--max-connections) had no room for. They are not in the request metrics.",
+		"Requests the kernel side could not track, by reason: table_full, a request on a connection the full connection table (--max-connections) had no room for; tls_untied, a TLS read or write whose plaintext the uprobes saw on an SSL tied to no socket (one a call). They are not in the request metrics.",
 		[]string{"reason"}, nil)}
 }
 

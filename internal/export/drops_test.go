@@ -10,11 +10,12 @@ import (
 
 func TestDropCollector(t *testing.T) {
 	c := NewDropCollector(func() (map[string]uint64, error) {
-		return map[string]uint64{"table_full": 7}, nil
+		return map[string]uint64{"table_full": 7, "tls_untied": 2}, nil
 	})
-	want := `# HELP gpe_ebpf_connections_dropped_total Requests the kernel side could not track, by reason: table_full, a request on a connection the full connection table (--max-connections) had no room for. They are not in the request metrics.
+	want := `# HELP gpe_ebpf_connections_dropped_total Requests the kernel side could not track, by reason: table_full, a request on a connection the full connection table (--max-connections) had no room for; tls_untied, a TLS read or write whose plaintext the uprobes saw on an SSL tied to no socket (one a call). They are not in the request metrics.
 # TYPE gpe_ebpf_connections_dropped_total counter
 gpe_ebpf_connections_dropped_total{reason="table_full"} 7
+gpe_ebpf_connections_dropped_total{reason="tls_untied"} 2
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Fatal(err)

@@ -63,7 +63,8 @@ type gpeGpeDropReason uint32
 
 const (
 	gpeGpeDropReasonGPE_DROP_TABLE_FULL gpeGpeDropReason = 0
-	gpeGpeDropReasonGPE_DROP_REASONS    gpeGpeDropReason = 1
+	gpeGpeDropReasonGPE_DROP_TLS_UNTIED gpeGpeDropReason = 1
+	gpeGpeDropReasonGPE_DROP_REASONS    gpeGpeDropReason = 2
 )
 
 type gpeGpeEndReason uint32

@@ -328,7 +328,7 @@ func sumPerCPU(m *ebpf.Map, key uint32) (uint64, error) {
 
 // DropReasons names the kernel's drop counters (enum gpe_drop_reason), for
 // gpe_ebpf_connections_dropped_total{reason}.
-var DropReasons = [...]string{gpeGpeDropReasonGPE_DROP_TABLE_FULL: "table_full"}
+var DropReasons = [...]string{gpeGpeDropReasonGPE_DROP_TABLE_FULL: "table_full", gpeGpeDropReasonGPE_DROP_TLS_UNTIED: "tls_untied"}
 
 // Dropped is what the kernel side dropped, by reason (DropReasons), summed over CPUs.
 func (p *Probes) Dropped() (map[string]uint64, error) {

@@ -175,11 +175,12 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 	// any endpoint: every check allows that many fewer, never more.
 	slack := wc.uncounted
 	if short := float64(len(all)+gap) - got; short > 0 && short <= float64(slack) {
-		t.Logf("KNOWN DEFECT (README, TLS in syscall mode): %v of %d answered requests not counted", short, len(all)+gap)
+		t.Logf("KNOWN DEFECT (README, TLS in syscall mode): %v of %d answered requests not counted (TLS calls on an untied SSL: %v)",
+			short, len(all)+gap, ms.sum("gpe_ebpf_connections_dropped_total", map[string]string{"reason": "tls_untied"}))
 	} else if got != float64(len(all)+gap) {
 		t.Errorf("requests_total = %v, the workers answered %d (the client saw %d)", got, len(all)+gap, len(all))
 		// What gpe-ebpf saw instead, to tell a lost record from a misread one.
-		for _, name := range []string{"gunicorn_worker_error_handling_total", "gunicorn_http_requests_total", "gpe_ebpf_events_total", "gpe_ebpf_events_lost_total"} {
+		for _, name := range []string{"gunicorn_worker_error_handling_total", "gunicorn_http_requests_total", "gpe_ebpf_events_total", "gpe_ebpf_events_lost_total", "gpe_ebpf_connections_dropped_total"} {
 			for _, m := range ms.series(name, nil) {
 				t.Logf("%s%v = %v", name, m.GetLabel(), value(m))
 			}
