@@ -24,7 +24,7 @@ type versionClass struct {
 	name, class, app string
 	args             []string
 	tls              bool // also proven serving TLS itself (--certfile/--keyfile)
-	asyncio          bool // TLS through asyncio's memory BIOs
+	uvloop           bool // on uvloop (libuv), which Debian's python3-uvicorn pulls in: both take it when it is there
 }
 
 // gunicornVersion is a Gunicorn version and the root it comes from.
@@ -36,14 +36,15 @@ type gunicornVersion struct {
 
 var (
 	gthreadClass = versionClass{name: "gthread", class: "gthread", args: []string{"--threads", "4"}, tls: true}
-	// uvicorn's worker serves TLS through asyncio's memory BIOs.
-	uvicornClass = versionClass{name: "uvicorn", class: "uvicorn.workers.UvicornWorker", app: "asgi:app", tls: true, asyncio: true}
-	// Gunicorn 24+'s own ASGI worker, TLS through asyncio too.
-	asgiClass = versionClass{name: "asgi", class: "asgi", app: "asgi:app", tls: true, asyncio: true}
+	// uvicorn's worker serves TLS over memory BIOs (no SSL_set_fd), with uvloop's SSL protocol
+	// when uvloop is there, asyncio's otherwise.
+	uvicornClass = versionClass{name: "uvicorn", class: "uvicorn.workers.UvicornWorker", app: "asgi:app", tls: true, uvloop: true}
+	// Gunicorn 24+'s own ASGI worker, the same way.
+	asgiClass = versionClass{name: "asgi", class: "asgi", app: "asgi:app", tls: true, uvloop: true}
 	// The same on Python's own asyncio loop instead of uvloop (which Debian's python3-uvicorn
 	// pulls in, and both take when it is there).
-	uvicornH11Class  = versionClass{name: "uvicorn-h11", class: "uvicorn.workers.UvicornH11Worker", app: "asgi:app", tls: true, asyncio: true}
-	asgiAsyncioClass = versionClass{name: "asgi-asyncio", class: "asgi", app: "asgi:app", args: []string{"--asgi-loop", "asyncio"}, tls: true, asyncio: true}
+	uvicornH11Class  = versionClass{name: "uvicorn-h11", class: "uvicorn.workers.UvicornH11Worker", app: "asgi:app", tls: true}
+	asgiAsyncioClass = versionClass{name: "asgi-asyncio", class: "asgi", app: "asgi:app", args: []string{"--asgi-loop", "asyncio"}, tls: true}
 )
 
 var gunicornVersions = []gunicornVersion{
@@ -61,7 +62,7 @@ var gunicornVersions = []gunicornVersion{
 }
 
 // TestGunicornVersions: per Gunicorn version, every worker class it ships plus uvicorn's, plain
-// and (sync, gthread, the asyncio ones) TLS: fresh connections and keep-alive ones, 200, 404
+// and (sync, gthread, the ASGI ones) TLS: fresh connections and keep-alive ones, 200, 404
 // and 503 answers. What gpe-ebpf counts equals what the client got, by endpoint and status;
 // the 503s are the only failures (no no_response), and nothing stays in flight. On 26, HTTP/2
 // (TestGunicornVersions/26/h2-*) books no false failure and leaves nothing in flight.
@@ -75,20 +76,12 @@ func TestGunicornVersions(t *testing.T) {
 			}
 			for _, c := range v.classes {
 				t.Run(c.name, func(t *testing.T) { testVersionClass(t, root, c, false, versionConcurrency) })
-				if c.asyncio {
-					// One client at a time: the case TestTLSAsyncio proves on 20.1.
+				if c.uvloop {
+					// One client at a time: exact, where 4 at a time are not (finding).
 					t.Run(c.name+"-tls-sequential", func(t *testing.T) { testVersionClass(t, root, c, true, 1) })
 				}
 				if c.tls {
-					t.Run(c.name+"-tls", func(t *testing.T) {
-						testVersionClass(t, root, c, true, versionConcurrency)
-						if c.asyncio && t.Failed() {
-							t.Fatalf("FINDING (issue 23, reported to the lead): TLS through asyncio on Gunicorn %s (%s) loses requests "+
-								"with %d clients at a time, while one at a time (%s-tls-sequential) and Gunicorn 20.1 under the same load are exact: "+
-								"the kernel side ties an SSL* to the socket its thread read last, which concurrent handshakes break here",
-								v.major, c.name, versionConcurrency, c.name)
-						}
-					})
+					t.Run(c.name+"-tls", func(t *testing.T) { testVersionClass(t, root, c, true, versionConcurrency) })
 				}
 			}
 			if v.major == "26" {
@@ -144,6 +137,7 @@ var versionPlan = []versionLoad{
 // root, plain or TLS, and checks what gpe-ebpf counted against what the clients got.
 func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, clients int) {
 	g, p, base, tc := startVersion(t, root, c, nil, withTLS)
+	defer finding(t, c, withTLS, clients)
 	fresh := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}}
 	kept := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 4}}
 	total, failures := 0, 0
@@ -218,6 +212,7 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 		args = append(args, "--http2-cleartext", "prior-knowledge")
 	}
 	g, p, base, tc := startVersion(t, root, c, args, withTLS)
+	defer finding(t, c, false, 1)
 	const n, h1 = 20, 10
 	curl := []string{"curl", "--silent", "--show-error", "--insecure", "--write-out", "%{http_code} %{http_version}\n"}
 	if withTLS {
@@ -275,6 +270,24 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 		for _, m := range ms.series("gunicorn_worker_error_handling_total", nil) {
 			t.Logf("gunicorn_worker_error_handling_total%v = %v", m.GetLabel(), value(m))
 		}
+	}
+}
+
+// finding ends a failed subtest with the finding of issue 23 it shows, reported to the lead
+// and left for the kernel side to fix: the failing checks above say what was counted.
+func finding(t *testing.T, c versionClass, withTLS bool, clients int) {
+	if !t.Failed() {
+		return
+	}
+	switch {
+	case c.uvloop && os.Getenv("GPE_HOOKS") == "syscall":
+		t.Fatalf("FINDING (issue 23): the %s worker runs on uvloop, whose libuv reads and writes sockets with read(2), write(2) "+
+			"and writev(2); syscall mode hooks only recvfrom, recvmsg, sendto, sendmsg and sendfile64, so it sees none of "+
+			"its requests (socket mode does: the same subtest passes there)", c.name)
+	case withTLS && c.uvloop && clients > 1:
+		t.Fatalf("FINDING (issue 23): TLS through uvloop's SSL protocol loses requests with %d clients at a time, while one "+
+			"at a time (%s-tls-sequential), and Python's asyncio loop at %d (uvicorn-h11-tls, asgi-asyncio-tls), are exact: "+
+			"the kernel side ties an SSL* to the socket its thread read last, which uvloop's order of reads breaks", clients, c.name, clients)
 	}
 }
 
