@@ -107,6 +107,10 @@ type gunicornOpts struct {
 	Args        []string
 	Bind        string   // default 127.0.0.1:<free port>
 	Env         []string // KEY=value appended to the test process environment for Gunicorn
+	// Root is a root filesystem built by test/roots/build.sh: when set, Gunicorn is that root's,
+	// run by test/roots/run.sh (its own mount namespace, the host's network), with the test app
+	// copied into the root's /tmp. Its PID is still the host's PID of the master.
+	Root string
 }
 
 // startGunicorn starts Gunicorn with an access log that records method, path, status and
@@ -122,7 +126,16 @@ func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
 	if o.App == "" {
 		o.App = "app:app"
 	}
-	dir := t.TempDir()
+	// dir is where the test finds Gunicorn's files, inner where Gunicorn does: the same on the
+	// host, the root's /tmp/<dir> seen from the host and from inside for a root.
+	dir, inner, app := t.TempDir(), "", appDir()
+	if o.Root != "" {
+		dir, inner = rootTempDir(t, o.Root)
+		copyApp(t, dir)
+		app = inner
+	} else {
+		inner = dir
+	}
 	g := &gunicorn{Log: new(bytes.Buffer), dir: dir, AccessLog: filepath.Join(dir, "access.log")}
 	bind := o.Bind
 	if bind == "" {
@@ -131,12 +144,17 @@ func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
 	}
 	g.Addr = strings.TrimPrefix(bind, "unix:")
 	args := []string{"-w", strconv.Itoa(o.Workers), "-k", o.WorkerClass, "-b", bind,
-		"--pid", filepath.Join(dir, "gunicorn.pid"),
-		"--access-logfile", g.AccessLog, "--access-logformat", "%(m)s %(U)s %(s)s %(D)s",
-		"--chdir", appDir()}
+		"--pid", filepath.Join(inner, "gunicorn.pid"),
+		"--access-logfile", filepath.Join(inner, "access.log"), "--access-logformat", "%(m)s %(U)s %(s)s %(D)s",
+		"--chdir", app}
 	args = append(args, o.Args...)
 	args = append(args, o.App)
-	g.cmd = exec.Command("gunicorn", args...)
+	if o.Root != "" {
+		// run.sh execs unshare, which execs chroot, which execs gunicorn: one PID all along.
+		g.cmd = exec.Command("bash", append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), o.Root, "gunicorn"}, args...)...)
+	} else {
+		g.cmd = exec.Command("gunicorn", args...)
+	}
 	if len(o.Env) > 0 {
 		g.cmd.Env = append(os.Environ(), o.Env...)
 	}
@@ -147,7 +165,12 @@ func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
 		t.Fatalf("start gunicorn: %v", err)
 	}
 	g.PID = g.cmd.Process.Pid
-	t.Cleanup(func() { g.Stop() })
+	t.Cleanup(func() {
+		g.Stop()
+		if t.Failed() && o.Root != "" {
+			t.Logf("gunicorn's output:\n%s", g.Log.String())
+		}
+	})
 	waitFor(t, 20*time.Second, "gunicorn to answer", func() bool {
 		return len(g.Workers()) == o.Workers && g.answers()
 	})

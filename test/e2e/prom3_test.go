@@ -26,25 +26,43 @@ import (
 // built fails the test.
 func sidRoot(t *testing.T) string {
 	t.Helper()
+	return buildRoot(t, "sid", "prometheus", "victoria-metrics")
+}
+
+// buildRoot returns the root test/roots/NAME.root declares, building it on first use (under
+// CI=true a root that cannot be built fails the test), and logs the versions of show in it.
+func buildRoot(t *testing.T, name string, show ...string) string {
+	t.Helper()
 	var stderr bytes.Buffer
-	cmd := exec.Command("bash", filepath.Join(repoDir(), "test/roots/build.sh"), "sid")
+	cmd := exec.Command("bash", filepath.Join(repoDir(), "test/roots/build.sh"), name)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	need(t, "the sid root (test/roots/build.sh sid)", func() error {
+	need(t, fmt.Sprintf("the %s root (test/roots/build.sh %s)", name, name), func() error {
 		if err != nil {
 			return fmt.Errorf("%v\n%s", err, stderr.String())
 		}
 		return nil
 	}())
 	root := strings.TrimSpace(string(out))
-	if v, err := os.ReadFile(root + ".versions"); err == nil {
-		for _, line := range strings.Split(string(v), "\n") {
-			if strings.HasPrefix(line, "prometheus ") || strings.HasPrefix(line, "victoria-metrics ") {
-				t.Logf("sid root: %s", line)
-			}
-		}
+	for _, pkg := range show {
+		t.Logf("%s root: %s %s", name, pkg, rootVersion(t, root, pkg))
 	}
 	return root
+}
+
+// rootVersion is the version dpkg found of pkg in root (build.sh's ROOT.versions), "" if none.
+func rootVersion(t *testing.T, root, pkg string) string {
+	t.Helper()
+	v, err := os.ReadFile(root + ".versions")
+	if err != nil {
+		t.Fatalf("versions of %s: %v", root, err)
+	}
+	for _, line := range strings.Split(string(v), "\n") {
+		if name, version, ok := strings.Cut(line, " "); ok && name == pkg {
+			return version
+		}
+	}
+	return ""
 }
 
 func repoDir() string {
@@ -177,17 +195,14 @@ scrape_configs:
 // root, whose path inside the root args is given.
 func startInRoot(t *testing.T, root string, files map[string]string, args func(dir string) []string) {
 	t.Helper()
-	host, err := os.MkdirTemp(filepath.Join(root, "tmp"), "gpe-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	host, dir := rootTempDir(t, root)
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(host, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := args("/tmp/" + filepath.Base(host))
+	a := args(dir)
 	cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, a...)...)
 	logs := new(safeBuffer)
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -200,8 +215,20 @@ func startInRoot(t *testing.T, root string, files map[string]string, args func(d
 		if t.Failed() {
 			t.Logf("%s output:\n%s", a[0], logs.String())
 		}
-		os.RemoveAll(host)
 	})
+}
+
+// rootTempDir makes a fresh directory in root's /tmp, removed when the test ends (after the
+// cleanups registered later, which stop what uses it), and returns its path on the host and
+// inside the root.
+func rootTempDir(t *testing.T, root string) (host, inside string) {
+	t.Helper()
+	host, err := os.MkdirTemp(filepath.Join(root, "tmp"), "gpe-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(host) })
+	return host, "/tmp/" + filepath.Base(host)
 }
 
 func must(res []sample, err error) []sample {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -37,6 +38,11 @@ type tlsGunicorn struct {
 func startTLSGunicorn(t *testing.T, o gunicornOpts) *tlsGunicorn {
 	t.Helper()
 	cert, key, pool := selfSigned(t)
+	if o.Root != "" { // Gunicorn opens them inside the root
+		host, inside := rootTempDir(t, o.Root)
+		copyFiles(t, host, cert, key)
+		cert, key = filepath.Join(inside, filepath.Base(cert)), filepath.Join(inside, filepath.Base(key))
+	}
 	o.Args = append(append([]string{}, o.Args...), "--certfile", cert, "--keyfile", key)
 	g := startGunicorn(t, o)
 	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{

@@ -1,0 +1,316 @@
+package e2e
+
+// Issue 23: the Gunicorn people install today, not only Debian 12's 20.1. Debian 13's Gunicorn 23
+// (Python 3.13, OpenSSL 3.5) and sid's 26 (Python 3.14, OpenSSL 3.6) run from the roots that
+// test/roots/build.sh builds (trixie.root, sid.root), in their own mount namespace with the
+// host's network, as a container would; gpe-ebpf runs on the host with --pid of the master.
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// versionClass is a worker class of one Gunicorn version.
+type versionClass struct {
+	name, class, app string
+	args             []string
+	tls              bool // also proven serving TLS itself (--certfile/--keyfile)
+	uvloop           bool // on uvloop (libuv), which Debian's python3-uvicorn pulls in: both take it when it is there
+}
+
+// gunicornVersion is a Gunicorn version and the root it comes from.
+type gunicornVersion struct {
+	major   string // the subtests' name
+	root    string // test/roots/<root>.root
+	classes []versionClass
+}
+
+var (
+	gthreadClass = versionClass{name: "gthread", class: "gthread", args: []string{"--threads", "4"}, tls: true}
+	// uvicorn's worker serves TLS over memory BIOs (no SSL_set_fd), with uvloop's SSL protocol
+	// when uvloop is there, asyncio's otherwise.
+	uvicornClass = versionClass{name: "uvicorn", class: "uvicorn.workers.UvicornWorker", app: "asgi:app", tls: true, uvloop: true}
+	// Gunicorn 24+'s own ASGI worker, the same way.
+	asgiClass = versionClass{name: "asgi", class: "asgi", app: "asgi:app", tls: true, uvloop: true}
+	// The same on Python's own asyncio loop instead of uvloop (which Debian's python3-uvicorn
+	// pulls in, and both take when it is there).
+	uvicornH11Class  = versionClass{name: "uvicorn-h11", class: "uvicorn.workers.UvicornH11Worker", app: "asgi:app", tls: true}
+	asgiAsyncioClass = versionClass{name: "asgi-asyncio", class: "asgi", app: "asgi:app", args: []string{"--asgi-loop", "asyncio"}, tls: true}
+)
+
+var gunicornVersions = []gunicornVersion{
+	{major: "23", root: "trixie", classes: []versionClass{
+		{name: "sync", class: "sync", tls: true}, gthreadClass,
+		{name: "gevent", class: "gevent"}, {name: "eventlet", class: "eventlet"}, {name: "tornado", class: "tornado"},
+		uvicornClass, uvicornH11Class,
+	}},
+	// Gunicorn 26 has no eventlet worker any more.
+	{major: "26", root: "sid", classes: []versionClass{
+		{name: "sync", class: "sync", tls: true}, gthreadClass,
+		{name: "gevent", class: "gevent"}, {name: "tornado", class: "tornado"},
+		asgiClass, asgiAsyncioClass, uvicornClass, uvicornH11Class,
+	}},
+}
+
+// TestGunicornVersions: per Gunicorn version, every worker class it ships plus uvicorn's, plain
+// and (sync, gthread, the ASGI ones) TLS: fresh connections and keep-alive ones, 200, 404
+// and 503 answers. What gpe-ebpf counts equals what the client got, by endpoint and status;
+// the 503s are the only failures (no no_response), and nothing stays in flight. On 26, HTTP/2
+// (TestGunicornVersions/26/h2-*) books no false failure and leaves nothing in flight.
+func TestGunicornVersions(t *testing.T) {
+	requireE2E(t)
+	for _, v := range gunicornVersions {
+		t.Run(v.major, func(t *testing.T) {
+			root := buildRoot(t, v.root, "gunicorn", "python3", "libssl3t64", "python3-uvicorn")
+			if got := rootVersion(t, root, "gunicorn"); !strings.HasPrefix(got, v.major+".") {
+				t.Fatalf("the %s root has Gunicorn %q, not %s: the matrix would not prove what it says", v.root, got, v.major)
+			}
+			for _, c := range v.classes {
+				t.Run(c.name, func(t *testing.T) { testVersionClass(t, root, c, false, versionConcurrency) })
+				if c.uvloop {
+					// One client at a time: exact, where 4 at a time are not (finding).
+					t.Run(c.name+"-tls-sequential", func(t *testing.T) { testVersionClass(t, root, c, true, 1) })
+				}
+				if c.tls {
+					t.Run(c.name+"-tls", func(t *testing.T) { testVersionClass(t, root, c, true, versionConcurrency) })
+				}
+			}
+			if v.major == "26" {
+				for _, c := range []versionClass{gthreadClass, asgiClass} {
+					t.Run("h2-"+c.name+"-tls", func(t *testing.T) { testHTTP2(t, root, c, true) })
+					t.Run("h2c-"+c.name, func(t *testing.T) { testHTTP2(t, root, c, false) })
+				}
+			}
+		})
+	}
+}
+
+// startVersion starts Gunicorn with class c from root, plain or TLS, and gpe-ebpf on its
+// master, and returns them with the base URL and a TLS config that trusts the server.
+func startVersion(t *testing.T, root string, c versionClass, args []string, withTLS bool) (*gunicorn, *gpe, string, *tls.Config) {
+	t.Helper()
+	o := gunicornOpts{WorkerClass: c.class, App: c.app, Args: append(append([]string{}, c.args...), args...), Root: root}
+	var g *gunicorn
+	var base string
+	var tc *tls.Config
+	if withTLS {
+		tg := startTLSGunicorn(t, o)
+		g, base, tc = tg.gunicorn, tg.Base, tg.Client.Transport.(*http.Transport).TLSClientConfig
+	} else {
+		g = startGunicorn(t, o)
+		base = g.URL()
+	}
+	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
+	if withTLS {
+		p.waitTLSAttached(t, g.Workers())
+	}
+	return g, p, base, tc
+}
+
+// versionLoad is one batch of requests of the matrix.
+type versionLoad struct {
+	path, endpoint string
+	status, n      int
+	keepAlive      bool
+}
+
+// versionConcurrency is how many clients send the plan's requests at once.
+const versionConcurrency = 4
+
+var versionPlan = []versionLoad{
+	{path: "/ok", endpoint: "/ok", status: 200, n: 20},
+	{path: "/ok", endpoint: "/ok", status: 200, n: 20, keepAlive: true},
+	{path: "/missing", endpoint: "/missing", status: 404, n: 10, keepAlive: true},
+	{path: "/status/503", endpoint: "/status/{id}", status: 503, n: 10},
+}
+
+// testVersionClass sends versionPlan, clients clients at a time, to Gunicorn with class c from
+// root, plain or TLS, and checks what gpe-ebpf counted against what the clients got.
+func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, clients int) {
+	g, p, base, tc := startVersion(t, root, c, nil, withTLS)
+	defer finding(t, c, withTLS, clients)
+	fresh := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}}
+	kept := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 4}}
+	total, failures := 0, 0
+	for _, l := range versionPlan {
+		client := fresh
+		if l.keepAlive {
+			client = kept
+		}
+		var mu sync.Mutex
+		got := map[string]int{}
+		parallel(l.n, clients, func(int) {
+			st, _, err := fetch(client, base+l.path, "", "")
+			mu.Lock()
+			defer mu.Unlock()
+			got[fmt.Sprint(st, err)]++
+		})
+		if want := fmt.Sprint(l.status, nil); got[want] != l.n {
+			t.Fatalf("GET %s (keep-alive %v) ×%d: %v, want %d × %s", l.path, l.keepAlive, l.n, got, l.n, want)
+		}
+		total += l.n
+		if l.status >= 500 {
+			failures += l.n
+		}
+	}
+	// Closing the idle keep-alive connections ends them with no request in flight: no failure.
+	kept.CloseIdleConnections()
+	if g.Port != 0 {
+		g.idle(t)
+	}
+	p.settle(t, "gunicorn_worker_requests_total", nil, float64(total))
+	ms := p.quiet(t)
+	expect := func(name string, labels map[string]string, want int) {
+		t.Helper()
+		if got := ms.sum(name, labels); got != float64(want) {
+			t.Errorf("%s%v = %v, want %d", name, labels, got, want)
+		}
+	}
+	expect("gunicorn_worker_requests_total", nil, total)
+	expect("gunicorn_http_requests_total", nil, total)
+	want := map[[2]string]int{}
+	for _, l := range versionPlan {
+		want[[2]string{l.endpoint, strconv.Itoa(l.status)}] += l.n
+	}
+	for k, n := range want {
+		expect("gunicorn_http_requests_total", map[string]string{"method": "GET", "endpoint": k[0], "status": k[1]}, n)
+	}
+	expect("gunicorn_worker_request_duration_seconds", nil, total)
+	expect("gunicorn_worker_failed_requests_total", nil, failures)
+	expect("gunicorn_worker_failed_requests_total", map[string]string{"endpoint": "/status/{id}"}, failures)
+	expect("gunicorn_worker_error_handling_total", nil, failures)
+	expect("gunicorn_worker_error_handling_total", map[string]string{"error_type": "http_503"}, failures)
+	expect("gunicorn_worker_requests_in_flight", nil, 0)
+	expect("gpe_ebpf_events_lost_total", nil, 0)
+	if t.Failed() {
+		for _, name := range []string{"gunicorn_http_requests_total", "gunicorn_worker_error_handling_total", "gpe_ebpf_events_total"} {
+			for _, m := range ms.series(name, nil) {
+				t.Logf("%s%v = %v", name, m.GetLabel(), value(m))
+			}
+		}
+	}
+}
+
+// testHTTP2 serves HTTP/2 with Gunicorn 26 (--http-protocols h2,h1): over TLS with ALPN, or in
+// cleartext with prior knowledge, to the root's curl (one connection, its streams one after the
+// other). gpe-ebpf does not count HTTP/2 streams yet (README, "What is counted"): the test holds
+// it to booking no false failure and leaving nothing in flight, and logs what it counted. HTTP/1.1
+// requests to the same server are counted exactly, so the checks are made on a gpe-ebpf that sees
+// this Gunicorn's traffic.
+func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
+	args := []string{"--http-protocols", "h2,h1"}
+	if !withTLS {
+		args = append(args, "--http2-cleartext", "prior-knowledge")
+	}
+	g, p, base, tc := startVersion(t, root, c, args, withTLS)
+	defer finding(t, c, false, 1)
+	const n, h1 = 20, 10
+	curl := []string{"curl", "--silent", "--show-error", "--insecure", "--write-out", "%{http_code} %{http_version}\n"}
+	if withTLS {
+		curl = append(curl, "--http2")
+	} else {
+		curl = append(curl, "--http2-prior-knowledge")
+	}
+	for range n {
+		curl = append(curl, "--output", "/dev/null", base+"/ok")
+	}
+	out, err := exec.Command("bash", append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl over HTTP/2: %v\n%s", err, out)
+	}
+	if want := strings.Repeat("200 2\n", n); string(out) != want {
+		t.Fatalf("curl's statuses and HTTP versions:\n%s\nwant %d × \"200 2\": the server did not speak HTTP/2, the test would prove nothing", out, n)
+	}
+	if g.Port != 0 {
+		g.idle(t)
+	}
+	h2 := p.quiet(t)
+	// A prior-knowledge port answers a trusted peer's (loopback's) HTTP/1.1 with 400: it expects
+	// HTTP/2 from it. An answer all the same, with its status.
+	h1Status := 200
+	if !withTLS {
+		h1Status = 400
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}}
+	for range h1 {
+		if st, _, err := fetch(client, base+"/ok", "", ""); err != nil || st != h1Status {
+			t.Fatalf("HTTP/1.1 GET /ok: %d %v, want %d", st, err, h1Status)
+		}
+	}
+	h2count := h2.sum("gunicorn_worker_requests_total", nil)
+	ok := map[string]string{"endpoint": "/ok", "status": strconv.Itoa(h1Status)}
+	h2ok := h2.sum("gunicorn_http_requests_total", ok)
+	p.settle(t, "gunicorn_worker_requests_total", nil, h2count+h1)
+	ms := p.quiet(t)
+	if got := ms.sum("gunicorn_worker_requests_total", nil); got != h2count+h1 {
+		t.Errorf("the %d HTTP/1.1 requests after the HTTP/2 ones: requests_total %v → %v", h1, h2count, got)
+	}
+	if got := ms.sum("gunicorn_http_requests_total", ok) - h2ok; got != h1 {
+		t.Errorf("the %d HTTP/1.1 requests: http_requests_total%v grew by %v", h1, ok, got)
+	}
+	for _, name := range []string{"gunicorn_worker_failed_requests_total", "gunicorn_worker_error_handling_total", "gunicorn_worker_requests_in_flight"} {
+		if got := ms.sum(name, nil); got != 0 {
+			t.Errorf("%s = %v after %d HTTP/2 requests, want 0", name, got, n)
+		}
+	}
+	entries := accessLogSettled(t, g, n+h1)
+	t.Logf("HTTP/2 %s: %d requests sent, %v counted by gpe-ebpf (HTTP/1.1 after them: %v of %d); access log %d lines",
+		map[bool]string{true: "over TLS (ALPN)", false: "cleartext (prior knowledge)"}[withTLS], n, h2count,
+		ms.sum("gunicorn_worker_requests_total", nil)-h2count, h1, len(entries))
+	if t.Failed() {
+		for _, m := range ms.series("gunicorn_worker_error_handling_total", nil) {
+			t.Logf("gunicorn_worker_error_handling_total%v = %v", m.GetLabel(), value(m))
+		}
+	}
+}
+
+// finding ends a failed subtest with the finding of issue 23 it shows, reported to the lead
+// and left for the kernel side to fix: the failing checks above say what was counted.
+func finding(t *testing.T, c versionClass, withTLS bool, clients int) {
+	if !t.Failed() {
+		return
+	}
+	switch {
+	case c.uvloop && os.Getenv("GPE_HOOKS") == "syscall":
+		t.Fatalf("FINDING (issue 23): the %s worker runs on uvloop, whose libuv reads and writes sockets with read(2), write(2) "+
+			"and writev(2); syscall mode hooks only recvfrom, recvmsg, sendto, sendmsg and sendfile64, so it sees none of "+
+			"its requests (socket mode does: the same subtest passes there)", c.name)
+	case withTLS && c.uvloop && clients > 1:
+		t.Fatalf("FINDING (issue 23): TLS through uvloop's SSL protocol loses requests with %d clients at a time, while one "+
+			"at a time (%s-tls-sequential), and Python's asyncio loop at %d (uvicorn-h11-tls, asgi-asyncio-tls), are exact: "+
+			"the kernel side ties an SSL* to the socket its thread read last, which uvloop's order of reads breaks", clients, c.name, clients)
+	}
+}
+
+// copyApp copies the test app's Python files into dir (a root's /tmp directory).
+func copyApp(t *testing.T, dir string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(appDir(), "*.py"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("the test app's files in %s: %v", appDir(), err)
+	}
+	copyFiles(t, dir, files...)
+}
+
+// copyFiles copies files into dir, keeping their names.
+func copyFiles(t *testing.T, dir string, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
