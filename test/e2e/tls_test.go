@@ -108,6 +108,15 @@ func (p *gpe) waitTLSAttached(t *testing.T, pids []int) map[int]tlsAttach {
 // found yet (README "Gunicorn serving TLS", known defect); socket mode is held to exact counts.
 const tlsSyscallUncounted = 2
 
+// tlsUncounted is how many requests a TLS test under load may find uncounted: the known defect's
+// allowance in syscall mode, 0 in socket mode.
+func tlsUncounted() int {
+	if os.Getenv("GPE_HOOKS") == "syscall" {
+		return tlsSyscallUncounted
+	}
+	return 0
+}
+
 func TestTLSWorkerClasses(t *testing.T) {
 	requireE2E(t)
 	_, err := exec.LookPath("hey")
@@ -118,9 +127,7 @@ func TestTLSWorkerClasses(t *testing.T) {
 		default:
 			continue
 		}
-		if os.Getenv("GPE_HOOKS") == "syscall" {
-			wc.uncounted = tlsSyscallUncounted
-		}
+		wc.uncounted = tlsUncounted()
 		t.Run(wc.name, func(t *testing.T) {
 			g := startTLSGunicorn(t, gunicornOpts{WorkerClass: wc.class, App: wc.app, Args: wc.args})
 			p := startGPE(t, "--pid", strconv.Itoa(g.PID))
@@ -590,15 +597,20 @@ func TestTLSPerfEvents(t *testing.T) {
 			}
 			entries := accessLogSettled(t, g.gunicorn, len(all))
 			ms := p.settle(t, "gunicorn_worker_requests_total", nil, float64(len(all)))
-			if got := ms.sum("gunicorn_worker_requests_total", nil); got != float64(len(all)) || len(entries) != len(all) {
+			slack := float64(tlsUncounted()) // the known syscall-mode defect (README), never more
+			got := ms.sum("gunicorn_worker_requests_total", nil)
+			if got > float64(len(all)) || got < float64(len(all))-slack || len(entries) != len(all) {
 				t.Errorf("requests_total = %v, the clients saw %d, the access log has %d", got, len(all), len(entries))
+			} else if got < float64(len(all)) {
+				t.Logf("KNOWN DEFECT (README, TLS in syscall mode): %v of %d requests not counted (TLS calls on an untied SSL: %v)",
+					float64(len(all))-got, len(all), ms.sum("gpe_ebpf_connections_dropped_total", map[string]string{"reason": "tls_untied"}))
 			}
 			for _, want := range []struct {
 				endpoint string
 				status   string
 				n        float64
 			}{{"/ok", "200", 320}, {"/missing", "404", 96}, {"/status/{id}", "503", 48}} {
-				if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": want.endpoint, "status": want.status}); got != want.n {
+				if got := ms.sum("gunicorn_http_requests_total", map[string]string{"endpoint": want.endpoint, "status": want.status}); got > want.n || got < want.n-slack {
 					t.Errorf("%s %s: %v, want %v", want.endpoint, want.status, got, want.n)
 				}
 			}
