@@ -14,16 +14,20 @@ const (
 	KindOOM    Kind = 5 // the OOM killer chose a tracked process
 	// 6 and 7 were a request's start and its status line: the kernel sends one record a
 	// request now, when it ends.
-	KindReqEnd   Kind = 8  // a request ended: the whole request
-	KindReqLine  Kind = 9  // more of a request line that arrived in pieces, before its end
-	KindTLS      Kind = 10 // a tracked worker read a TLS handshake, the first time in its life
-	kindSentinel Kind = 11
+	KindReqEnd  Kind = 8  // a request ended: the whole request
+	KindReqLine Kind = 9  // more of a request line that arrived in pieces, before its end
+	KindTLS     Kind = 10 // a tracked worker read a TLS handshake, the first time in its life
+	// KindDownstream: the downstream calls a request made, per peer, sent when it is answered
+	// (before its end, which has the same Seq).
+	KindDownstream Kind = 11
+	kindSentinel   Kind = 12
 )
 
 // KindNames names each kind for gpe_ebpf_events_total{kind}.
 var KindNames = [kindSentinel]string{
 	KindFork: "fork", KindExit: "exit", KindExec: "exec", KindSignal: "signal", KindOOM: "oom",
 	KindReqEnd: "request_end", KindReqLine: "request_line", KindTLS: "tls",
+	KindDownstream: "downstream",
 }
 
 func (k Kind) String() string {
@@ -69,6 +73,33 @@ const (
 // LineMax is the most request bytes the kernel copies (GPE_LINE_MAX).
 const LineMax = 256
 
+// PeersMax is the most peers a downstream record carries (GPE_PEERS_MAX): the calls of a
+// request to further peers are counted as dropped (reason "peers").
+const PeersMax = 4
+
+// Address families of a Peer.
+const (
+	FamilyUnix  = 1
+	FamilyInet  = 2
+	FamilyInet6 = 10
+)
+
+// Peer is the remote end of a worker's downstream connection.
+type Peer struct {
+	Family uint16   // FamilyInet, FamilyInet6 or FamilyUnix
+	Port   uint16   // TCP: the remote port
+	Addr   [16]byte // TCP: the remote address (IPv4: the first 4 bytes)
+	Ino    uint32   // Unix: the inode of the peer's socket (its path: /proc/PID/net/unix)
+}
+
+// Downstream is what one request did with one peer: its calls (a send, then the receives
+// before the next send on that connection) and their time (first send to last receive).
+type Downstream struct {
+	Peer  Peer
+	Calls uint32
+	NS    uint64
+}
+
 // Event is one ring-buffer record, decoded. Times are CLOCK_MONOTONIC nanoseconds.
 // Line is only valid until the next Read into the same Event: copy what you keep.
 type Event struct {
@@ -102,6 +133,19 @@ type Event struct {
 	Flags  Flags
 	Line   []byte // END: "METHOD /path" as far as the first read had it, cut after the path in the kernel; LINE: a later piece
 	line   [LineMax]byte
+
+	// Downstream (KindDownstream, with TGID and Seq): the request's calls, a peer each.
+	// Valid until the next Read into the same Event, like Line.
+	Downstream []Downstream
+	ds         [PeersMax]Downstream
+}
+
+// SetDownstream makes Downstream a copy of d in the Event's own buffer (at most PeersMax).
+func (e *Event) SetDownstream(d []Downstream) {
+	if len(d) > PeersMax {
+		d = d[:PeersMax]
+	}
+	e.Downstream = append(e.ds[:0], d...)
 }
 
 // SetLine makes Line a copy of b in the Event's own buffer, which it reuses from one record to
