@@ -64,4 +64,43 @@ static __always_inline __u32 unix_ino(struct sock *sk)
 	return BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
 }
 
+/*
+ * A new entry for worker k's socket, in state, built in a per-CPU map value, not on the stack:
+ * with its line it is 352 bytes, and a program's stack with a callback's (the cut) is at most
+ * 512. A Unix one's caller sets unix_sock and ino. 0 if there is no map value.
+ */
+static __always_inline struct conn *init_fresh(struct conn_key *k, __u8 state)
+{
+	__u32 zero = 0;
+	struct conn *fresh = bpf_map_lookup_elem(&fresh_conn, &zero);
+	if (!fresh)
+		return 0;
+	fresh->owner = *k;
+	fresh->start_ns = 0;
+	fresh->last_write_ns = 0;
+	fresh->bytes_in = 0;
+	fresh->bytes_out = 0;
+	fresh->seq = 0;
+	fresh->status = 0;
+	fresh->state = state;
+	fresh->phase = 0;
+	fresh->line_len = 0;
+	fresh->flags = 0;
+	fresh->unix_sock = 0;
+	fresh->ino = 0;
+	fresh->est_ns = 0;
+	fresh->head_len = 0;
+	return fresh;
+}
+
+/* Put fresh (init_fresh) in conns for Unix socket sk: its entry, or 0 if the map is full. */
+static __always_inline struct conn *new_unix(struct sock *sk, struct conn *fresh)
+{
+	fresh->unix_sock = 1;
+	fresh->ino = unix_ino(sk);
+	__u64 key = (__u64)sk;
+	bpf_map_update_elem(&conns, &key, fresh, BPF_ANY);
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
 #endif /* GPE_CONNTABLE_H */

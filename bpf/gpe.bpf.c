@@ -65,6 +65,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "gpe.h"
 
 /* One object, one set of Go bindings: each concern in its header, in this order. */
@@ -73,6 +74,7 @@
 #include "records.h"
 #include "process.h"
 #include "conntable.h"
+#include "downstream.h"
 #include "regs.h"
 #include "request.h"
 #include "tls.h"
@@ -85,6 +87,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 /* Referenced so their BTF is emitted and bpf2go writes the Go types (gen.go's -type list). */
 const struct gpe_proc_event *unused_proc_event __attribute__((unused));
 const struct gpe_req_start *unused_req_start __attribute__((unused));
+const struct gpe_ds_event *unused_ds_event __attribute__((unused));
 const enum gpe_event_kind *unused_event_kind __attribute__((unused));
 const enum gpe_proc_kind *unused_proc_kind __attribute__((unused));
 const enum gpe_end_reason *unused_end_reason __attribute__((unused));

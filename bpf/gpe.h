@@ -12,6 +12,7 @@
 
 #define GPE_LINE_MAX 256 /* bytes of the first request segment copied, once per request */
 #define GPE_FILTER_SLOTS 2048 /* slots of the tracked-process filter (a power of two) */
+#define GPE_PEERS_MAX 4 /* peers a request's downstream record carries */
 #define GPE_CONN_SLOTS 8192   /* most slots of the TCP connection table (a power of two); the
 			       * slots used and the size of conns are set at load (probes.go,
 			       * --max-connections) */
@@ -27,6 +28,8 @@ enum gpe_event_kind {
 	GPE_EV_REQ_LINE = 9,  /* more of a request line that arrived in pieces, before its END */
 	GPE_EV_TLS = 10,      /* a tracked worker read a TLS handshake: the first time in its life
 			       * (a gpe_proc_event; user space attaches the TLS uprobes) */
+	GPE_EV_DOWNSTREAM = 11, /* a request's downstream calls, per peer (a gpe_ds_event), sent
+				 * when it is answered, before its END */
 };
 
 /* gpe_req_event.flags: bits. */
@@ -62,7 +65,9 @@ enum gpe_drop_reason {
 				  * is counted here, not in the request metrics */
 	GPE_DROP_TLS_UNTIED = 1, /* TLS plaintext read or written on an SSL* tied to no socket
 				  * (tls_return): one a call, its bytes go nowhere */
-	GPE_DROP_REASONS = 2,
+	GPE_DROP_PEERS = 2,      /* a downstream call of a request to a peer past its first
+				  * GPE_PEERS_MAX (downstream): one a call */
+	GPE_DROP_REASONS = 3,
 };
 
 struct gpe_hdr {
@@ -110,6 +115,29 @@ struct gpe_req_event {
 struct gpe_req_start {
 	struct gpe_req_event req;
 	char line[GPE_LINE_MAX];
+};
+
+/* The remote end of a worker's own client connection (to a database, a cache, an API). */
+struct gpe_peer {
+	__u8 addr[16];  /* TCP: the remote address (IPv4: its first 4 bytes) */
+	__u16 family;   /* AF_INET, AF_INET6 or AF_UNIX */
+	__u16 port;     /* TCP: the remote port, host order */
+	__u32 ino;      /* AF_UNIX: the inode of the peer's socket */
+	__u32 calls;    /* the request's calls: a send, then the receives before the next send */
+	__u32 pad;
+	__u64 ns;       /* their time: each call's first send to its last receive */
+};
+
+/*
+ * GPE_EV_DOWNSTREAM: the downstream calls of request seq (whose END follows), per peer, when the
+ * thread that served it served no other meanwhile (downstream).
+ */
+struct gpe_ds_event {
+	struct gpe_hdr hdr;
+	__u32 seq;
+	__u32 n;         /* peers used */
+	__u64 key[GPE_PEERS_MAX]; /* each peer's key (peer_key): how the kernel finds its slot */
+	struct gpe_peer peers[GPE_PEERS_MAX];
 };
 
 #endif /* GPE_H */

@@ -62,6 +62,19 @@ enum conn_state {
 			      * worker answers them with a status line (Gunicorn's 400 to garbage) */
 	CONN_H2 = 5,         /* the first bytes were the HTTP/2 preface (h2c, or h2 after TLS with
 			      * ALPN): not HTTP/1, nothing is parsed, nothing is counted */
+	CONN_PEER = 6,       /* the worker's own client connection (downstream): it sent on it while
+			      * serving a request; its calls are counted (peer_io), nothing is parsed */
+};
+
+/* A downstream connection's state (CONN_PEER), in its entry's line. */
+struct peer_conn {
+	struct gpe_peer peer; /* who it talks to (calls and ns unused here) */
+	__u64 key;      /* peer_key(peer): the thread's slot of this peer has it */
+	__u64 mark;     /* the current call's first send, or its last receive since */
+	__u32 seq;      /* the request its current call is booked to (thread_ds.seq), 0: none */
+	__u8 dir;       /* the last call on it: PEER_SENT, PEER_RECEIVED, or 0 */
+	__u8 slot;      /* that request's slot of the peer in thread_ds, PEER_NO_SLOT if full */
+	__u8 pad[2];
 };
 
 struct conn_key {
@@ -71,8 +84,12 @@ struct conn_key {
 
 struct conn {
 	struct conn_key owner; /* the worker and fd that read the connection's first request */
-	char line[GPE_LINE_MAX]; /* the current request's line, as far as its first read had it:
-				  * head_len bytes, then zeros to the next multiple of 8 */
+	union {
+		char line[GPE_LINE_MAX]; /* the current request's line, as far as its first read
+					  * had it: head_len bytes, then zeros to the next
+					  * multiple of 8 */
+		struct peer_conn pc;     /* CONN_PEER */
+	};
 	__u64 start_ns;
 	__u64 last_write_ns;
 	__u64 bytes_in;
@@ -255,7 +272,24 @@ volatile const __u32 request_cpu = 0;
 struct thread_req {
 	__u32 begins;
 	__u32 open;
+	__u32 shared; /* open began while another was open: its thread is shared (no downstream) */
+	__u32 ds_seq; /* downstream: the request whose calls thread_ds holds for this thread */
 };
+
+/* --downstream: each request's calls on the worker's own client connections. */
+volatile const __u32 downstream = 0;
+
+/*
+ * Per thread (its pid), for downstream: the calls of the request it serves alone (seq), per
+ * peer, laid out as the record that carries them (GPE_EV_DOWNSTREAM). Only threads that make
+ * calls get an entry; LRU, like thread_reqs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct gpe_ds_event);
+} thread_ds SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -38,7 +38,7 @@ static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8
 		emit_end(k, c, reason, now);
 	if (c->state == CONN_READING)
 		flight(k->tgid, -1, now);
-	if (c->state != CONN_TLS && c->state != CONN_H2)
+	if (c->state != CONN_TLS && c->state != CONN_H2 && c->state != CONN_PEER)
 		c->state = CONN_IDLE;
 }
 
@@ -71,11 +71,20 @@ static __always_inline __u64 thread_runtime(__u32 *tid)
 	return BPF_CORE_READ(t, se.sum_exec_runtime);
 }
 
-/* request_cpu: c's request begins in the calling thread. */
-static __always_inline void cpu_begin(struct conn *c)
+/* The calling thread's pid, and its runtime if request_cpu (else 0). */
+static __always_inline __u64 this_thread(__u32 *tid)
+{
+	if (request_cpu)
+		return thread_runtime(tid);
+	*tid = (__u32)bpf_get_current_pid_tgid();
+	return 0;
+}
+
+/* request_cpu, downstream: c's request begins in the calling thread. */
+static __always_inline void thread_begin(struct conn *c)
 {
 	__u32 tid = 0;
-	c->cpu0 = thread_runtime(&tid);
+	c->cpu0 = this_thread(&tid);
 	c->cpu_tid = tid;
 	c->cpu_ns = 0;
 	c->cpu_ok = 0;
@@ -90,29 +99,59 @@ static __always_inline void cpu_begin(struct conn *c)
 	}
 	__u32 n = r->begins + 1;
 	r->begins = n;
+	r->shared = r->open ? 1 : 0; /* another request of the thread is not answered yet */
 	if (!r->open)
-		c->cpu_mark = n; /* else another request of the thread is not answered yet */
+		c->cpu_mark = n;
 	r->open = c->seq;
 }
 
-/* request_cpu: a response write of c's request. The thread that began it measures its runtime
- * so far; at the status line (answered), its thread says whether it began another meanwhile. */
-static __always_inline void cpu_write(struct conn *c, int answered)
+/* downstream: send the calls of request seq, served alone by thread tid of process tgid. */
+static __always_inline void emit_downstream(__u32 tid, __u32 tgid, __u32 seq, __u64 now)
+{
+	struct gpe_ds_event *d = bpf_map_lookup_elem(&thread_ds, &tid);
+	if (!d || d->seq != seq || !d->n)
+		return;
+	d->hdr.kind = GPE_EV_DOWNSTREAM;
+	d->hdr.tgid = tgid;
+	d->hdr.ts_ns = now;
+	if (bpf_ringbuf_output(&events, d, sizeof(*d), submit_flags()) != 0)
+		count_lost();
+	d->seq = 0;
+}
+
+/* request_cpu, downstream: the status line of c's request (of process tgid). The thread that
+ * began it measures its runtime so far, says whether it began another meanwhile, and sends its
+ * downstream calls if it did not. */
+static __always_inline void thread_answer(struct conn *c, __u32 tgid, __u64 now)
+{
+	__u32 tid = 0;
+	__u64 rt = this_thread(&tid);
+	if (tid != c->cpu_tid)
+		return;
+	struct thread_req *r = bpf_map_lookup_elem(&thread_reqs, &tid);
+	if (r) {
+		if (r->begins != c->cpu_mark)
+			c->cpu_mark = 0; /* the thread began another meanwhile */
+		if (r->open == c->seq)
+			r->open = 0;
+		if (r->ds_seq == c->seq) {
+			r->ds_seq = 0;
+			if (c->cpu_mark)
+				emit_downstream(tid, tgid, c->seq, now);
+		}
+	}
+	if (!request_cpu || !c->cpu_mark)
+		return;
+	c->cpu_ns = rt - c->cpu0;
+	c->cpu_ok = 1;
+}
+
+/* request_cpu: a response body write of c's request, in the thread that began it. */
+static __always_inline void cpu_write(struct conn *c)
 {
 	__u32 tid = 0;
 	__u64 rt = thread_runtime(&tid);
-	if (tid != c->cpu_tid)
-		return;
-	if (answered) {
-		struct thread_req *r = bpf_map_lookup_elem(&thread_reqs, &tid);
-		if (r) {
-			if (r->begins != c->cpu_mark)
-				c->cpu_mark = 0; /* the thread began another meanwhile */
-			if (r->open == c->seq)
-				r->open = 0;
-		}
-	}
-	if (!c->cpu_mark)
+	if (tid != c->cpu_tid || !c->cpu_mark)
 		return;
 	c->cpu_ns = rt - c->cpu0;
 	c->cpu_ok = 1;
@@ -145,8 +184,8 @@ static __always_inline void begin_request(struct conn_key *k, struct conn *c, __
 			c->head_len = kept;
 	}
 	c->state = CONN_READING;
-	if (request_cpu)
-		cpu_begin(c);
+	if (request_cpu || downstream)
+		thread_begin(c);
 	flight_of(pi ? pi : tracked(k->tgid), 1, now);
 }
 
@@ -262,34 +301,12 @@ static __always_inline void tls_note_read(struct sock *sk, __u32 fd, __u32 flags
 static __always_inline void adopt(struct conn_key *k, struct sock *sk, __u32 hash, int tcp,
 				  __u64 buf, __s64 n, __u64 now, struct proc_info *pi)
 {
-	/* The new entry is built in a per-CPU map value, not on the stack: with its line it is
-	 * 352 bytes, and a program's stack with a callback's (the cut) is at most 512. */
-	__u32 zero = 0;
-	struct conn *fresh = bpf_map_lookup_elem(&fresh_conn, &zero);
+	struct conn *fresh = init_fresh(k, CONN_IDLE);
 	if (!fresh)
 		return;
-	fresh->owner = *k;
-	fresh->start_ns = 0;
-	fresh->last_write_ns = 0;
-	fresh->bytes_in = 0;
-	fresh->bytes_out = 0;
-	fresh->seq = 0;
-	fresh->status = 0;
-	fresh->state = CONN_IDLE;
-	fresh->phase = 0;
-	fresh->line_len = 0;
-	fresh->flags = 0;
-	fresh->unix_sock = 0;
-	fresh->ino = 0;
-	fresh->est_ns = 0;
-	fresh->head_len = 0;
 	struct conn *c;
 	if (!tcp) {
-		fresh->unix_sock = 1;
-		fresh->ino = unix_ino(sk);
-		__u64 key = (__u64)sk;
-		bpf_map_update_elem(&conns, &key, fresh, BPF_ANY);
-		c = bpf_map_lookup_elem(&conns, &key);
+		c = new_unix(sk, fresh);
 	} else {
 		__u64 key = (__u64)sk;
 		__u64 *est = queue_wait ? bpf_map_lookup_elem(&established, &key) : 0;
@@ -390,6 +407,9 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			 * worker's from its first read. */
 			c->owner = k;
 			take(&k, c, buf, n, now, pi);
+		} else if (c->state == CONN_PEER) {
+			if (downstream)
+				peer_recv(&c->pc, now);
 		} else if (c->state == CONN_READING) {
 			if (c->phase < LINE_DONE && c->line_len < GPE_LINE_MAX)
 				continue_line(&k, c, buf, n, now);
@@ -405,14 +425,28 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 		return 0;
 	}
 
-	/* Writes matter only on connections we know. */
-	if (!c || c->state == CONN_TLS || c->state == CONN_IDLE || c->state == CONN_H2)
+	/* Writes matter only on connections we know, and on the worker's own client ones. */
+	if (!c) {
+		if (downstream)
+			peer_new(&k, sk, hash, tcp, family, now);
+		return 0;
+	}
+	if (c->state == CONN_PEER) {
+		if (downstream)
+			peer_send(&c->pc, now);
+		return 0;
+	}
+	if (c->state == CONN_TLS || c->state == CONN_IDLE || c->state == CONN_H2)
 		return 0;
 	if (op == OP_SEND) {
 		__u16 st = status_code(buf, n);
 		if (c->state == CONN_PROBATION) {
-			if (st < 100)
-				return 0; /* the worker's own client traffic */
+			if (st < 100) {
+				/* the worker's own client traffic */
+				if (downstream)
+					peer_adopt(sk, family, c, now);
+				return 0;
+			}
 			announce(&k, c, now);
 		}
 		if (st >= 200) {
@@ -425,8 +459,8 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			}
 			c->status = st;
 			c->state = CONN_RESPONDING;
-			if (request_cpu)
-				cpu_write(c, 1);
+			if (request_cpu || downstream)
+				thread_answer(c, k.tgid, now);
 			flight(k.tgid, -1, now); /* answered: in flight no more */
 			/* A client that left before its answer: the worker writes into the void. */
 			c->flags = client_gone(sk, n, c->unix_sock) ? GPE_FLAG_CLIENT_GONE : 0;
@@ -442,7 +476,7 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	if (c->state == CONN_RESPONDING) {
 		c->last_write_ns = now;
 		if (request_cpu)
-			cpu_write(c, 0);
+			cpu_write(c);
 	}
 	return 0;
 }

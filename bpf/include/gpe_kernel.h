@@ -60,10 +60,17 @@ struct socket {
 	struct sock *sk;
 };
 
+struct in6_addr {
+	u8 s6_addr[16];
+};
+
 struct sock_common {
 	unsigned int skc_hash; /* in an anonymous union in the kernel: CO-RE finds it there */
 	unsigned short skc_num; /* the local port, host order (in an anonymous union too) */
 	unsigned short skc_family;
+	u32 skc_daddr;  /* the remote IPv4 address (in anonymous unions too) */
+	u16 skc_dport;  /* the remote port, network order */
+	struct in6_addr skc_v6_daddr;
 };
 
 struct sock {
@@ -71,6 +78,10 @@ struct sock {
 	u8 sk_shutdown;
 	u16 sk_protocol;
 	struct socket *sk_socket;
+};
+
+struct unix_sock {
+	struct sock *peer; /* the other end of a connected socket */
 };
 
 struct tcp_sock {

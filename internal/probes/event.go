@@ -16,6 +16,8 @@ const (
 	procSize     = int(unsafe.Sizeof(gpeGpeProcEvent{}))
 	reqSize      = int(unsafe.Sizeof(gpeGpeReqEvent{}))
 	reqStartSize = int(unsafe.Sizeof(gpeGpeReqStart{}))
+	dsSize       = int(unsafe.Sizeof(gpeGpeDsEvent{}))
+	peerSize     = int(unsafe.Sizeof(gpeGpePeer{}))
 
 	offKind = unsafe.Offsetof(gpeGpeHdr{}.Kind)
 	offTGID = unsafe.Offsetof(gpeGpeHdr{}.Tgid)
@@ -40,6 +42,15 @@ const (
 	offReason      = unsafe.Offsetof(gpeGpeReqEvent{}.Reason)
 	offFlags       = unsafe.Offsetof(gpeGpeReqEvent{}.Flags)
 	offLineLen     = unsafe.Offsetof(gpeGpeReqEvent{}.LineLen)
+
+	offDsSeq     = unsafe.Offsetof(gpeGpeDsEvent{}.Seq)
+	offDsN       = unsafe.Offsetof(gpeGpeDsEvent{}.N)
+	offDsPeers   = unsafe.Offsetof(gpeGpeDsEvent{}.Peers)
+	offPeerFam   = unsafe.Offsetof(gpeGpePeer{}.Family)
+	offPeerPort  = unsafe.Offsetof(gpeGpePeer{}.Port)
+	offPeerIno   = unsafe.Offsetof(gpeGpePeer{}.Ino)
+	offPeerCalls = unsafe.Offsetof(gpeGpePeer{}.Calls)
+	offPeerNS    = unsafe.Offsetof(gpeGpePeer{}.Ns)
 )
 
 // ErrShortRecord is returned for a record too small for its kind.
@@ -55,6 +66,7 @@ func Decode(raw []byte, ev *events.Event) error {
 	ev.TGID = le.Uint32(raw[offTGID:])
 	ev.TS = le.Uint64(raw[offTS:])
 	ev.SetLine(nil)
+	ev.Downstream = ev.Downstream[:0]
 	switch ev.Kind {
 	case events.KindFork, events.KindExit, events.KindExec, events.KindSignal, events.KindOOM, events.KindTLS:
 		if len(raw) < procSize {
@@ -88,8 +100,36 @@ func Decode(raw []byte, ev *events.Event) error {
 			}
 			ev.SetLine(raw[reqSize : reqSize+n])
 		}
+	case events.KindDownstream:
+		return decodeDownstream(raw, ev)
 	default:
 		return fmt.Errorf("decode: unknown kind %d", ev.Kind)
 	}
+	return nil
+}
+
+// decodeDownstream fills ev's Seq and Downstream from a GPE_EV_DOWNSTREAM record.
+func decodeDownstream(raw []byte, ev *events.Event) error {
+	if len(raw) < dsSize {
+		return fmt.Errorf("decode %s: %d bytes: %w", ev.Kind, len(raw), ErrShortRecord)
+	}
+	le := binary.LittleEndian
+	ev.Seq = le.Uint32(raw[offDsSeq:])
+	n := int(le.Uint32(raw[offDsN:]))
+	if n > events.PeersMax {
+		return fmt.Errorf("decode %s: %d peers: %w", ev.Kind, n, ErrShortRecord)
+	}
+	var ds [events.PeersMax]events.Downstream
+	for i := range n {
+		p := raw[int(offDsPeers)+i*peerSize:]
+		d := &ds[i]
+		copy(d.Peer.Addr[:], p[:16])
+		d.Peer.Family = le.Uint16(p[offPeerFam:])
+		d.Peer.Port = le.Uint16(p[offPeerPort:])
+		d.Peer.Ino = le.Uint32(p[offPeerIno:])
+		d.Calls = le.Uint32(p[offPeerCalls:])
+		d.NS = le.Uint64(p[offPeerNS:])
+	}
+	ev.SetDownstream(ds[:n])
 	return nil
 }

@@ -52,6 +52,7 @@ const (
 	gpeConnStateCONN_TLS        gpeConnState = 3
 	gpeConnStateCONN_PROBATION  gpeConnState = 4
 	gpeConnStateCONN_H2         gpeConnState = 5
+	gpeConnStateCONN_PEER       gpeConnState = 6
 )
 
 type gpeFilter struct {
@@ -64,8 +65,18 @@ type gpeGpeDropReason uint32
 const (
 	gpeGpeDropReasonGPE_DROP_TABLE_FULL gpeGpeDropReason = 0
 	gpeGpeDropReasonGPE_DROP_TLS_UNTIED gpeGpeDropReason = 1
-	gpeGpeDropReasonGPE_DROP_REASONS    gpeGpeDropReason = 2
+	gpeGpeDropReasonGPE_DROP_PEERS      gpeGpeDropReason = 2
+	gpeGpeDropReasonGPE_DROP_REASONS    gpeGpeDropReason = 3
 )
+
+type gpeGpeDsEvent struct {
+	_     structs.HostLayout
+	Hdr   gpeGpeHdr
+	Seq   uint32
+	N     uint32
+	Key   [4]uint64
+	Peers [4]gpeGpePeer
+}
 
 type gpeGpeEndReason uint32
 
@@ -82,14 +93,15 @@ const (
 type gpeGpeEventKind uint32
 
 const (
-	gpeGpeEventKindGPE_EV_FORK     gpeGpeEventKind = 1
-	gpeGpeEventKindGPE_EV_EXIT     gpeGpeEventKind = 2
-	gpeGpeEventKindGPE_EV_EXEC     gpeGpeEventKind = 3
-	gpeGpeEventKindGPE_EV_SIGNAL   gpeGpeEventKind = 4
-	gpeGpeEventKindGPE_EV_OOM      gpeGpeEventKind = 5
-	gpeGpeEventKindGPE_EV_REQ_END  gpeGpeEventKind = 8
-	gpeGpeEventKindGPE_EV_REQ_LINE gpeGpeEventKind = 9
-	gpeGpeEventKindGPE_EV_TLS      gpeGpeEventKind = 10
+	gpeGpeEventKindGPE_EV_FORK       gpeGpeEventKind = 1
+	gpeGpeEventKindGPE_EV_EXIT       gpeGpeEventKind = 2
+	gpeGpeEventKindGPE_EV_EXEC       gpeGpeEventKind = 3
+	gpeGpeEventKindGPE_EV_SIGNAL     gpeGpeEventKind = 4
+	gpeGpeEventKindGPE_EV_OOM        gpeGpeEventKind = 5
+	gpeGpeEventKindGPE_EV_REQ_END    gpeGpeEventKind = 8
+	gpeGpeEventKindGPE_EV_REQ_LINE   gpeGpeEventKind = 9
+	gpeGpeEventKindGPE_EV_TLS        gpeGpeEventKind = 10
+	gpeGpeEventKindGPE_EV_DOWNSTREAM gpeGpeEventKind = 11
 )
 
 type gpeGpeHdr struct {
@@ -97,6 +109,17 @@ type gpeGpeHdr struct {
 	Kind uint32
 	Tgid uint32
 	TsNs uint64
+}
+
+type gpeGpePeer struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Family uint16
+	Port   uint16
+	Ino    uint32
+	Calls  uint32
+	Pad    uint32
+	Ns     uint64
 }
 
 type gpeGpeProcEvent struct {
@@ -174,6 +197,8 @@ type gpeThreadReq struct {
 	_      structs.HostLayout
 	Begins uint32
 	Open   uint32
+	Shared uint32
+	DsSeq  uint32
 }
 
 type gpeTlsCall struct {
@@ -216,6 +241,7 @@ const (
 	gpeMapProcs            = "procs"
 	gpeMapScratch          = "scratch"
 	gpeMapSlots            = "slots"
+	gpeMapThreadDs         = "thread_ds"
 	gpeMapThreadReqs       = "thread_reqs"
 	gpeMapTlsCalls         = "tls_calls"
 	gpeMapTlsLastRead      = "tls_last_read"
@@ -236,6 +262,7 @@ const (
 	gpeProgOnSysSend       = "on_sys_send"
 	gpeProgOnTcpDestroy    = "on_tcp_destroy"
 	gpeProgOnTcpState      = "on_tcp_state"
+	gpeVarDownstream       = "downstream"
 	gpeVarNextSeq          = "next_seq"
 	gpeVarQueueWait        = "queue_wait"
 	gpeVarRequestCpu       = "request_cpu"
@@ -246,6 +273,7 @@ const (
 	gpeVarTlsSocksN        = "tls_socks_n"
 	gpeVarUnusedConnState  = "unused_conn_state"
 	gpeVarUnusedDropReason = "unused_drop_reason"
+	gpeVarUnusedDsEvent    = "unused_ds_event"
 	gpeVarUnusedEndReason  = "unused_end_reason"
 	gpeVarUnusedEventKind  = "unused_event_kind"
 	gpeVarUnusedProcEvent  = "unused_proc_event"
@@ -329,6 +357,7 @@ type gpeMapSpecs struct {
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Slots       *ebpf.MapSpec `ebpf:"slots"`
+	ThreadDs    *ebpf.MapSpec `ebpf:"thread_ds"`
 	ThreadReqs  *ebpf.MapSpec `ebpf:"thread_reqs"`
 	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
 	TlsLastRead *ebpf.MapSpec `ebpf:"tls_last_read"`
@@ -340,6 +369,7 @@ type gpeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeVariableSpecs struct {
+	Downstream       *ebpf.VariableSpec `ebpf:"downstream"`
 	NextSeq          *ebpf.VariableSpec `ebpf:"next_seq"`
 	QueueWait        *ebpf.VariableSpec `ebpf:"queue_wait"`
 	RequestCpu       *ebpf.VariableSpec `ebpf:"request_cpu"`
@@ -350,6 +380,7 @@ type gpeVariableSpecs struct {
 	TlsSocksN        *ebpf.VariableSpec `ebpf:"tls_socks_n"`
 	UnusedConnState  *ebpf.VariableSpec `ebpf:"unused_conn_state"`
 	UnusedDropReason *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
+	UnusedDsEvent    *ebpf.VariableSpec `ebpf:"unused_ds_event"`
 	UnusedEndReason  *ebpf.VariableSpec `ebpf:"unused_end_reason"`
 	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
@@ -390,6 +421,7 @@ type gpeMaps struct {
 	Procs       *ebpf.Map `ebpf:"procs"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Slots       *ebpf.Map `ebpf:"slots"`
+	ThreadDs    *ebpf.Map `ebpf:"thread_ds"`
 	ThreadReqs  *ebpf.Map `ebpf:"thread_reqs"`
 	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
 	TlsLastRead *ebpf.Map `ebpf:"tls_last_read"`
@@ -410,6 +442,7 @@ func (m *gpeMaps) Close() error {
 		m.Procs,
 		m.Scratch,
 		m.Slots,
+		m.ThreadDs,
 		m.ThreadReqs,
 		m.TlsCalls,
 		m.TlsLastRead,
@@ -422,6 +455,7 @@ func (m *gpeMaps) Close() error {
 //
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpeVariables struct {
+	Downstream       *ebpf.Variable `ebpf:"downstream"`
 	NextSeq          *ebpf.Variable `ebpf:"next_seq"`
 	QueueWait        *ebpf.Variable `ebpf:"queue_wait"`
 	RequestCpu       *ebpf.Variable `ebpf:"request_cpu"`
@@ -432,6 +466,7 @@ type gpeVariables struct {
 	TlsSocksN        *ebpf.Variable `ebpf:"tls_socks_n"`
 	UnusedConnState  *ebpf.Variable `ebpf:"unused_conn_state"`
 	UnusedDropReason *ebpf.Variable `ebpf:"unused_drop_reason"`
+	UnusedDsEvent    *ebpf.Variable `ebpf:"unused_ds_event"`
 	UnusedEndReason  *ebpf.Variable `ebpf:"unused_end_reason"`
 	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`

@@ -27,6 +27,8 @@ func TestRecordLayout(t *testing.T) {
 		{"proc.busy_ns", unsafe.Offsetof(gpeGpeProcEvent{}.BusyNs), 40},
 		{"proc.start_ns", unsafe.Offsetof(gpeGpeProcEvent{}.StartNs), 32},
 		{"proc.code", unsafe.Offsetof(gpeGpeProcEvent{}.Code), 24},
+		{"peer", unsafe.Sizeof(gpeGpePeer{}), 40},
+		{"ds", unsafe.Sizeof(gpeGpeDsEvent{}), 24 + 4*8 + 4*40},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,6 +67,8 @@ func TestEnumValues(t *testing.T) {
 		{"flag_client_gone", uint64(events.FlagClientGone), uint64(gpeGpeReqFlagGPE_FLAG_CLIENT_GONE)},
 		{"flag_cpu", uint64(events.FlagCPU), uint64(gpeGpeReqFlagGPE_FLAG_CPU)},
 		{"line_max", events.LineMax, uint64(len(gpeGpeReqStart{}.Line))},
+		{"downstream", uint64(events.KindDownstream), uint64(gpeGpeEventKindGPE_EV_DOWNSTREAM)},
+		{"peers_max", events.PeersMax, uint64(len(gpeGpeDsEvent{}.Peers))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -49,6 +49,9 @@ type Config struct {
 	// RequestCPU measures each request's on-CPU time (events.FlagCPU, Event.CPUNS): the serving
 	// thread's runtime read at the request's first read and at its response writes.
 	RequestCPU bool
+	// Downstream counts each request's calls on the worker's own client connections, per
+	// peer (events.KindDownstream), for requests served alone on their thread.
+	Downstream bool
 }
 
 // DefaultMaxConnections is the connection table's size by default: 8,192 slots and 16,384
@@ -87,7 +90,7 @@ const connSlotsMax = 8192
 // ≈ 180 µs around a 2 ms drain), whatever it reads: 100 ms instead of 50 took the observer's CPU
 // per request at saturation from 1.5 to 1.2 µs, and halved its cost when idle.
 func DefaultConfig() Config {
-	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true, TLS: true, MaxConnections: DefaultMaxConnections, RequestCPU: true}
+	return Config{RingBufferBytes: 4 << 20, WakeupBytes: 64 << 10, PollInterval: 100 * time.Millisecond, Hooks: HooksAuto, QueueWait: true, TLS: true, MaxConnections: DefaultMaxConnections, RequestCPU: true, Downstream: true}
 }
 
 // ErrClosed is returned by Read once Close has been called (events.ErrClosed).
@@ -217,6 +220,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		"slot_mask":    slots - 1,
 		"queue_wait":   boolU32(cfg.QueueWait),
 		"request_cpu":  boolU32(cfg.RequestCPU),
+		"downstream":   boolU32(cfg.Downstream),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
@@ -328,7 +332,7 @@ func sumPerCPU(m *ebpf.Map, key uint32) (uint64, error) {
 
 // DropReasons names the kernel's drop counters (enum gpe_drop_reason), for
 // gpe_ebpf_connections_dropped_total{reason}.
-var DropReasons = [...]string{gpeGpeDropReasonGPE_DROP_TABLE_FULL: "table_full", gpeGpeDropReasonGPE_DROP_TLS_UNTIED: "tls_untied"}
+var DropReasons = [...]string{gpeGpeDropReasonGPE_DROP_TABLE_FULL: "table_full", gpeGpeDropReasonGPE_DROP_TLS_UNTIED: "tls_untied", gpeGpeDropReasonGPE_DROP_PEERS: "peers"}
 
 // Dropped is what the kernel side dropped, by reason (DropReasons), summed over CPUs.
 func (p *Probes) Dropped() (map[string]uint64, error) {

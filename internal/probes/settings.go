@@ -23,6 +23,8 @@ func Settings(c *Config) []setting.Setting {
 			Help: "time each TCP connection's wait in the accept queue (gunicorn_request_queue_seconds): a hook on every TCP state change of the host, about ten per connection"},
 		{Name: "request-cpu", Group: setting.Kernel, Value: setting.Bool(&c.RequestCPU),
 			Help: "measure each request's on-CPU time (gunicorn_http_request_cpu_seconds) from the serving thread's runtime, read in the socket hooks at its first read and at its response writes"},
+		{Name: "downstream", Group: setting.Kernel, Value: setting.Bool(&c.Downstream),
+			Help: "count each request's calls on the worker's own client connections (databases, caches, APIs) by peer (gunicorn_http_downstream_calls_total, gunicorn_http_downstream_seconds_total), in the socket hooks: requests served alone on their thread"},
 		{Name: "max-connections", Group: setting.Kernel, Value: setting.Uint32(&c.MaxConnections),
 			Help: "connections of tracked workers the kernel tracks at once (about 400 bytes of kernel memory each); past it, a new connection's requests are counted in gpe_ebpf_connections_dropped_total{reason=\"table_full\"}, and nothing tracked is pushed out",
 			Check: func(name string) error {
