@@ -148,7 +148,8 @@ func (a *Aggregator) formatPeer(pid uint32, p events.Peer) (label string, keep b
 
 // unixPeer finds the path of a Unix peer's socket (the server's accepted socket, which
 // /proc/PID/net/unix shows with its listener's path) in the worker's network namespace. One
-// read labels every named socket listed, so a pool of connections to one server costs one.
+// read labels the named sockets listed (up to half the cache), so a pool of connections to one
+// server costs one read.
 func (a *Aggregator) unixPeer(pid uint32, p events.Peer) (string, bool) {
 	if a.unixPaths == nil {
 		return PeerUnixUnknown, false
@@ -158,6 +159,9 @@ func (a *Aggregator) unixPeer(pid uint32, p events.Peer) (string, bool) {
 		return PeerUnixUnknown, false // read again for the next request
 	}
 	for ino, path := range paths {
+		if len(a.peerLabels) >= maxPeerCache/2 {
+			break // a host with thousands of named sockets: leave room for the peers in use
+		}
 		if path != "" && ino <= uint64(^uint32(0)) {
 			a.cachePeer(events.Peer{Family: events.FamilyUnix, Ino: uint32(ino)}, unixLabel(path))
 		}

@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -229,5 +230,24 @@ func TestDownstreamUnixReads(t *testing.T) {
 		if got, _ := dsOf(m, "/", peer); got.Calls != calls {
 			t.Errorf("%s: %d calls, want %d", peer, got.Calls, calls)
 		}
+	}
+}
+
+// TestDownstreamUnixManySockets: a host listing more named sockets than the cache holds still
+// labels the peer asked for, and the cache stays bounded.
+func TestDownstreamUnixManySockets(t *testing.T) {
+	a := newDSAggregator(t, nil)
+	unix := &fakeUnix{paths: map[uint64]string{}}
+	for ino := uint64(1); ino <= 3*maxPeerCache; ino++ {
+		unix.paths[ino] = fmt.Sprintf("/run/s%d.sock", ino)
+	}
+	a.SetUnixPaths(unix.read)
+	feed(a, evDS(sec, workerPID, 1, call(unixPeer(7777), 1, ms)), answered(workerPID, 1, "GET /", 200))
+	m := masterOf(t, a.Snapshot(0), masterPID)
+	if _, ok := dsOf(m, "/", "unix:/run/s7777.sock"); !ok {
+		t.Errorf("downstream %+v, want unix:/run/s7777.sock", m.Downstream)
+	}
+	if n := len(a.peerLabels); n > maxPeerCache {
+		t.Errorf("%d peer labels kept, want at most %d", n, maxPeerCache)
 	}
 }
