@@ -61,13 +61,15 @@ type Aggregator struct {
 	// records), until their request's END.
 	pieces map[reqKey][]byte
 	req    request // the request being counted, reused
-	// dsNew and dsOld hold the downstream calls of answered requests until their END, in two
-	// generations (downstream.go); peerLabels keeps peers' labels by address or inode, and
-	// unixPaths lists a process's Unix sockets (SetUnixPaths).
-	dsNew, dsOld map[dsKey]pendingDS
-	peerLabels   map[events.Peer]string
-	unixPaths    func(pid uint32) (map[uint64]string, error)
-	events       [len(events.KindNames)]uint64
+	// dsRing holds the downstream calls of answered requests until their END, dsIndex finds
+	// them, dsNext is the slot written next (downstream.go); peerLabels keeps peers' labels by
+	// address or inode, and unixPaths lists a process's Unix sockets (SetUnixPaths).
+	dsRing     []pendingDS
+	dsIndex    map[dsKey]int
+	dsNext     int
+	peerLabels map[events.Peer]string
+	unixPaths  func(pid uint32) (map[uint64]string, error)
+	events     [len(events.KindNames)]uint64
 	// occupancy reads a worker's in flight and busy time from the kernel (SetOccupancy).
 	occupancy func(pid uint32) (events.Occupancy, bool)
 	// heartbeat reads a live worker's last heartbeat (SetHeartbeat).
@@ -93,8 +95,7 @@ func New(cfg Config) *Aggregator {
 		masters: make(map[uint32]*master),
 		workers: make(map[uint32]*worker),
 		pieces:  make(map[reqKey][]byte),
-		dsNew:   make(map[dsKey]pendingDS),
-		dsOld:   make(map[dsKey]pendingDS),
+		dsIndex: make(map[dsKey]int),
 
 		peerLabels: make(map[events.Peer]string),
 	}

@@ -38,16 +38,17 @@ type downstreamStats struct {
 // dsKey names a request as both its DOWNSTREAM and its END name it.
 type dsKey struct{ tgid, seq uint32 }
 
-// pendingDS is one DOWNSTREAM record, kept by value (no allocation a request).
+// pendingDS is one DOWNSTREAM record waiting for its END, in a slot of a ring that is
+// allocated once: larger than a map keeps inline, it would cost an allocation a request.
 type pendingDS struct {
-	n uint8
-	d [events.PeersMax]events.Downstream
+	key dsKey
+	n   uint8 // entries in d; 0 for a free slot
+	d   [events.PeersMax]events.Downstream
 }
 
-// maxPendingDS bounds each generation of pending records. An END follows its DOWNSTREAM at
-// once (the response's end, the next request on the connection, or the worker's next read);
-// one that never comes (its record lost) is forgotten when its generation is, two
-// generations later, or at its worker's exit.
+// maxPendingDS is the ring's slots. An END follows its DOWNSTREAM at once (the response's
+// end, the next request on the connection, or the worker's next read); a record whose END
+// never comes (lost) is overwritten when the ring comes round, or dropped at its worker's exit.
 const maxPendingDS = 2048
 
 // maxPeerCache bounds the peer labels kept by address or Unix inode.
@@ -66,27 +67,38 @@ func (a *Aggregator) downstream(ev *events.Event) {
 	if w, ok := a.workers[ev.TGID]; !ok || w.state == StateExited || len(ev.Downstream) == 0 {
 		return
 	}
-	if len(a.dsNew) >= maxPendingDS {
-		a.dsOld, a.dsNew = a.dsNew, make(map[dsKey]pendingDS)
+	if a.dsRing == nil {
+		a.dsRing = make([]pendingDS, maxPendingDS)
 	}
-	var p pendingDS
+	k := dsKey{ev.TGID, ev.Seq}
+	i, again := a.dsIndex[k]
+	if !again {
+		i = a.dsNext
+		a.dsNext = (a.dsNext + 1) % len(a.dsRing)
+		if old := &a.dsRing[i]; old.n != 0 {
+			delete(a.dsIndex, old.key) // the oldest, never ended
+		}
+		a.dsIndex[k] = i
+	}
+	p := &a.dsRing[i]
+	p.key = k
 	p.n = uint8(copy(p.d[:], ev.Downstream))
-	a.dsNew[dsKey{ev.TGID, ev.Seq}] = p
 }
 
 // takeDownstream removes and returns the calls of the request an END ends, if any.
 func (a *Aggregator) takeDownstream(ev *events.Event) (pendingDS, bool) {
-	if len(a.dsNew) == 0 && len(a.dsOld) == 0 {
+	if len(a.dsIndex) == 0 {
 		return pendingDS{}, false
 	}
 	k := dsKey{ev.TGID, ev.Seq}
-	for _, m := range []map[dsKey]pendingDS{a.dsNew, a.dsOld} {
-		if p, ok := m[k]; ok {
-			delete(m, k)
-			return p, true
-		}
+	i, ok := a.dsIndex[k]
+	if !ok {
+		return pendingDS{}, false
 	}
-	return pendingDS{}, false
+	delete(a.dsIndex, k)
+	p := a.dsRing[i]
+	a.dsRing[i].n = 0
+	return p, true
 }
 
 // countDownstream counts a request's calls under its endpoint.
@@ -106,6 +118,16 @@ func (a *Aggregator) countDownstream(w *worker, endpoint string, p *pendingDS) {
 
 // peerLabel is the label of a peer, bounded by MaxPeers per master.
 func (a *Aggregator) peerLabel(m *master, pid uint32, p events.Peer) string {
+	// Only what names the peer keys the cache.
+	switch p.Family {
+	case events.FamilyUnix:
+		p = events.Peer{Family: p.Family, Ino: p.Ino}
+	case events.FamilyInet:
+		clear(p.Addr[4:])
+		p.Ino = 0
+	default:
+		p.Ino = 0
+	}
 	l, ok := a.peerLabels[p]
 	if !ok {
 		var keep bool
@@ -180,11 +202,10 @@ func unixLabel(path string) string {
 
 // dropDownstream forgets the pending calls of a process's requests.
 func (a *Aggregator) dropDownstream(pid uint32) {
-	for _, m := range []map[dsKey]pendingDS{a.dsNew, a.dsOld} {
-		for k := range m {
-			if k.tgid == pid {
-				delete(m, k)
-			}
+	for k, i := range a.dsIndex {
+		if k.tgid == pid {
+			a.dsRing[i].n = 0
+			delete(a.dsIndex, k)
 		}
 	}
 }

@@ -135,7 +135,7 @@ func TestDownstreamOnlyWithItsRequest(t *testing.T) {
 			t.Errorf("downstream[%d] = %+v, want %+v", i, m.Downstream[i], want[i])
 		}
 	}
-	wantEq(t, "pending after every END", len(a.dsNew)+len(a.dsOld), 0)
+	wantEq(t, "pending after every END", len(a.dsIndex), 0)
 }
 
 // TestDownstreamLineInPieces: the END of a request whose line came in pieces has the whole
@@ -188,19 +188,22 @@ func TestDownstreamPendingBounded(t *testing.T) {
 	for seq := uint32(1); seq <= n; seq++ {
 		feed(a, evDS(sec, workerPID, seq, redis))
 	}
-	if got := len(a.dsNew) + len(a.dsOld); got > 2*maxPendingDS {
-		t.Errorf("%d records pending, want at most %d", got, 2*maxPendingDS)
+	if got := len(a.dsIndex); got != maxPendingDS {
+		t.Errorf("%d records pending, want %d", got, maxPendingDS)
 	}
-	feed(a, answered(workerPID, 1, "GET /oldest", 200), answered(workerPID, n, "GET /newest", 200))
+	feed(a, answered(workerPID, 1, "GET /oldest", 200), answered(workerPID, n, "GET /newest", 200),
+		answered(workerPID, n-maxPendingDS+1, "GET /oldest-kept", 200))
 	m := masterOf(t, a.Snapshot(0), masterPID)
 	if _, ok := dsOf(m, "/oldest", "127.0.0.1:6379"); ok {
 		t.Error("the oldest record was kept")
 	}
-	if _, ok := dsOf(m, "/newest", "127.0.0.1:6379"); !ok {
-		t.Error("the newest record was forgotten")
+	for _, e := range []string{"/newest", "/oldest-kept"} {
+		if _, ok := dsOf(m, e, "127.0.0.1:6379"); !ok {
+			t.Errorf("the record of %s was forgotten", e)
+		}
 	}
 	feed(a, evExit(100*sec, workerPID, 0))
-	wantEq(t, "pending after the exit", len(a.dsNew)+len(a.dsOld), 0)
+	wantEq(t, "pending after the exit", len(a.dsIndex), 0)
 }
 
 // TestDownstreamUnixReads: net/unix is read once for the sockets it lists (one read labels a
