@@ -142,6 +142,7 @@ func (a *Agent) Attach(k Kernel) error {
 	a.k = k
 	a.agg.SetOccupancy(k.Occupancy)
 	a.agg.SetHeartbeat(a.heartbeats.read)
+	a.agg.SetUnixPaths(a.proc.UnixPaths)
 	for _, info := range a.first {
 		if err := a.attach(info); err != nil {
 			return err

@@ -17,6 +17,9 @@ type Config struct {
 	ServedToDrop int
 	// MaxEndpoints bounds the distinct endpoint values per master; the rest become "other".
 	MaxEndpoints int
+	// MaxPeers bounds the distinct peer values of downstream calls per master; the rest
+	// become "other".
+	MaxPeers int
 	// EndpointMode is normalized (ids become {id}) or raw.
 	EndpointMode EndpointMode
 	// Routes are templates such as /users/{id}/orders/{order}; they win over the heuristic.
@@ -39,6 +42,7 @@ func DefaultConfig() Config {
 		StaleAfter:   60 * time.Second,
 		ServedToDrop: 2,
 		MaxEndpoints: 200,
+		MaxPeers:     50,
 		EndpointMode: EndpointNormalized,
 		MonoToWall:   events.MonotonicToWall(),
 		Now:          time.Now,
@@ -57,7 +61,15 @@ type Aggregator struct {
 	// records), until their request's END.
 	pieces map[reqKey][]byte
 	req    request // the request being counted, reused
-	events [len(events.KindNames)]uint64
+	// dsRing holds the downstream calls of answered requests until their END, dsIndex finds
+	// them, dsNext is the slot written next (downstream.go); peerLabels keeps peers' labels by
+	// address or inode, and unixPaths lists a process's Unix sockets (SetUnixPaths).
+	dsRing     []pendingDS
+	dsIndex    map[dsKey]int
+	dsNext     int
+	peerLabels map[events.Peer]string
+	unixPaths  func(pid uint32) (map[uint64]string, error)
+	events     [len(events.KindNames)]uint64
 	// occupancy reads a worker's in flight and busy time from the kernel (SetOccupancy).
 	occupancy func(pid uint32) (events.Occupancy, bool)
 	// heartbeat reads a live worker's last heartbeat (SetHeartbeat).
@@ -83,6 +95,9 @@ func New(cfg Config) *Aggregator {
 		masters: make(map[uint32]*master),
 		workers: make(map[uint32]*worker),
 		pieces:  make(map[reqKey][]byte),
+		dsIndex: make(map[dsKey]int),
+
+		peerLabels: make(map[events.Peer]string),
 	}
 }
 
@@ -228,5 +243,7 @@ func (a *Aggregator) Handle(ev *events.Event) {
 		a.reqEnd(ev)
 	case events.KindReqLine:
 		a.reqLine(ev)
+	case events.KindDownstream:
+		a.downstream(ev)
 	}
 }

@@ -165,13 +165,7 @@ func (n *normalizer) endpoint(path string) (endpoint string, ignored bool) {
 	if path == "" {
 		path = "/"
 	}
-	path = strings.ToValidUTF8(path, "\uFFFD")
-	path = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '\uFFFD'
-		}
-		return r
-	}, path)
+	path = printable(path)
 	if path == "*" {
 		return path, false
 	}
@@ -203,6 +197,16 @@ func (n *normalizer) endpoint(path string) (endpoint string, ignored bool) {
 		}
 	}
 	return truncate(path, MaxEndpointLen), false
+}
+
+// printable makes s a valid label value: valid UTF-8, control characters replaced.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '\uFFFD'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD"))
 }
 
 // truncate cuts s to at most max bytes on a rune boundary.

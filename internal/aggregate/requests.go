@@ -79,6 +79,7 @@ func (a *Aggregator) reqEnd(ev *events.Event) {
 		more = a.pieces[k]
 		delete(a.pieces, k)
 	}
+	ds, calls := a.takeDownstream(ev)
 	w, ok := a.workers[ev.TGID]
 	if !ok || w.state == StateExited || ev.Flags&events.FlagTLS != 0 {
 		return
@@ -130,6 +131,10 @@ func (a *Aggregator) reqEnd(ev *events.Event) {
 	if ev.Flags&events.FlagCPU != 0 {
 		rt.cpu.observe(float64(ev.CPUNS) / 1e9)
 	}
+	if calls {
+		// With the requests the duration histogram counts: calls ÷ its count is per request.
+		a.countDownstream(w, r.endpoint, &ds)
+	}
 }
 
 // routeStats is what a master keeps of one method and endpoint: the duration of its requests, and
@@ -157,8 +162,9 @@ func (a *Aggregator) ignore(w *worker, r *request) bool {
 	return true
 }
 
-// dropPieces forgets the line pieces of a process's requests.
-func (a *Aggregator) dropPieces(pid uint32) {
+// dropPending forgets what waits for a process's requests' ENDs: line pieces, downstream calls.
+func (a *Aggregator) dropPending(pid uint32) {
+	a.dropDownstream(pid)
 	for k := range a.pieces {
 		if k.tgid == pid {
 			delete(a.pieces, k)

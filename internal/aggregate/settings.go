@@ -20,6 +20,11 @@ func Settings(c *Config) []setting.Setting {
 			Check: func(name string) error {
 				return setting.Require(c.MaxEndpoints >= 1, "invalid %s: must be at least 1", name)
 			}},
+		{Name: "max-peers", Group: setting.Metrics, Value: setting.Int(&c.MaxPeers),
+			Help: `distinct peer values of downstream calls per master; the rest become "other"`,
+			Check: func(name string) error {
+				return setting.Require(c.MaxPeers >= 1, "invalid %s: must be at least 1", name)
+			}},
 		{Name: "endpoint-mode", Group: setting.Metrics, Value: setting.String((*string)(&c.EndpointMode)),
 			Help: "normalized (ids become {id}) or raw",
 			Check: func(name string) error {

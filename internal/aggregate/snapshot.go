@@ -33,6 +33,7 @@ type MasterSnapshot struct {
 	Exits       map[string]uint64
 	HTTP        []HTTPCount
 	Routes      []RouteHistogram
+	Downstream  []DownstreamCount // the requests' calls to other services, by endpoint and peer
 	Ignored     map[string]uint64 // requests not counted, by --ignore-route template
 	Workers     []WorkerSnapshot
 
@@ -150,7 +151,7 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 		ms := MasterSnapshot{
 			PID: m.pid, App: m.app, ContainerID: m.containerID, PodUID: m.podUID, Restarts: m.restarts, Queue: m.queue.clone(),
 			Signals: copyMap(m.signals), Exits: copyMap(m.exits), Ignored: copyMap(m.ignored),
-			Workers: byMaster[m],
+			Workers: byMaster[m], Downstream: downstreamCounts(m),
 		}
 		sort.Slice(ms.Workers, func(i, j int) bool { return ms.Workers[i].ID < ms.Workers[j].ID })
 		for _, w := range ms.Workers {

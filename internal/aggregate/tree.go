@@ -72,7 +72,9 @@ type master struct {
 	exits        map[string]uint64
 	http         map[httpKey]uint64
 	routes       map[routeKey]*routeStats
-	ignored      map[string]uint64 // by --ignore-route template
+	downstream   map[downstreamKey]downstreamStats
+	peers        map[string]struct{} // the peer labels given out, at most MaxPeers
+	ignored      map[string]uint64   // by --ignore-route template
 	norm         *normalizer
 	containerPID uint32    // as for a worker
 	containerID  string    // its container runtime's ID, from its cgroup
@@ -97,13 +99,15 @@ func (a *Aggregator) addMasterLocked(pid uint32, started time.Time, app string) 
 	}
 	m := &master{
 		pid: pid, app: app, started: started,
-		signals: make(map[string]uint64),
-		exits:   make(map[string]uint64),
-		http:    make(map[httpKey]uint64),
-		routes:  make(map[routeKey]*routeStats),
-		queue:   a.newHistogram(DurationBuckets),
-		ignored: make(map[string]uint64),
-		norm:    newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.IgnoreRoutes, a.cfg.MaxEndpoints),
+		signals:    make(map[string]uint64),
+		exits:      make(map[string]uint64),
+		http:       make(map[httpKey]uint64),
+		routes:     make(map[routeKey]*routeStats),
+		downstream: make(map[downstreamKey]downstreamStats),
+		peers:      make(map[string]struct{}),
+		queue:      a.newHistogram(DurationBuckets),
+		ignored:    make(map[string]uint64),
+		norm:       newNormalizer(a.cfg.EndpointMode, a.cfg.Routes, a.cfg.IgnoreRoutes, a.cfg.MaxEndpoints),
 	}
 	for _, r := range a.cfg.IgnoreRoutes {
 		m.ignored[r] = 0 // served from the start, so rate() has a first point
@@ -160,7 +164,7 @@ func (a *Aggregator) removeMasterLocked(pid uint32) {
 	delete(a.masters, pid)
 	for wp, w := range a.workers {
 		if w.master.pid == pid {
-			a.dropPieces(wp)
+			a.dropPending(wp)
 			delete(a.workers, wp)
 		}
 	}
@@ -215,7 +219,7 @@ func (a *Aggregator) fork(ev *events.Event) {
 			return
 		}
 		// The pid was reused before the exited worker's series expired: the new one wins.
-		a.dropPieces(ev.TGID)
+		a.dropPending(ev.TGID)
 	}
 	w := a.newWorker(m, ev.TGID, a.cfg.MonoToWall(ev.TS))
 	switch {
@@ -268,7 +272,7 @@ func (a *Aggregator) exit(ev *events.Event) {
 	m.exits[reason]++
 	now := a.cfg.MonoToWall(ev.TS)
 	// The requests it was serving ended just before (the kernel sends their ENDs first).
-	a.dropPieces(w.pid)
+	a.dropPending(w.pid)
 	w.inFlight = 0
 	if ev.BusyNS > w.busyNS {
 		w.busyNS = ev.BusyNS

@@ -64,6 +64,7 @@ type Collector struct {
 	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
 	progSeconds, attached, ignored, queue *prometheus.Desc
 	saturation saturation
+	downstream downstream
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -106,6 +107,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+) or syscall; always 1.", []string{"mode"}, nil)
 	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	c.saturation = newSaturation(base, l)
+	c.downstream = newDownstream(l)
 	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	return c
 }
@@ -120,6 +122,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	c.saturation.describe(ch)
+	c.downstream.describe(ch)
 }
 
 // Collect takes one snapshot and sends its series.
@@ -212,6 +215,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 			hist(c.httpCPU, r.CPU, time.Time{}, r.Method, r.Endpoint)
 		}
 	}
+	c.downstream.collect(m, counter)
 	for route, n := range m.Ignored {
 		counter(c.ignored, float64(n), route)
 	}

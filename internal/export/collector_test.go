@@ -46,12 +46,30 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	}
 	// The kernel's CPU time, for requests served alone on their thread (--request-cpu).
 	onCPU := map[string]time.Duration{"GET /ok": time.Millisecond, "GET /users/12345": 20 * time.Millisecond}
+	// The kernel's downstream calls (--downstream): /users/12345 reads Redis 3 times and
+	// PostgreSQL once, over its Unix socket; /ok calls an API.
+	redis := events.Peer{Family: events.FamilyInet, Port: 6379, Addr: [16]byte{127, 0, 0, 1}}
+	api := events.Peer{Family: events.FamilyInet6, Port: 443, Addr: [16]byte{0: 0x20, 1: 0x01, 2: 0x0d, 3: 0xb8, 15: 1}}
+	pg := events.Peer{Family: events.FamilyUnix, Ino: 4242}
+	calls := map[string][]events.Downstream{
+		"GET /ok":          {{Peer: api, Calls: 1, NS: uint64(time.Millisecond)}},
+		"GET /users/12345": {{Peer: redis, Calls: 3, NS: uint64(600 * time.Microsecond)}, {Peer: pg, Calls: 1, NS: uint64(4 * time.Millisecond)}},
+	}
+	a.SetUnixPaths(func(pid uint32) (map[uint64]string, error) {
+		return map[uint64]string{4242: "/run/postgresql/.s.PGSQL.5432"}, nil
+	})
 	req := func(pid, fd, seq uint32, line string, status uint16, dur time.Duration) {
 		start := ts + uint64(time.Millisecond)
 		end := start + uint64(dur)
 		e := events.Event{Kind: events.KindReqEnd, TGID: pid, FD: fd, Seq: seq, Status: status, StartNS: start, LastWriteNS: end, BytesIn: 120, BytesOut: 2048, Reason: events.EndClose, TS: end + 1, Line: []byte(line)}
 		if c, ok := onCPU[line]; ok {
 			e.Flags, e.CPUNS = events.FlagCPU, uint64(c)
+		}
+		if d, ok := calls[line]; ok {
+			// Sent when the request is answered, before its end.
+			ds := events.Event{Kind: events.KindDownstream, TGID: pid, Seq: seq}
+			ds.SetDownstream(d)
+			ev(ds)
 		}
 		ev(e)
 		ts = end + 2
@@ -186,7 +204,8 @@ func TestContractMetrics(t *testing.T) {
 		"gunicorn_master_workers_expected": "gauge", "gunicorn_worker_exits_total": "counter",
 		"gpe_ebpf_events_total": "counter", "gpe_ebpf_events_lost_total": "counter", "gpe_ebpf_build_info": "gauge",
 		"gunicorn_master_workers_busy": "gauge", "gunicorn_worker_heartbeat_age_seconds": "gauge",
-		"gunicorn_master_timeout_seconds": "gauge",
+		"gunicorn_master_timeout_seconds": "gauge", "gunicorn_http_downstream_calls_total": "counter",
+		"gunicorn_http_downstream_seconds_total": "counter",
 	}
 	for name, typ := range want {
 		if !strings.Contains(out, "# TYPE "+name+" "+typ+"\n") {
@@ -200,6 +219,9 @@ func TestContractMetrics(t *testing.T) {
 		`gunicorn_worker_exits_total{reason="timeout"} 1`,
 		`gunicorn_worker_exits_total{reason="graceful"} 2`,
 		`gunicorn_http_requests_total{endpoint="/users/{id}",method="GET",status="200"} 1`,
+		`gunicorn_http_downstream_calls_total{endpoint="/users/{id}",peer="127.0.0.1:6379"} 3`,
+		`gunicorn_http_downstream_seconds_total{endpoint="/users/{id}",peer="unix:/run/postgresql/.s.PGSQL.5432"} 0.004`,
+		`gunicorn_http_downstream_calls_total{endpoint="/ok",peer="[2001:db8::1]:443"} 1`,
 	} {
 		if !strings.Contains(out, s+"\n") {
 			t.Errorf("missing %s", s)

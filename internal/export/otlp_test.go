@@ -116,7 +116,8 @@ func TestOTLPPush(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{"gunicorn_worker_requests_total", "gunicorn_http_requests_total", "gunicorn_worker_failed_requests_total"} {
+	for _, name := range []string{"gunicorn_worker_requests_total", "gunicorn_http_requests_total", "gunicorn_worker_failed_requests_total",
+		"gunicorn_http_downstream_calls_total", "gunicorn_http_downstream_seconds_total"} {
 		want, err := testutil.GatherAndCount(reg, name)
 		if err != nil || want == 0 {
 			t.Fatalf("%s: %d series, %v", name, want, err)
