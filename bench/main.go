@@ -48,7 +48,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin/gpe-ebpf", "gpe-ebpf binary (make build)")
 	flag.StringVar(&o.out, "out", "bench/out", "directory of the JSON results")
-	flag.StringVar(&o.modes, "modes", "", "arms observed by gpe-ebpf, comma-separated: socket, syscall, socket-noqueue (socket with --queue-wait=false), socket-nocpu (socket with --request-cpu=false) (default: all four when the binary has --request-cpu)")
+	flag.StringVar(&o.modes, "modes", "", "arms observed by gpe-ebpf, comma-separated: socket, syscall, socket-noqueue (socket with --queue-wait=false), socket-nocpu (socket with --request-cpu=false), socket-nowhy (socket with --request-cpu=false --downstream=false) (default: socket, socket-noqueue, socket-nowhy and syscall when the binary has --downstream)")
 	flag.IntVar(&o.pairs, "pairs", 15, "rounds of the throughput comparison (each runs every arm once)")
 	flag.IntVar(&o.otherPairs, "other-pairs", 10, "rounds of the other-process comparison")
 	flag.IntVar(&o.kernelRuns, "kernel-runs", 3, "runs per mode with BPF run statistics on")
@@ -112,21 +112,27 @@ func (s *session) gunicorn(workers int, extra ...string) (*gunicorn, error) {
 
 // noQueue is the suffix of an arm that runs a hook mode with --queue-wait=false: without the
 // hook on every TCP state change of the host; noCPU, with --request-cpu=false: without each
-// request's CPU time.
+// request's CPU time; noWhy, without it and without the downstream calls (--downstream=false).
 const (
 	noQueue = "-noqueue"
 	noCPU   = "-nocpu"
+	noWhy   = "-nowhy"
 )
 
 // armFlags are the flags each arm suffix adds.
-var armFlags = map[string]string{noQueue: "--queue-wait=false", noCPU: "--request-cpu=false"}
+var armFlags = map[string][]string{
+	noQueue: {"--queue-wait=false"},
+	noCPU:   {"--request-cpu=false"},
+	noWhy:   {"--request-cpu=false", "--downstream=false"},
+}
 
 // observe starts a gpe-ebpf on master in a hook mode ("" or "default": the binary's default;
-// "socket-noqueue": socket hooks, --queue-wait=false; "socket-nocpu": --request-cpu=false).
+// "socket-noqueue": socket hooks, --queue-wait=false; "socket-nocpu": --request-cpu=false;
+// "socket-nowhy": --request-cpu=false --downstream=false).
 func (s *session) observe(master int, mode string, extra ...string) (*observer, error) {
 	for suffix, f := range armFlags {
 		if base, ok := strings.CutSuffix(mode, suffix); ok {
-			extra = append([]string{f}, extra...)
+			extra = append(append([]string(nil), f...), extra...)
 			mode = base
 		}
 	}
@@ -153,6 +159,8 @@ func hookModes(bin, flagValue string) []string {
 	}
 	out, _ := execOutput(bin, "--help")
 	switch {
+	case strings.Contains(out, "--downstream"):
+		return []string{"socket", "socket" + noQueue, "socket" + noWhy, "syscall"}
 	case strings.Contains(out, "--request-cpu"):
 		return []string{"socket", "socket" + noQueue, "socket" + noCPU, "syscall"}
 	case strings.Contains(out, "--queue-wait"):
