@@ -101,14 +101,7 @@ func TestRequestCPUOff(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Hooks = HooksSocket
 	cfg.RequestCPU = false
-	p, err := Load(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.Track(uint32(unix.Getpid()), 1, events.ProcWorker); err != nil {
-		t.Fatal(err)
-	}
+	p := loadWorkerWith(t, cfg)
 	rec := record(p)
 	ln := tcpListen(t)
 	cl, srv := tcpConnect(t, ln)

@@ -185,14 +185,7 @@ func TestDownstreamOff(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Hooks = HooksSocket
 	cfg.Downstream = false
-	p, err := Load(cfg)
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	t.Cleanup(func() { p.Close() })
-	if err := p.Track(uint32(os.Getpid()), 1, events.ProcWorker); err != nil {
-		t.Fatal(err)
-	}
+	p := loadWorkerWith(t, cfg)
 	rec := record(p)
 	ln := tcpListen(t)
 	buf := make([]byte, 4096)

@@ -279,6 +279,22 @@ func loadAsWorker(t *testing.T, mode string) *Probes {
 	return p
 }
 
+// loadWorkerWith loads the probes as cfg says, closed when the test ends, with this process
+// tracked as a worker.
+func loadWorkerWith(t *testing.T, cfg Config) *Probes {
+	t.Helper()
+	requireRoot(t)
+	p, err := Load(cfg)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if err := p.Track(uint32(os.Getpid()), 1, events.ProcWorker); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // tcpListen opens a listener of this process on loopback, closed when the test ends.
 func tcpListen(t *testing.T) int {
 	t.Helper()

@@ -58,7 +58,6 @@ func testStatusLine(t *testing.T, mode string) {
 func TestFullTable(t *testing.T) { forEachMode(t, testFullTable) }
 
 func testFullTable(t *testing.T, mode string) {
-	requireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Hooks = mode
 	cfg.MaxConnections = 3
@@ -66,14 +65,7 @@ func testFullTable(t *testing.T, mode string) {
 	// written while it serves the first request, would be its own client connections and take
 	// room too (TestDownstream* test those).
 	cfg.Downstream = false
-	p, err := Load(cfg)
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	t.Cleanup(func() { p.Close() })
-	if err := p.Track(uint32(os.Getpid()), 1, events.ProcWorker); err != nil {
-		t.Fatal(err)
-	}
+	p := loadWorkerWith(t, cfg)
 	io := ioFor(mode)
 	rec := record(p)
 	ln := tcpListen(t)
