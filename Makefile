@@ -11,7 +11,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # kernel matrix's emulators and root-filesystem builder.
 DEB_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev \
 	gunicorn python3-gevent python3-eventlet python3-tornado python3-uvicorn \
-	python3-prometheus-client redis-server wrk hey curl ruby systemd procps openssl prometheus \
+	python3-prometheus-client redis-server python3-redis python3-psycopg2 postgresql wrk hey curl ruby \
+	systemd procps openssl prometheus \
 	qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support debootstrap cpio
 
 .PHONY: all deps generate build image deb test test-unit test-e2e test-deploy test-kernels demo bench lint vmlinux clean

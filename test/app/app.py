@@ -4,12 +4,84 @@ Endpoints: /ok (200), /fail (500: an exception the framework turns into a 500), 
 /slow (50 ms), /sleep/<ms>, /cpu/<ms> (a CPU loop of that long), /big (2 MB), /file/<mb> (sent with wsgi.file_wrapper, so sendfile),
 /chunked (no Content-Length), /upload (POST: reads the body), /hang (sleeps 1 h: for timeouts),
 /users/<id> (an id in the path), and anything else 404.
+
+Downstream calls (the tests set where to): /redis/<n> (n GETs, each its own round trip),
+/redispipe/<n> (one pipeline of n GETs: one round trip), /sql/<n> and /sqlunix/<n> (n SELECTs,
+each its own round trip, over TCP and over the server's Unix socket). The clients connect when a
+worker imports the app (Gunicorn imports it in each worker unless --preload), so no connection
+is set up inside a request. GPE_TEST_REDIS=host:port, GPE_TEST_PG and GPE_TEST_PG_UNIX (libpq
+DSNs) say where; unset, or the server unreachable at import, those endpoints answer 500 and
+nothing else changes.
 """
 import os
 import tempfile
 import time
 
 _FILES = {}
+
+
+def _connect(var, connect):
+    """Connects with connect(value of var) at import; returns (client, None) or (None, why)."""
+    where = os.environ.get(var)
+    if not where:
+        return None, "%s is not set" % var
+    try:
+        return connect(where), None
+    except Exception as e:  # the endpoint answers 500 with this, rather than a worker that fails to boot
+        return None, "%s=%s: %r" % (var, where, e)
+
+
+def _redis(where):
+    import redis
+
+    host, port = where.rsplit(":", 1)
+    r = redis.Redis(host=host, port=int(port))
+    r.ping()
+    r.set("gpe-test", b"v")
+    return r
+
+
+def _pg(dsn):
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    # Autocommit: psycopg2 would otherwise send a BEGIN of its own, a round trip more per request.
+    conn.autocommit = True
+    return conn
+
+
+_REDIS = _connect("GPE_TEST_REDIS", _redis)
+_PG = {"sql": _connect("GPE_TEST_PG", _pg), "sqlunix": _connect("GPE_TEST_PG_UNIX", _pg)}
+
+
+def _text(start_response, status, body):
+    body = body.encode()
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _downstream(start_response, head, n):
+    """Serves /redis/<n>, /redispipe/<n>, /sql/<n> and /sqlunix/<n>."""
+    client, why = _PG[head] if head in _PG else _REDIS
+    if client is None:
+        return _text(start_response, "500 Internal Server Error", why + "\n")
+    want = [b"v"] * n
+    if head == "redis":
+        got = [client.get("gpe-test") for _ in range(n)]
+    elif head == "redispipe":
+        pipe = client.pipeline(transaction=False)
+        for _ in range(n):
+            pipe.get("gpe-test")
+        got = pipe.execute()
+    else:
+        want, got = list(range(n)), []
+        with client.cursor() as cur:
+            for i in range(n):
+                cur.execute("SELECT %s", (i,))
+                got.append(cur.fetchone()[0])
+    if got != want:
+        return _text(start_response, "500 Internal Server Error", "wrong answers %r\n" % got)
+    return _text(start_response, "200 OK", "%s %d\n" % (head, n))
 
 
 def _file(mb):
@@ -78,6 +150,8 @@ def app(environ, start_response):
         return [body]
     if path == "/hang":
         time.sleep(3600)
+    if head in ("redis", "redispipe", "sql", "sqlunix") and len(parts) == 2:
+        return _downstream(start_response, head, int(parts[1]))
     if head == "users" and len(parts) == 2:
         start_response("200 OK", [("Content-Length", "4")])
         return [b"user"]
