@@ -67,8 +67,8 @@ static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32
 static __always_inline __u64 thread_runtime(__u32 *tid)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
-	*tid = (__u32)BPF_CORE_READ(t, pid);
-	return BPF_CORE_READ(t, se.sum_exec_runtime);
+	*tid = (__u32)t->pid; /* a BTF pointer: plain loads, no helper call */
+	return t->se.sum_exec_runtime;
 }
 
 /* The calling thread's pid, and its runtime if request_cpu (else 0). */

@@ -101,11 +101,12 @@ struct pt_regs {
 	unsigned long di;
 	unsigned long orig_ax;
 };
-#define GPE_SYSCALL_NR(r) BPF_CORE_READ(r, orig_ax)
-#define GPE_SYSCALL_ARG0(r) BPF_CORE_READ(r, di)
-#define GPE_SYSCALL_ARG1(r) BPF_CORE_READ(r, si)
-#define GPE_SYSCALL_ARG2(r) BPF_CORE_READ(r, dx)
-#define GPE_SYSCALL_ARG3(r) BPF_CORE_READ(r, r10)
+/* r is bpf_task_pt_regs': a BTF pointer, whose fields are plain loads (relocated), no helper call. */
+#define GPE_SYSCALL_NR(r) ((r)->orig_ax)
+#define GPE_SYSCALL_ARG0(r) ((r)->di)
+#define GPE_SYSCALL_ARG1(r) ((r)->si)
+#define GPE_SYSCALL_ARG2(r) ((r)->dx)
+#define GPE_SYSCALL_ARG3(r) ((r)->r10)
 /* A uprobe's arguments (the user ABI) and a uretprobe's return value: ctx fields, relocated. */
 #define GPE_UPROBE_ARG0(r) ((r)->di)
 #define GPE_UPROBE_ARG1(r) ((r)->si)
@@ -119,11 +120,11 @@ struct pt_regs___gpe {
 	u64 orig_x0; /* x0 is overwritten by the return value; orig_x0 keeps the argument */
 	s32 syscallno;
 };
-#define GPE_SYSCALL_NR(r) BPF_CORE_READ((struct pt_regs___gpe *)(r), syscallno)
-#define GPE_SYSCALL_ARG0(r) BPF_CORE_READ((struct pt_regs___gpe *)(r), orig_x0)
-#define GPE_SYSCALL_ARG1(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[1])
-#define GPE_SYSCALL_ARG2(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[2])
-#define GPE_SYSCALL_ARG3(r) BPF_CORE_READ((struct user_pt_regs *)(r), regs[3])
+#define GPE_SYSCALL_NR(r) (((struct pt_regs___gpe *)(r))->syscallno)
+#define GPE_SYSCALL_ARG0(r) (((struct pt_regs___gpe *)(r))->orig_x0)
+#define GPE_SYSCALL_ARG1(r) (((struct user_pt_regs *)(r))->regs[1])
+#define GPE_SYSCALL_ARG2(r) (((struct user_pt_regs *)(r))->regs[2])
+#define GPE_SYSCALL_ARG3(r) (((struct user_pt_regs *)(r))->regs[3])
 #define GPE_UPROBE_ARG0(r) (((struct user_pt_regs *)(r))->regs[0])
 #define GPE_UPROBE_ARG1(r) (((struct user_pt_regs *)(r))->regs[1])
 #define GPE_UPROBE_ARG3(r) (((struct user_pt_regs *)(r))->regs[3])
