@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 OR MIT */
 /*
  * hook_fentry.h: Fentry mode (--hooks fentry, kernels without the socket tracepoints, where BPF
- * trampolines exist: x86_64 5.5+, arm64 6.0+): fexit on the protocols' send and receive functions.
+ * trampolines can attach to kernel functions: x86_64 5.5+; arm64's Debian 6.12 but not its 6.1,
+ * which refuses the attach, "not supported"): fexit on the protocols' send and receive functions.
  * Only what these hooks' arguments give: the socket, the flags and the byte count.
  *
  * Why the protocols' functions and not sock_sendmsg/sock_recvmsg: since "net: prevent rewrite of

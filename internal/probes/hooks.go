@@ -21,8 +21,9 @@ const (
 	// processes pay one memory read per socket call, and nothing on other syscalls.
 	HooksSocket = "socket"
 	// HooksFentry attaches fexit programs to the TCP and Unix stream sockets' send and receive
-	// functions (bpf/hook_fentry.h), where the kernel has BPF trampolines (x86_64 5.5+, arm64
-	// 6.0+): like HooksSocket, nothing on other syscalls.
+	// functions (bpf/hook_fentry.h), where the kernel lets fexit attach to kernel functions
+	// (x86_64 5.5+; on arm64, Debian's 6.12 does and its 6.1 refuses): like HooksSocket,
+	// nothing on other syscalls.
 	HooksFentry = "fentry"
 	// HooksKprobe attaches kprobes and kretprobes to the same functions, where the kernel has no
 	// trampolines: nothing on other syscalls either.
