@@ -63,7 +63,8 @@ func ChooseHooks(want string, kernelHas func(typeName string) (bool, error), att
 		return HooksSyscall, nil
 	case HooksFentry, HooksKprobe:
 		if err := attaches(want); err != nil {
-			return "", fmt.Errorf("%w (--hooks %s: %w): use --hooks syscall or auto", ErrHooksRefused, want, err)
+			// The kernel's reason is text here: an EPERM from it is not a lack of privilege.
+			return "", fmt.Errorf("%w (--hooks %s: %v): use --hooks syscall or auto", ErrHooksRefused, want, err)
 		}
 		return want, nil
 	}

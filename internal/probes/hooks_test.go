@@ -2,8 +2,12 @@ package probes
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestChooseHooks: auto picks the socket hooks exactly when the kernel's BTF has the
@@ -12,7 +16,7 @@ import (
 // message naming the way out, never replaced.
 func TestChooseHooks(t *testing.T) {
 	lookupErr := errors.New("no BTF")
-	refused := errors.New("operation not permitted")
+	refused := fmt.Errorf("load: %w", unix.EPERM) // what this machine's kernel answers to fexit
 	both := map[string]error{}
 	onlyKprobe := map[string]error{HooksFentry: refused}
 	neither := map[string]error{HooksFentry: refused, HooksKprobe: refused}
@@ -33,7 +37,7 @@ func TestChooseHooks(t *testing.T) {
 		{name: "socket with the tracepoint", want: HooksSocket, has: true, mode: HooksSocket},
 		{name: "socket without it", want: HooksSocket, refuse: both, wantErr: ErrNoSocketHooks},
 		{name: "fentry allowed", want: HooksFentry, has: true, mode: HooksFentry, asked: []string{HooksFentry}},
-		{name: "fentry refused", want: HooksFentry, has: true, refuse: onlyKprobe, wantErr: refused, asked: []string{HooksFentry}},
+		{name: "fentry refused", want: HooksFentry, has: true, refuse: onlyKprobe, wantErr: ErrHooksRefused, asked: []string{HooksFentry}},
 		{name: "kprobe allowed", want: HooksKprobe, has: true, refuse: onlyKprobe, mode: HooksKprobe, asked: []string{HooksKprobe}},
 		{name: "kprobe refused", want: HooksKprobe, refuse: neither, wantErr: ErrHooksRefused, asked: []string{HooksKprobe}},
 		{name: "syscall with the tracepoint", want: HooksSyscall, has: true, mode: HooksSyscall},
@@ -55,6 +59,9 @@ func TestChooseHooks(t *testing.T) {
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("ChooseHooks(%q) = %q, %v; want an error with %v", tc.want, got, err, tc.wantErr)
+				}
+				if errors.Is(err, os.ErrPermission) { // gpe-ebpf would call it a lack of privilege
+					t.Errorf("ChooseHooks(%q): %v is a permission error", tc.want, err)
 				}
 				return
 			}
