@@ -3,7 +3,7 @@
 /*
  * gpe.bpf.c: the kernel side of gpe-ebpf.
  *
- * Hooks (tracepoints and BTF tracepoints only; no kprobes, no fentry/fexit). Both modes:
+ * Hooks (tracepoints and BTF tracepoints, except in the fentry and kprobe modes). Every mode:
  *   tp_btf/sched_process_fork    a tracked master forks: the child is a worker
  *   tp_btf/sched_process_exec    a tracked worker execs: USR2 upgrade, it becomes a master
  *   tp_btf/sched_process_exit    a tracked process's last thread exits, with its wait status
@@ -22,11 +22,17 @@
  *                                sendfile); with the two above, the HTTP request state machine
  *                                of each worker connection. The fd and the user buffer come from
  *                                the registers the task entered the syscall with.
- * Syscall mode (--hooks syscall, kernels before 6.3):
+ * Fentry mode (--hooks fentry, kernels before 6.3 with BPF trampolines):
+ *   fexit/{inet,inet6,unix_stream}_{recvmsg,sendmsg}, and fexit/sock_sendpage where the kernel
+ *                                has it (sendfile before 6.5): the same state machine, fed from
+ *                                the protocols' functions (hook_fentry.h says why those)
+ * Kprobe mode (--hooks kprobe, the same without trampolines):
+ *   kprobe and kretprobe on the same functions; the entry saves the socket per thread
+ * Syscall mode (--hooks syscall, the last resort):
  *   tracepoint/syscalls/sys_exit_{recvfrom,recvmsg,sendto,sendmsg,sendfile64}
  *                                the same state machine (on_io), fed from the syscall's return
  *                                value and registers; the fd's socket from the task's fd table.
- * Both modes, with --tls auto (internal/probes/tls.go attaches them per worker, with its PID):
+ * Every mode, with --tls auto (internal/probes/tls.go attaches them per worker, with its PID):
  *   uprobe SSL_set_fd, SSL_read, SSL_read_ex, SSL_write, SSL_write_ex and uretprobes of the
  *                                last four, on the libssl a worker has mapped: the plaintext of
  *                                TLS connections through the same state machine (tls.h)
@@ -42,11 +48,14 @@
  *   regs.h           the calling task's socket call and fd table, from its registers
  *   request.h        the request state machine (on_io), shared by every hook mode
  *   tls.h            the libssl uprobes, and the ciphertext the socket hooks skip
- *   hook_socket.h    socket mode's hooks: only the reading of their arguments
+ *   hook_socket.h    socket mode's hooks: only the reading of their arguments; sock_io, which the
+ *                    fentry and kprobe modes share
+ *   hook_fentry.h    fentry mode's hooks: the same
+ *   hook_kprobe.h    kprobe mode's hooks: the same
  *   hook_syscall.h   syscall mode's hooks: the same
  *   hook_tcp.h       the TCP state hooks of both modes
  *
- * No syscall tracepoint in socket mode: enabling any one puts every task's every syscall on the
+ * No syscall tracepoint in the socket, fentry and kprobe modes: enabling any one puts every task's every syscall on the
  * kernel's slow path (BENCHMARKS.md: dd bs=1 paid 4% with no program attached at all). The
  * socket hooks fire only for socket I/O. Every I/O hook first reads the calling process's slot
  * of `filter`, returning at once when no tracked process has a tgid in it, so the rest of the
@@ -57,7 +66,7 @@
  * counted per CPU in `lost`.
  *
  * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
- * tracepoints); 5.17 in syscall mode (bpf_loop; bpf_task_pt_regs is 5.15, atomic fetch-and-add
+ * tracepoints); 5.17 in the fentry, kprobe and syscall modes (bpf_loop; bpf_task_pt_regs is 5.15, atomic fetch-and-add
  * and compare-and-swap 5.12). The TLS uprobes: uprobe_multi links from 6.10, else perf-event
  * uprobes with attach cookies (5.15). Tested on 6.18.
  */
@@ -79,6 +88,8 @@
 #include "request.h"
 #include "tls.h"
 #include "hook_socket.h"
+#include "hook_fentry.h"
+#include "hook_kprobe.h"
 #include "hook_syscall.h"
 #include "hook_tcp.h"
 

@@ -8,20 +8,38 @@
 #ifndef GPE_HOOK_SOCKET_H
 #define GPE_HOOK_SOCKET_H
 
-/* A socket hook: every other process of the host stops at the filter, without a map lookup
- * or a helper call. sk is a BTF pointer here: its fields are plain loads. */
-static __always_inline int sock_io(struct sock *sk, int ret, int send)
+/* The calling process, past the filter, of a socket hook whose call moved ret bytes; 0 for a
+ * call that moved none and for every other process of the host, which stops here without a
+ * map lookup or a helper call. Shared by the socket, fentry and kprobe modes. */
+static __always_inline __u32 sock_caller(int ret)
 {
 	if (ret == 0)
 		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!maybe_tracked(tgid))
-		return 0;
-	if (tls_skip(sk, -1, !send && ret > 0)) /* ciphertext: its plaintext comes from the libssl uprobes */
+	return maybe_tracked(tgid) ? tgid : 0;
+}
+
+/* A socket hook whose sk is a BTF pointer (socket and fentry modes): its fields are plain
+ * loads. The kprobe mode's sk is a plain number: kprobe_io (hook_kprobe.h) reads it with CO-RE. */
+static __always_inline int sock_io(struct sock *sk, int ret, int send)
+{
+	__u32 tgid = sock_caller(ret);
+	if (!tgid || tls_skip(sk, -1, !send && ret > 0)) /* ciphertext: its plaintext comes from the libssl uprobes */
 		return 0;
 	struct call call = {};
 	return on_io(sk, sk->__sk_common.skc_hash, sk->__sk_common.skc_family, sk->sk_protocol,
 		     tgid, ret, send, &call);
+}
+
+/* The same where sk is a plain number, not a BTF pointer (kprobe mode; sendpage's socket, behind
+ * a file's void *): its fields through CO-RE reads. tgid is sock_caller's, already past the filter. */
+static __always_inline int sock_io_core(struct sock *sk, __u32 tgid, int ret, int send)
+{
+	if (!sk || tls_skip(sk, -1, !send && ret > 0))
+		return 0;
+	struct call call = {};
+	return on_io(sk, BPF_CORE_READ(sk, __sk_common.skc_hash), BPF_CORE_READ(sk, __sk_common.skc_family),
+		     BPF_CORE_READ(sk, sk_protocol), tgid, ret, send, &call);
 }
 
 /* Every read from a socket (recvfrom, recvmsg, read, readv), after it returned. */

@@ -373,4 +373,17 @@ struct {
 __u64 tls_in_calls = 0;
 __u64 tls_socks_n = 0;
 
+/*
+ * Kprobe mode (hook_kprobe.h): per thread (pid_tgid), the socket of the send or receive it is in,
+ * saved by the entry probe for the return probe, which takes it back. Only tracked processes'
+ * threads get an entry. LRU: an entry whose return was missed (the kretprobe's instances ran
+ * out) ages out, or is replaced by the thread's next call.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} kprobe_socks SEC(".maps");
+
 #endif /* GPE_MAPS_H */

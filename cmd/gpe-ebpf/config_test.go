@@ -109,7 +109,7 @@ func TestHooksFlag(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want string
-	}{{nil, "auto"}, {[]string{"--hooks", "socket"}, "socket"}, {[]string{"--hooks", "syscall"}, "syscall"}} {
+	}{{nil, "auto"}, {[]string{"--hooks", "socket"}, "socket"}, {[]string{"--hooks", "fentry"}, "fentry"}, {[]string{"--hooks", "kprobe"}, "kprobe"}, {[]string{"--hooks", "syscall"}, "syscall"}} {
 		cfg, err := parseConfig(append([]string{"--pid", "1"}, tc.args...), env(), io.Discard)
 		if err != nil || cfg.Probes.Hooks != tc.want {
 			t.Errorf("%v: hooks %q, %v; want %q", tc.args, cfg.Probes.Hooks, err, tc.want)

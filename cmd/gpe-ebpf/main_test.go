@@ -124,7 +124,7 @@ func TestBadInput(t *testing.T) {
 		{"bind address", []string{"--pid", "1"}, []string{"PROMETHEUS_BIND_ADDRESS", "nowhere"}, []string{`invalid --bind-address (PROMETHEUS_BIND_ADDRESS) "nowhere"`}},
 		{"log format", []string{"--pid", "1", "--log-format", "xml"}, nil, []string{`invalid --log-format "xml"`}},
 		{"stale-after", []string{"--pid", "1", "--stale-after", "0s"}, nil, []string{"invalid --stale-after"}},
-		{"hooks", []string{"--pid", "1", "--hooks", "kprobe"}, nil, []string{`invalid --hooks "kprobe": auto, socket or syscall`}},
+		{"hooks", []string{"--pid", "1", "--hooks", "uprobe"}, nil, []string{`invalid --hooks "uprobe": auto, socket, fentry, kprobe, syscall`}},
 		{"ignore-route not a path", []string{"--pid", "1", "--ignore-route", "healthz"}, nil, []string{`invalid --ignore-route "healthz": must start with /`}},
 		{"no such process", []string{"--pid", noPID}, nil, []string{"pid " + noPID + ": no such process"}},
 		{"not gunicorn", []string{"--pid", sleepPID}, nil, []string{"pid " + sleepPID + " (sleep 60) is not a Gunicorn master", "--force"}},

@@ -104,7 +104,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.buildInfo = d("gpe_ebpf_build_info", "gpe-ebpf's version, commit, Go version and platform; always 1.", []string{"version", "revision", "goversion", "goos", "goarch"}, nil)
 	c.attached = d("gpe_ebpf_masters_attached", "Gunicorn masters observed now (0 while --pid-file waits for one).", nil, nil)
 	c.ignored = d("gpe_ebpf_ignored_requests_total", "Requests matching an --ignore-route template, counted nowhere else.", l("route"), nil)
-	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+) or syscall; always 1.", []string{"mode"}, nil)
+	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+), fentry, kprobe or syscall; always 1.", []string{"mode"}, nil)
 	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	c.saturation = newSaturation(base, l)
 	c.downstream = newDownstream(l)

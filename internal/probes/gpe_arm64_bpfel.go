@@ -230,57 +230,70 @@ type gpeTlsKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	gpeMapConns            = "conns"
-	gpeMapDrops            = "drops"
-	gpeMapEstablished      = "established"
-	gpeMapEvents           = "events"
-	gpeMapFilter           = "filter"
-	gpeMapFreshConn        = "fresh_conn"
-	gpeMapListenPorts      = "listen_ports"
-	gpeMapLost             = "lost"
-	gpeMapProcs            = "procs"
-	gpeMapScratch          = "scratch"
-	gpeMapSlots            = "slots"
-	gpeMapThreadDs         = "thread_ds"
-	gpeMapThreadReqs       = "thread_reqs"
-	gpeMapTlsCalls         = "tls_calls"
-	gpeMapTlsLastRead      = "tls_last_read"
-	gpeMapTlsSocks         = "tls_socks"
-	gpeMapTlsSsl           = "tls_ssl"
-	gpeProgOnExec          = "on_exec"
-	gpeProgOnExit          = "on_exit"
-	gpeProgOnFork          = "on_fork"
-	gpeProgOnOom           = "on_oom"
-	gpeProgOnSignal        = "on_signal"
-	gpeProgOnSockRecv      = "on_sock_recv"
-	gpeProgOnSockSend      = "on_sock_send"
-	gpeProgOnSslEnter      = "on_ssl_enter"
-	gpeProgOnSslEnterM     = "on_ssl_enter_m"
-	gpeProgOnSslRet        = "on_ssl_ret"
-	gpeProgOnSslRetM       = "on_ssl_ret_m"
-	gpeProgOnSysRecv       = "on_sys_recv"
-	gpeProgOnSysSend       = "on_sys_send"
-	gpeProgOnTcpDestroy    = "on_tcp_destroy"
-	gpeProgOnTcpState      = "on_tcp_state"
-	gpeVarDownstream       = "downstream"
-	gpeVarNextSeq          = "next_seq"
-	gpeVarQueueWait        = "queue_wait"
-	gpeVarRequestCpu       = "request_cpu"
-	gpeVarSlotMask         = "slot_mask"
-	gpeVarTcpInConns       = "tcp_in_conns"
-	gpeVarTlsInCalls       = "tls_in_calls"
-	gpeVarTlsOn            = "tls_on"
-	gpeVarTlsSocksN        = "tls_socks_n"
-	gpeVarUnusedConnState  = "unused_conn_state"
-	gpeVarUnusedDropReason = "unused_drop_reason"
-	gpeVarUnusedDsEvent    = "unused_ds_event"
-	gpeVarUnusedEndReason  = "unused_end_reason"
-	gpeVarUnusedEventKind  = "unused_event_kind"
-	gpeVarUnusedProcEvent  = "unused_proc_event"
-	gpeVarUnusedProcKind   = "unused_proc_kind"
-	gpeVarUnusedReqFlag    = "unused_req_flag"
-	gpeVarUnusedReqStart   = "unused_req_start"
-	gpeVarWakeupBytes      = "wakeup_bytes"
+	gpeMapConns             = "conns"
+	gpeMapDrops             = "drops"
+	gpeMapEstablished       = "established"
+	gpeMapEvents            = "events"
+	gpeMapFilter            = "filter"
+	gpeMapFreshConn         = "fresh_conn"
+	gpeMapKprobeSocks       = "kprobe_socks"
+	gpeMapListenPorts       = "listen_ports"
+	gpeMapLost              = "lost"
+	gpeMapProcs             = "procs"
+	gpeMapScratch           = "scratch"
+	gpeMapSlots             = "slots"
+	gpeMapThreadDs          = "thread_ds"
+	gpeMapThreadReqs        = "thread_reqs"
+	gpeMapTlsCalls          = "tls_calls"
+	gpeMapTlsLastRead       = "tls_last_read"
+	gpeMapTlsSocks          = "tls_socks"
+	gpeMapTlsSsl            = "tls_ssl"
+	gpeProgOnExec           = "on_exec"
+	gpeProgOnExit           = "on_exit"
+	gpeProgOnFexitInet6Recv = "on_fexit_inet6_recv"
+	gpeProgOnFexitInet6Send = "on_fexit_inet6_send"
+	gpeProgOnFexitInetRecv  = "on_fexit_inet_recv"
+	gpeProgOnFexitInetSend  = "on_fexit_inet_send"
+	gpeProgOnFexitSendpage  = "on_fexit_sendpage"
+	gpeProgOnFexitUnixRecv  = "on_fexit_unix_recv"
+	gpeProgOnFexitUnixSend  = "on_fexit_unix_send"
+	gpeProgOnFork           = "on_fork"
+	gpeProgOnKprobeRecv     = "on_kprobe_recv"
+	gpeProgOnKprobeSend     = "on_kprobe_send"
+	gpeProgOnKprobeSendpage = "on_kprobe_sendpage"
+	gpeProgOnKretprobeRecv  = "on_kretprobe_recv"
+	gpeProgOnKretprobeSend  = "on_kretprobe_send"
+	gpeProgOnOom            = "on_oom"
+	gpeProgOnSignal         = "on_signal"
+	gpeProgOnSockRecv       = "on_sock_recv"
+	gpeProgOnSockSend       = "on_sock_send"
+	gpeProgOnSslEnter       = "on_ssl_enter"
+	gpeProgOnSslEnterM      = "on_ssl_enter_m"
+	gpeProgOnSslRet         = "on_ssl_ret"
+	gpeProgOnSslRetM        = "on_ssl_ret_m"
+	gpeProgOnSysRecv        = "on_sys_recv"
+	gpeProgOnSysSend        = "on_sys_send"
+	gpeProgOnTcpDestroy     = "on_tcp_destroy"
+	gpeProgOnTcpState       = "on_tcp_state"
+	gpeVarDownstream        = "downstream"
+	gpeVarNextSeq           = "next_seq"
+	gpeVarQueueWait         = "queue_wait"
+	gpeVarRequestCpu        = "request_cpu"
+	gpeVarSlotMask          = "slot_mask"
+	gpeVarTcpInConns        = "tcp_in_conns"
+	gpeVarTlsInCalls        = "tls_in_calls"
+	gpeVarTlsOn             = "tls_on"
+	gpeVarTlsSocksN         = "tls_socks_n"
+	gpeVarUnusedConnState   = "unused_conn_state"
+	gpeVarUnusedDropReason  = "unused_drop_reason"
+	gpeVarUnusedDsEvent     = "unused_ds_event"
+	gpeVarUnusedEndReason   = "unused_end_reason"
+	gpeVarUnusedEventKind   = "unused_event_kind"
+	gpeVarUnusedProcEvent   = "unused_proc_event"
+	gpeVarUnusedProcKind    = "unused_proc_kind"
+	gpeVarUnusedReqFlag     = "unused_req_flag"
+	gpeVarUnusedReqStart    = "unused_req_start"
+	gpeVarWakeupBytes       = "wakeup_bytes"
 )
 
 // loadGpe returns the embedded CollectionSpec for gpe.
@@ -325,21 +338,33 @@ type gpeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gpeProgramSpecs struct {
-	OnExec       *ebpf.ProgramSpec `ebpf:"on_exec"`
-	OnExit       *ebpf.ProgramSpec `ebpf:"on_exit"`
-	OnFork       *ebpf.ProgramSpec `ebpf:"on_fork"`
-	OnOom        *ebpf.ProgramSpec `ebpf:"on_oom"`
-	OnSignal     *ebpf.ProgramSpec `ebpf:"on_signal"`
-	OnSockRecv   *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
-	OnSockSend   *ebpf.ProgramSpec `ebpf:"on_sock_send"`
-	OnSslEnter   *ebpf.ProgramSpec `ebpf:"on_ssl_enter"`
-	OnSslEnterM  *ebpf.ProgramSpec `ebpf:"on_ssl_enter_m"`
-	OnSslRet     *ebpf.ProgramSpec `ebpf:"on_ssl_ret"`
-	OnSslRetM    *ebpf.ProgramSpec `ebpf:"on_ssl_ret_m"`
-	OnSysRecv    *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
-	OnSysSend    *ebpf.ProgramSpec `ebpf:"on_sys_send"`
-	OnTcpDestroy *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
-	OnTcpState   *ebpf.ProgramSpec `ebpf:"on_tcp_state"`
+	OnExec           *ebpf.ProgramSpec `ebpf:"on_exec"`
+	OnExit           *ebpf.ProgramSpec `ebpf:"on_exit"`
+	OnFexitInet6Recv *ebpf.ProgramSpec `ebpf:"on_fexit_inet6_recv"`
+	OnFexitInet6Send *ebpf.ProgramSpec `ebpf:"on_fexit_inet6_send"`
+	OnFexitInetRecv  *ebpf.ProgramSpec `ebpf:"on_fexit_inet_recv"`
+	OnFexitInetSend  *ebpf.ProgramSpec `ebpf:"on_fexit_inet_send"`
+	OnFexitSendpage  *ebpf.ProgramSpec `ebpf:"on_fexit_sendpage"`
+	OnFexitUnixRecv  *ebpf.ProgramSpec `ebpf:"on_fexit_unix_recv"`
+	OnFexitUnixSend  *ebpf.ProgramSpec `ebpf:"on_fexit_unix_send"`
+	OnFork           *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnKprobeRecv     *ebpf.ProgramSpec `ebpf:"on_kprobe_recv"`
+	OnKprobeSend     *ebpf.ProgramSpec `ebpf:"on_kprobe_send"`
+	OnKprobeSendpage *ebpf.ProgramSpec `ebpf:"on_kprobe_sendpage"`
+	OnKretprobeRecv  *ebpf.ProgramSpec `ebpf:"on_kretprobe_recv"`
+	OnKretprobeSend  *ebpf.ProgramSpec `ebpf:"on_kretprobe_send"`
+	OnOom            *ebpf.ProgramSpec `ebpf:"on_oom"`
+	OnSignal         *ebpf.ProgramSpec `ebpf:"on_signal"`
+	OnSockRecv       *ebpf.ProgramSpec `ebpf:"on_sock_recv"`
+	OnSockSend       *ebpf.ProgramSpec `ebpf:"on_sock_send"`
+	OnSslEnter       *ebpf.ProgramSpec `ebpf:"on_ssl_enter"`
+	OnSslEnterM      *ebpf.ProgramSpec `ebpf:"on_ssl_enter_m"`
+	OnSslRet         *ebpf.ProgramSpec `ebpf:"on_ssl_ret"`
+	OnSslRetM        *ebpf.ProgramSpec `ebpf:"on_ssl_ret_m"`
+	OnSysRecv        *ebpf.ProgramSpec `ebpf:"on_sys_recv"`
+	OnSysSend        *ebpf.ProgramSpec `ebpf:"on_sys_send"`
+	OnTcpDestroy     *ebpf.ProgramSpec `ebpf:"on_tcp_destroy"`
+	OnTcpState       *ebpf.ProgramSpec `ebpf:"on_tcp_state"`
 }
 
 // gpeMapSpecs contains maps before they are loaded into the kernel.
@@ -352,6 +377,7 @@ type gpeMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Filter      *ebpf.MapSpec `ebpf:"filter"`
 	FreshConn   *ebpf.MapSpec `ebpf:"fresh_conn"`
+	KprobeSocks *ebpf.MapSpec `ebpf:"kprobe_socks"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	Procs       *ebpf.MapSpec `ebpf:"procs"`
@@ -416,6 +442,7 @@ type gpeMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Filter      *ebpf.Map `ebpf:"filter"`
 	FreshConn   *ebpf.Map `ebpf:"fresh_conn"`
+	KprobeSocks *ebpf.Map `ebpf:"kprobe_socks"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Lost        *ebpf.Map `ebpf:"lost"`
 	Procs       *ebpf.Map `ebpf:"procs"`
@@ -437,6 +464,7 @@ func (m *gpeMaps) Close() error {
 		m.Events,
 		m.Filter,
 		m.FreshConn,
+		m.KprobeSocks,
 		m.ListenPorts,
 		m.Lost,
 		m.Procs,
@@ -480,28 +508,52 @@ type gpeVariables struct {
 //
 // It can be passed to loadGpeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gpePrograms struct {
-	OnExec       *ebpf.Program `ebpf:"on_exec"`
-	OnExit       *ebpf.Program `ebpf:"on_exit"`
-	OnFork       *ebpf.Program `ebpf:"on_fork"`
-	OnOom        *ebpf.Program `ebpf:"on_oom"`
-	OnSignal     *ebpf.Program `ebpf:"on_signal"`
-	OnSockRecv   *ebpf.Program `ebpf:"on_sock_recv"`
-	OnSockSend   *ebpf.Program `ebpf:"on_sock_send"`
-	OnSslEnter   *ebpf.Program `ebpf:"on_ssl_enter"`
-	OnSslEnterM  *ebpf.Program `ebpf:"on_ssl_enter_m"`
-	OnSslRet     *ebpf.Program `ebpf:"on_ssl_ret"`
-	OnSslRetM    *ebpf.Program `ebpf:"on_ssl_ret_m"`
-	OnSysRecv    *ebpf.Program `ebpf:"on_sys_recv"`
-	OnSysSend    *ebpf.Program `ebpf:"on_sys_send"`
-	OnTcpDestroy *ebpf.Program `ebpf:"on_tcp_destroy"`
-	OnTcpState   *ebpf.Program `ebpf:"on_tcp_state"`
+	OnExec           *ebpf.Program `ebpf:"on_exec"`
+	OnExit           *ebpf.Program `ebpf:"on_exit"`
+	OnFexitInet6Recv *ebpf.Program `ebpf:"on_fexit_inet6_recv"`
+	OnFexitInet6Send *ebpf.Program `ebpf:"on_fexit_inet6_send"`
+	OnFexitInetRecv  *ebpf.Program `ebpf:"on_fexit_inet_recv"`
+	OnFexitInetSend  *ebpf.Program `ebpf:"on_fexit_inet_send"`
+	OnFexitSendpage  *ebpf.Program `ebpf:"on_fexit_sendpage"`
+	OnFexitUnixRecv  *ebpf.Program `ebpf:"on_fexit_unix_recv"`
+	OnFexitUnixSend  *ebpf.Program `ebpf:"on_fexit_unix_send"`
+	OnFork           *ebpf.Program `ebpf:"on_fork"`
+	OnKprobeRecv     *ebpf.Program `ebpf:"on_kprobe_recv"`
+	OnKprobeSend     *ebpf.Program `ebpf:"on_kprobe_send"`
+	OnKprobeSendpage *ebpf.Program `ebpf:"on_kprobe_sendpage"`
+	OnKretprobeRecv  *ebpf.Program `ebpf:"on_kretprobe_recv"`
+	OnKretprobeSend  *ebpf.Program `ebpf:"on_kretprobe_send"`
+	OnOom            *ebpf.Program `ebpf:"on_oom"`
+	OnSignal         *ebpf.Program `ebpf:"on_signal"`
+	OnSockRecv       *ebpf.Program `ebpf:"on_sock_recv"`
+	OnSockSend       *ebpf.Program `ebpf:"on_sock_send"`
+	OnSslEnter       *ebpf.Program `ebpf:"on_ssl_enter"`
+	OnSslEnterM      *ebpf.Program `ebpf:"on_ssl_enter_m"`
+	OnSslRet         *ebpf.Program `ebpf:"on_ssl_ret"`
+	OnSslRetM        *ebpf.Program `ebpf:"on_ssl_ret_m"`
+	OnSysRecv        *ebpf.Program `ebpf:"on_sys_recv"`
+	OnSysSend        *ebpf.Program `ebpf:"on_sys_send"`
+	OnTcpDestroy     *ebpf.Program `ebpf:"on_tcp_destroy"`
+	OnTcpState       *ebpf.Program `ebpf:"on_tcp_state"`
 }
 
 func (p *gpePrograms) Close() error {
 	return _GpeClose(
 		p.OnExec,
 		p.OnExit,
+		p.OnFexitInet6Recv,
+		p.OnFexitInet6Send,
+		p.OnFexitInetRecv,
+		p.OnFexitInetSend,
+		p.OnFexitSendpage,
+		p.OnFexitUnixRecv,
+		p.OnFexitUnixSend,
 		p.OnFork,
+		p.OnKprobeRecv,
+		p.OnKprobeSend,
+		p.OnKprobeSendpage,
+		p.OnKretprobeRecv,
+		p.OnKretprobeSend,
 		p.OnOom,
 		p.OnSignal,
 		p.OnSockRecv,

@@ -29,8 +29,8 @@ type Config struct {
 	WakeupBytes uint64
 	// PollInterval is how often the reader looks at the ring buffer when wake-ups are batched.
 	PollInterval time.Duration // also a bound on any missed wake-up
-	// Hooks is how a worker's socket calls are seen: HooksSocket, HooksSyscall, or HooksAuto
-	// (socket where the kernel has the socket tracepoints, Linux 6.3+, else syscall).
+	// Hooks is how a worker's socket calls are seen: one of HookModes. HooksAuto takes the
+	// first the kernel has of HooksSocket (Linux 6.3+), HooksFentry, HooksKprobe, HooksSyscall.
 	Hooks string
 	// QueueWait attaches the hook that times connections in the accept queue
 	// (gunicorn_request_queue_seconds): it runs on every TCP state change of the host, about
@@ -102,7 +102,7 @@ type Probes struct {
 	objs   gpeMaps
 	coll   *ebpf.Collection         // the loaded programs (and the .bss and .rodata maps)
 	progs  map[string]*ebpf.Program // coll's programs, by name
-	hooks  string                   // the mode loaded: HooksSocket or HooksSyscall
+	hooks  string                   // the mode loaded: HooksSocket, HooksFentry, HooksKprobe or HooksSyscall
 	links  []link.Link
 	cfg    Config
 	rd     reader // the ring buffer's records and the Unix sweep's ends (reader.go)
@@ -120,7 +120,7 @@ type Probes struct {
 // every hook and opens the ring-buffer reader. It fails with a wrapped error naming the hook
 // that could not be attached; what was attached is released.
 func Load(cfg Config) (_ *Probes, err error) {
-	mode, err := ChooseHooks(cfg.Hooks, kernelHasType)
+	mode, err := ChooseHooks(cfg.Hooks, kernelHasType, kernelAttaches)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,10 @@ func Load(cfg Config) (_ *Probes, err error) {
 	}
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
 	// kernel does not have); every map serves both.
-	hooks := hooksOf(mode)
+	hooks, err := hooksOf(mode, kernelHasType)
+	if err != nil {
+		return nil, err
+	}
 	// One of the two TCP hooks sees a connection's end: on_tcp_state (every TCP state change,
 	// the accept-queue stamp too) or, without it, on_tcp_destroy (once a socket).
 	drop := gpeProgOnTcpDestroy
@@ -183,13 +186,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 		return nil, fmt.Errorf("map the process filter: %w", err)
 	}
 	for _, h := range hooks {
-		var l link.Link
-		prog := p.progs[h.prog]
-		if h.group == "" {
-			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
-		} else {
-			l, err = link.Tracepoint(h.group, h.name, prog, nil)
-		}
+		l, err := h.attach(p.progs[h.prog])
 		if err != nil {
 			return nil, fmt.Errorf("attach %s: %w", h.name, err)
 		}
@@ -347,7 +344,7 @@ func (p *Probes) Dropped() (map[string]uint64, error) {
 	return out, nil
 }
 
-// Hooks is the hook mode that was loaded: HooksSocket or HooksSyscall.
+// Hooks is the hook mode that was loaded: HooksSocket, HooksFentry, HooksKprobe or HooksSyscall.
 func (p *Probes) Hooks() string { return p.hooks }
 
 // ProgramIDs lists the IDs of the loaded programs, so a test can check none outlives Close.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/setting"
 )
@@ -12,7 +13,7 @@ import (
 func Settings(c *Config) []setting.Setting {
 	return []setting.Setting{
 		{Name: "hooks", Group: setting.Kernel, Value: setting.String(&c.Hooks),
-			Help: "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), syscall (Linux 5.17+; every syscall on the host takes the slow path) or auto (socket where the kernel has it)",
+			Help: "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), fentry (fexit on the sockets' send and receive functions, where the kernel has BPF trampolines; nothing on other syscalls either), kprobe (kprobes on the same functions), syscall (Linux 5.17+; every syscall on the host takes the slow path) or auto (the first of these the kernel has)",
 			Check: func(name string) error {
 				if err := checkHooks(c.Hooks); err != nil {
 					return fmt.Errorf("invalid %s %w", name, err)
@@ -48,7 +49,7 @@ func checkHooks(mode string) error {
 	if slices.Contains(HookModes, mode) {
 		return nil
 	}
-	return fmt.Errorf("%q: auto, socket or syscall", mode)
+	return fmt.Errorf("%q: %s", mode, strings.Join(HookModes, ", "))
 }
 
 // tlsUprobes is --tls-uprobes: auto (the default) attaches uprobes to the libssl each worker

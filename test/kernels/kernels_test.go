@@ -34,15 +34,19 @@ type target struct {
 	Kernel string   // short name: 6.1, 6.12
 	Suite  string   // where cache.sh takes it from
 	Modes  []string // hook modes run in the guest when gpe-ebpf has --hooks
+	Auto   string   // the mode --hooks auto must load there
 }
 
-// Debian 12's 6.1 predates the socket tracepoints (6.3) and takes the syscall hooks; the
-// backports' 6.12 takes the socket hooks, and the syscall ones must work there too.
+// Debian 12's 6.1 predates the socket tracepoints (6.3): auto takes the fentry hooks there on
+// amd64, and the kprobe hooks on arm64, whose 6.1 refuses to attach fexit programs to kernel
+// functions ("create raw tracepoint: not supported"; its 6.12 allows it); the other modes the
+// kernel has must work too. The backports' 6.12 takes the socket hooks, and every other mode
+// must work there too.
 var matrix = []target{
-	{Arch: "amd64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"syscall", "auto"}},
-	{Arch: "amd64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "syscall", "auto"}},
-	{Arch: "arm64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"syscall", "auto"}},
-	{Arch: "arm64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "syscall", "auto"}},
+	{Arch: "amd64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"fentry", "kprobe", "syscall", "auto"}, Auto: "fentry"},
+	{Arch: "amd64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
+	{Arch: "arm64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"kprobe", "syscall", "auto"}, Auto: "kprobe"},
+	{Arch: "arm64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
 }
 
 // row is one line of the printed table.
@@ -238,6 +242,14 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 		switch {
 		case ok:
 			r.Result, r.Detail = got.result, got.detail
+			// The mode gpe-ebpf says it loaded must be the one asked for, or auto's choice here.
+			want := mode
+			if mode == "auto" {
+				want = tg.Auto
+			}
+			if hooksFlag && got.hooks != want {
+				r.Result, r.Detail = "fail", fmt.Sprintf("gpe-ebpf loaded hooks=%q, want %q: %s", got.hooks, want, got.detail)
+			}
 		case runErr != nil:
 			r.Result, r.Detail = "fail", fmt.Sprintf("qemu: %v", runErr)
 		default:
@@ -300,7 +312,7 @@ func guestInitrd(t *testing.T, root, rootfs, bin string, modes []string, hooksFl
 	return initrd, nil
 }
 
-type modeResult struct{ result, detail string }
+type modeResult struct{ result, detail, hooks string }
 
 type serialResult struct {
 	release string
@@ -343,7 +355,7 @@ func parseSerial(s string) serialResult {
 			r.release = fields["release"]
 		case "GPE-RESULT":
 			if _, seen := r.results[mode]; !seen {
-				r.results[mode] = modeResult{fields["result"], fields["detail"]}
+				r.results[mode] = modeResult{fields["result"], fields["detail"], fields["hooks"]}
 			}
 		case "GPE-CHECK":
 			if fields["ok"] == "false" {

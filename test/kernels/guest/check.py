@@ -8,7 +8,7 @@ with no BPF program left loaded. It prints for the host to read, on the serial c
 
     GPE-CHECK mode=M name=N ok=true|false detail=...
     GPE-LOG mode=M ...            (gpe-ebpf's stderr, when a mode fails)
-    GPE-RESULT mode=M result=pass|fail detail=...
+    GPE-RESULT mode=M result=pass|fail hooks=H detail=...   (H: the hooks gpe-ebpf said it loaded)
 
 Only loopback is used. Waits are generous (the guest runs under TCG emulation) and no timing is
 asserted: the 50 ms requests are checked by the histogram bucket they must not fall in.
@@ -269,7 +269,7 @@ def main():
         detail = " ".join(m.first_failure.split())[:600] or "all checks passed"
         if m.chosen:
             detail += " (gpe-ebpf loaded hooks=%s)" % m.chosen
-        out("GPE-RESULT mode=%s result=%s detail=%s" % (mode, "pass" if m.ok else "fail", detail))
+        out("GPE-RESULT mode=%s result=%s hooks=%s detail=%s" % (mode, "pass" if m.ok else "fail", m.chosen or "-", detail))
     out("GPE-DONE")
 
 
