@@ -20,7 +20,7 @@ static __always_inline __u32 sock_caller(int ret)
 }
 
 /* A socket hook whose sk is a BTF pointer (socket and fentry modes): its fields are plain
- * loads. The kprobe mode's sk is a plain number: kprobe_io (hook_kprobe.h) reads it with CO-RE. */
+ * loads. The kprobe mode's sk is a plain number: sock_io_core, below, reads it with CO-RE. */
 static __always_inline int sock_io(struct sock *sk, int ret, int send)
 {
 	__u32 tgid = sock_caller(ret);
