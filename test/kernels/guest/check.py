@@ -9,14 +9,16 @@ with no BPF program left loaded.
 What the mode costs other processes: the CPU time (user+sys, from its rusage) of a
 `dd if=/dev/zero of=/dev/null bs=1 count=N` (two syscalls a byte) with gpe-ebpf attached, against
 one without, in pairs measured back to back across an attach or a detach: the first pair around
-the check's attach, the second around its detach, the others (`dd_pairs=` in the config, 3 by
+the check's attach, the second around its detach, the others (`dd_pairs=` in the config, 2 by
 default) around one more start and stop of gpe-ebpf each. Each side of a pair is the least of
-DD_RUNS runs (N is calibrated once per boot so that a run takes about DD_SECONDS of CPU): under
-TCG a vCPU's time includes whatever the host did instead, which only ever adds. While dd runs,
-gpe-ebpf and Gunicorn are stopped (SIGSTOP, then SIGCONT; the hooks stay attached): their own
-work on the other vCPU competes with dd's for the host's cores, which is not what the hooks cost.
-Only the ratio means anything, and the host computes it. It prints for the host to read, on the
-serial console:
+DD_RUNS runs (N is calibrated once per boot so that a run takes about DD_SECONDS of CPU). The
+host boots the guest with -icount: its clock counts the instructions executed, on either vCPU
+(they take turns on one host thread), so the host's own load stays out, and while dd runs
+gpe-ebpf and Gunicorn are stopped (SIGSTOP, then SIGCONT; the hooks stay attached) and the guest
+left to settle first, so that the other vCPU's work stays out too: what is left is what dd
+executed, hooks included. Only the ratio means anything, and the host computes it.
+
+It prints for the host to read, on the serial console:
 
     GPE-CHECK mode=M name=N ok=true|false detail=...
     GPE-LOG mode=M ...            (gpe-ebpf's stderr, when a mode fails)
@@ -380,7 +382,7 @@ def main():
     out("GPE-KERNEL release=%s machine=%s" % (os.uname().release, os.uname().machine))
     dd_n = dd_count()
     for mode in conf.get("modes", "socket").split():
-        m = Mode(mode, conf.get("hooks_flag") == "yes", dd_n, int(conf.get("dd_pairs", "3")))
+        m = Mode(mode, conf.get("hooks_flag") == "yes", dd_n, int(conf.get("dd_pairs", "2")))
         try:
             m.run()
         except Exception as e:  # a broken check is a failed mode, never a hung guest
