@@ -12,11 +12,10 @@ one without, in pairs measured back to back across an attach or a detach: the fi
 the check's attach, the second around its detach, the others (`dd_pairs=` in the config, 2 by
 default) around one more start and stop of gpe-ebpf each. Each side of a pair is the least of
 DD_RUNS runs (N is calibrated once per boot so that a run takes about DD_SECONDS of CPU). The
-host boots the guest with -icount: its clock counts the instructions executed, on either vCPU
-(they take turns on one host thread), so the host's own load stays out, and while dd runs
-gpe-ebpf and Gunicorn are stopped (SIGSTOP, then SIGCONT; the hooks stay attached) and the guest
-left to settle first, so that the other vCPU's work stays out too: what is left is what dd
-executed, hooks included. Only the ratio means anything, and the host computes it.
+host boots the guest with -icount and one vCPU: its clock counts the instructions executed, so
+the host's own load stays out, and while dd runs gpe-ebpf and Gunicorn are stopped (SIGSTOP, then
+SIGCONT; the hooks stay attached) and the guest left to settle first, so that their work and the
+kernel's deferred work stay out too: what is left is what dd executed, hooks included. Only the ratio means anything, and the host computes it.
 
 It prints for the host to read, on the serial console:
 
@@ -137,12 +136,12 @@ def busy():
 def settle(limit=5.0):
     """Waits, at most limit seconds, for a quarter second in which the guest was nearly idle: the
     kernel's deferred work after an attach or a detach (freeing programs, trampolines, kprobes)
-    runs on the other vCPU and would compete with dd's for the host's cores."""
+    would run in the middle of dd's and count in its time."""
     deadline = time.time() + limit
     while time.time() < deadline:
         b = busy()
         time.sleep(0.25)
-        if busy() - b <= 2:  # ticks of 1/100 s over both vCPUs
+        if busy() - b <= 2:  # ticks of 1/100 s
             return
 
 
