@@ -143,7 +143,7 @@ func (s programStats) ProgramStats() ([]export.ProgramStat, bool, error) {
 	stats, on, err := s.p.ProgramStats()
 	out := make([]export.ProgramStat, len(stats))
 	for i, st := range stats {
-		out[i] = export.ProgramStat{Name: st.Name, Runs: st.Runs, Runtime: st.Runtime}
+		out[i] = export.ProgramStat{Name: st.Name, Runs: st.Runs, Runtime: st.Runtime, Misses: st.Misses}
 	}
 	return out, on, err
 }

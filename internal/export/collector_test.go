@@ -242,22 +242,25 @@ func (f fakePrograms) ProgramStats() ([]ProgramStat, bool, error) { return f.sta
 var countingPrograms = fakePrograms{on: true, stats: []ProgramStat{
 	{Name: "on_fork", Runs: 3, Runtime: 4500 * time.Nanosecond},
 	{Name: "on_sock_send", Runs: 120000, Runtime: 36 * time.Millisecond},
+	{Name: "on_tcp_state", Runs: 900, Runtime: 90 * time.Microsecond, Misses: 2},
 }}
 
 // TestProgramMetrics: the programs' run counters are exported while the kernel counts them,
 // left out while kernel.bpf_stats_enabled is off or without probes, and a failed read fails
-// the scrape's program series rather than exporting a wrong value.
+// the scrape's program series rather than exporting a wrong value. Their misses (runs the
+// kernel skipped) are exported whenever there are probes: the kernel counts them always.
 func TestProgramMetrics(t *testing.T) {
 	const runs = `gpe_ebpf_program_runs_total{program="on_sock_send"} 120000` + "\n"
 	const secs = `gpe_ebpf_program_run_seconds_total{program="on_sock_send"} 0.036` + "\n"
 	for _, tc := range []struct {
 		name     string
 		programs ProgramStats
-		want     bool // the series are there
+		want     bool // the run series are there
+		misses   bool // the misses are
 	}{
-		{"counting", countingPrograms, true},
-		{"bpf_stats_enabled off", fakePrograms{on: false}, false},
-		{"no probes", nil, false},
+		{"counting", countingPrograms, true, true},
+		{"bpf_stats_enabled off", fakePrograms{on: false, stats: []ProgramStat{{Name: "on_tcp_state", Misses: 2}}}, false, true},
+		{"no probes", nil, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := string(gather(t, CollectorConfig{Programs: tc.programs}))
@@ -265,6 +268,10 @@ func TestProgramMetrics(t *testing.T) {
 				if got := strings.Contains(out, s); got != tc.want {
 					t.Errorf("series %q present: %v, want %v", strings.TrimSpace(s), got, tc.want)
 				}
+			}
+			miss := `gpe_ebpf_program_misses_total{program="on_tcp_state"} 2` + "\n"
+			if got := strings.Contains(out, miss); got != tc.misses {
+				t.Errorf("series %q present: %v, want %v", strings.TrimSpace(miss), got, tc.misses)
 			}
 		})
 	}

@@ -140,13 +140,13 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// One of the two TCP hooks sees a connection's end: on_tcp_state (every TCP state change,
-	// the accept-queue stamp too) or, without it, on_tcp_destroy (once a socket).
-	drop := gpeProgOnTcpDestroy
+	// on_tcp_destroy (once a socket) sees every connection's end. With QueueWait, on_tcp_state
+	// (every TCP state change) stamps the accept queue and sees the end first, at CLOSE; the
+	// kernel skips a run of it that would nest in another on the same CPU (a softirq's CLOSE
+	// during a process's state change), and on_tcp_destroy then ends the request instead.
 	if !cfg.QueueWait {
-		drop = gpeProgOnTcpState
+		hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == gpeProgOnTcpState })
 	}
-	hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == drop })
 	keep := make(map[string]bool)
 	for _, h := range hooks {
 		keep[h.prog] = true
@@ -360,19 +360,21 @@ func (p *Probes) ProgramIDs() []ebpf.ProgramID {
 	return ids
 }
 
-// ProgramStat is a loaded program's run counters, as the kernel keeps them while
-// kernel.bpf_stats_enabled is 1.
+// ProgramStat is a loaded program's counters, as the kernel keeps them: Runs and Runtime while
+// kernel.bpf_stats_enabled is 1, Misses always.
 type ProgramStat struct {
 	Name    string        // the program's name in bpf/gpe.bpf.c
 	Runs    uint64        // times it ran
 	Runtime time.Duration // CPU time it ran for
+	Misses  uint64        // runs the kernel skipped: one would have nested in another on its CPU
 }
 
-// ProgramStats returns the run counters of every loaded program, sorted by name, and on: whether
-// the kernel counts now. While kernel.bpf_stats_enabled is 0 (the default: counting costs two
-// clock reads per run) the counters stand still, and nothing is returned.
+// ProgramStats returns the counters of every loaded program, sorted by name, and on: whether
+// the kernel counts runs now. While kernel.bpf_stats_enabled is 0 (the default: counting costs
+// two clock reads per run) Runs and Runtime stand still at 0; Misses are counted always.
 func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
-	if on, err := proc.Host.BPFStatsEnabled(); !on || err != nil {
+	on, err = proc.Host.BPFStatsEnabled()
+	if err != nil {
 		return nil, false, err
 	}
 	names := make([]string, 0, len(p.progs))
@@ -385,9 +387,13 @@ func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
 		if err != nil {
 			return nil, true, fmt.Errorf("program %s: %w", name, err)
 		}
-		stats = append(stats, ProgramStat{Name: name, Runs: st.RunCount, Runtime: st.Runtime})
+		s := ProgramStat{Name: name, Misses: st.RecursionMisses}
+		if on {
+			s.Runs, s.Runtime = st.RunCount, st.Runtime
+		}
+		stats = append(stats, s)
 	}
-	return stats, true, nil
+	return stats, on, nil
 }
 
 // Close closes the reader first (so a blocked Read returns), then detaches every link and
