@@ -66,9 +66,14 @@ static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32
  */
 static __always_inline __u64 thread_runtime(__u32 *tid)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *t = current_task();
+#ifdef GPE_COMPAT
+	*tid = (__u32)BPF_CORE_READ(t, pid);
+	return BPF_CORE_READ(t, se.sum_exec_runtime);
+#else
 	*tid = (__u32)t->pid; /* a BTF pointer: plain loads, no helper call */
 	return t->se.sum_exec_runtime;
+#endif
 }
 
 /* The calling thread's pid, and its runtime if request_cpu (else 0). */
@@ -157,13 +162,32 @@ static __always_inline void cpu_write(struct conn *c)
 	c->cpu_ok = 1;
 }
 
+/*
+ * A new request id, unique on the host: the next of next_seq, an atomic fetch-and-add (5.12).
+ * The compat object counts per CPU instead, the CPU in the low byte (unique on up to 256 CPUs,
+ * for 16M requests a CPU before the count wraps, as next_seq's does after 4G).
+ */
+static __always_inline __u32 new_seq(void)
+{
+#ifdef GPE_COMPAT
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&seq_cpu, &zero);
+	if (!n)
+		return 0;
+	*n += 1;
+	return (*n << 8) | (bpf_get_smp_processor_id() & 0xff);
+#else
+	return __sync_fetch_and_add(&next_seq, 1) + 1;
+#endif
+}
+
 /* Make c's next request the current one: READING, with nothing written yet, its line the
  * first kept bytes of line (0: none, labelled OTHER / unknown). One more in flight for k. */
 static __always_inline void begin_request(struct conn_key *k, struct conn *c, __u64 start_ns,
 					  __u64 bytes_in, __u8 phase, char *line, __u16 kept,
 					  __u64 now, struct proc_info *pi)
 {
-	c->seq = __sync_fetch_and_add(&next_seq, 1) + 1;
+	c->seq = new_seq();
 	c->start_ns = start_ns;
 	c->last_write_ns = 0;
 	c->bytes_in = bytes_in;
