@@ -54,6 +54,10 @@ type Config struct {
 	// Downstream counts each request's calls on the worker's own client connections, per
 	// peer (events.KindDownstream), for requests served alone on their thread.
 	Downstream bool
+	// Object is the object to load, ObjectModern or ObjectCompat; "" (the default) chooses by
+	// probing the kernel (compat.go). The tests set it to run the compat object on a kernel
+	// that has the modern one's helpers.
+	Object string
 }
 
 // DefaultMaxConnections is the connection table's size by default: 8,192 slots and 16,384
@@ -137,9 +141,15 @@ func Load(cfg Config) (_ *Probes, err error) {
 	}
 	// The object: the modern one where the kernel has every helper it calls, else the compat
 	// one (compat.go), chosen by probing, not by the kernel's version.
-	object, err := chooseObject(features.HaveProgramHelper)
-	if err != nil {
-		return nil, err
+	object := cfg.Object
+	switch object {
+	case "":
+		if object, err = chooseObject(features.HaveProgramHelper); err != nil {
+			return nil, err
+		}
+	case ObjectModern, ObjectCompat:
+	default:
+		return nil, fmt.Errorf("unknown BPF object %q (want %s or %s)", object, ObjectModern, ObjectCompat)
 	}
 	if cfg.TLS {
 		ok, err := haveAttachCookie()
