@@ -11,6 +11,9 @@
 
 /* request.h, after this file: on_exit ends the requests of a worker that exits. */
 static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8 reason, __u64 now);
+#ifdef GPE_COMPAT
+__noinline int end_fds(__u32 tgid, __u64 now);
+#endif
 
 static __always_inline void filter_add(__u32 tgid, int d)
 {
@@ -246,9 +249,11 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	__u32 master = info->master;
 	__u32 kind = info->kind;
 	__u64 now = bpf_ktime_get_ns();
-#ifndef GPE_COMPAT
-	/* Without bpf_for_each_map_elem (5.13), the compat object does not walk: a request in
-	 * flight ends when the worker's connection is closed after its exit (GPE_END_CLOSE). */
+#ifdef GPE_COMPAT
+	/* Without bpf_for_each_map_elem (5.13): the worker's own fds instead of the tables. */
+	if (kind == GPE_PROC_WORKER)
+		end_fds(tgid, now);
+#else
 	if (kind == GPE_PROC_WORKER) {
 		struct exit_walk x = {.tgid = tgid, .now = now};
 		bpf_for_each_map_elem(&slots, end_slot_of, &x, 0);

@@ -505,4 +505,40 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	return 0;
 }
 
+#ifdef GPE_COMPAT
+/*
+ * The compat object's walk at a worker's exit (on_exit; no bpf_for_each_map_elem before 5.13):
+ * the exiting worker's own fds, still open at the exit tracepoint, each looked up in conns
+ * (where the compat object keeps every connection, by its socket). Global functions, each
+ * verified once on its own (5.6+, scalar arguments): the per-fd work is not multiplied by the
+ * loop. The first GPE_EXIT_FDS fds only: a worker's client sockets are among its first.
+ */
+#define GPE_EXIT_FDS 1024
+
+__noinline int end_fd(__u32 tgid, __u32 fd, __u64 now)
+{
+	struct sock *sk = fd_sock(fd);
+	if (!sk)
+		return 0;
+	__u64 key = (__u64)sk;
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c || c->owner.tgid != tgid)
+		return 0;
+	struct conn_key k = c->owner;
+	end_request(&k, c, GPE_END_EXIT, now);
+	return 1;
+}
+
+__noinline int end_fds(__u32 tgid, __u64 now)
+{
+	struct fdtable *fdt = BPF_CORE_READ(current_task(), files, fdt);
+	if (!fdt)
+		return 0;
+	__u32 max = BPF_CORE_READ(fdt, max_fds);
+	for (__u32 fd = 0; fd < GPE_EXIT_FDS && fd < max; fd++)
+		end_fd(tgid, fd, now);
+	return 0;
+}
+#endif
+
 #endif /* GPE_REQUEST_H */

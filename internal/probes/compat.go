@@ -13,8 +13,8 @@ import (
 const (
 	// ObjectModern is the object built as is: for kernels with every helper it calls (5.17+).
 	ObjectModern = "modern"
-	// ObjectCompat is the object built with -DGPE_COMPAT: bounded loops, no walk of the tables
-	// at a worker's exit, the task read with CO-RE, no atomic fetch-and-add or compare-and-swap
+	// ObjectCompat is the object built with -DGPE_COMPAT: bounded loops, the exiting worker's
+	// fds instead of a walk of the tables, the task read with CO-RE, no atomic fetch-and-add or compare-and-swap
 	// (every TCP connection in conns, request ids counted per CPU). For kernels from 5.10.
 	ObjectCompat = "compat"
 )
