@@ -57,7 +57,7 @@ int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	struct slot *s = slot_of(sk->__sk_common.skc_hash);
-	if (s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0) {
+	if (claim_slot(s, sk)) {
 		/* The connection's slot, taken now for the worker that will read it: no owner
 		 * until then (on_io), its establishment kept. The socket lock orders these writes
 		 * before any read of it (the worker's recv waits for this softirq's). A connection

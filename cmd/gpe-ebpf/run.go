@@ -41,7 +41,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("load BPF programs: %w", err)
 	}
 	defer p.Close()
-	logger.Info("BPF programs loaded", "hooks", p.Hooks())
+	logger.Info("BPF programs loaded", "hooks", p.Hooks(), "object", p.Object())
 	if err := a.Attach(p); err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ const (
 	// trampolines: nothing on other syscalls either.
 	HooksKprobe = "kprobe"
 	// HooksSyscall attaches to the syscalls/sys_exit_* tracepoints of recvfrom, recvmsg,
-	// sendto, sendmsg and sendfile64 (Linux 5.17+). An enabled syscall tracepoint puts every
+	// sendto, sendmsg and sendfile64 (Linux 5.10+). An enabled syscall tracepoint puts every
 	// syscall of every task on the host on the kernel's slow path.
 	HooksSyscall = "syscall"
 )

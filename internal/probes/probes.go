@@ -11,8 +11,10 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
@@ -52,6 +54,10 @@ type Config struct {
 	// Downstream counts each request's calls on the worker's own client connections, per
 	// peer (events.KindDownstream), for requests served alone on their thread.
 	Downstream bool
+	// Object is the object to load, ObjectModern or ObjectCompat; "" (the default) chooses by
+	// probing the kernel (compat.go). The tests set it to run the compat object on a kernel
+	// that has the modern one's helpers.
+	Object string
 }
 
 // DefaultMaxConnections is the connection table's size by default: 8,192 slots and 16,384
@@ -103,6 +109,7 @@ type Probes struct {
 	coll   *ebpf.Collection         // the loaded programs (and the .bss and .rodata maps)
 	progs  map[string]*ebpf.Program // coll's programs, by name
 	hooks  string                   // the mode loaded: HooksSocket, HooksFentry, HooksKprobe or HooksSyscall
+	object string                   // the object loaded: ObjectModern or ObjectCompat
 	links  []link.Link
 	cfg    Config
 	rd     reader // the ring buffer's records and the Unix sweep's ends (reader.go)
@@ -127,11 +134,36 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err := EnsureTracefs(); err != nil {
 		return nil, err
 	}
-	spec, err := loadGpe()
+	// Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (64 KiB by default): lift it
+	// there. rlimit probes for the memory-cgroup accounting and changes nothing where it exists.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lift RLIMIT_MEMLOCK for the BPF maps: %w", err)
+	}
+	// The object: the modern one where the kernel has every helper it calls, else the compat
+	// one (compat.go), chosen by probing, not by the kernel's version.
+	object := cfg.Object
+	switch object {
+	case "":
+		if object, err = chooseObject(features.HaveProgramHelper); err != nil {
+			return nil, err
+		}
+	case ObjectModern, ObjectCompat:
+	default:
+		return nil, fmt.Errorf("unknown BPF object %q (want %s or %s)", object, ObjectModern, ObjectCompat)
+	}
+	if cfg.TLS {
+		ok, err := haveAttachCookie()
+		if err != nil {
+			return nil, fmt.Errorf("probe the kernel for bpf_get_attach_cookie: %w", err)
+		}
+		// The TLS uprobes need it (before 5.15): without, TLS is off, as --tls-uprobes=false.
+		cfg.TLS = ok
+	}
+	spec, err := loadObject(object)
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	if err := configure(spec, cfg); err != nil {
+	if err := configure(spec, cfg, object); err != nil {
 		return nil, err
 	}
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
@@ -162,7 +194,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 			delete(spec.Programs, name)
 		}
 	}
-	p := &Probes{cfg: cfg, hooks: mode, tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi}
+	p := &Probes{cfg: cfg, hooks: mode, object: object, tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var verr *ebpf.VerifierError
@@ -203,12 +235,16 @@ func Load(cfg Config) (_ *Probes, err error) {
 	return p, nil
 }
 
-// configure sizes spec's maps and sets its load-time constants from cfg.
-func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+// configure sizes spec's maps and sets its load-time constants from cfg. The compat object
+// claims no slot (it has no compare-and-swap): conns holds every connection there.
+func configure(spec *ebpf.CollectionSpec, cfg Config, object string) error {
 	if cfg.RingBufferBytes != 0 {
 		spec.Maps["events"].MaxEntries = cfg.RingBufferBytes
 	}
 	slots, conns := TableSizes(cfg.MaxConnections)
+	if object == ObjectCompat {
+		slots, conns = 1, slots+conns
+	}
 	spec.Maps["slots"].MaxEntries = slots
 	spec.Maps["conns"].MaxEntries = conns
 	for name, v := range map[string]any{
@@ -346,6 +382,9 @@ func (p *Probes) Dropped() (map[string]uint64, error) {
 
 // Hooks is the hook mode that was loaded: HooksSocket, HooksFentry, HooksKprobe or HooksSyscall.
 func (p *Probes) Hooks() string { return p.hooks }
+
+// Object is the object loaded: ObjectModern or ObjectCompat (compat.go).
+func (p *Probes) Object() string { return p.object }
 
 // ProgramIDs lists the IDs of the loaded programs, so a test can check none outlives Close.
 func (p *Probes) ProgramIDs() []ebpf.ProgramID {

@@ -45,6 +45,11 @@ func ioFor(mode string) workerIO {
 	}
 }
 
+// testObject is the object loadMode and loadWorkerWith load: GPE_TEST_OBJECT (modern or
+// compat), or "" to let Load choose. GPE_TEST_OBJECT=compat runs the request tests on the
+// compat object, which any kernel that loads the modern one loads too.
+func testObject() string { return os.Getenv("GPE_TEST_OBJECT") }
+
 // forEachMode runs test as a subtest per hook mode.
 func forEachMode(t *testing.T, test func(t *testing.T, mode string)) {
 	for _, mode := range hookModes {
@@ -58,6 +63,7 @@ func loadMode(t *testing.T, mode string) *Probes {
 	requireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Hooks = mode
+	cfg.Object = testObject()
 	p, err := Load(cfg)
 	if err != nil {
 		t.Fatalf("load %s hooks: %v", mode, err)
@@ -65,6 +71,10 @@ func loadMode(t *testing.T, mode string) *Probes {
 	if p.Hooks() != mode {
 		p.Close()
 		t.Fatalf("loaded %s hooks, asked for %s", p.Hooks(), mode)
+	}
+	if cfg.Object != "" && p.Object() != cfg.Object {
+		p.Close()
+		t.Fatalf("loaded the %s object, asked for %s", p.Object(), cfg.Object)
 	}
 	return p
 }
@@ -284,6 +294,9 @@ func loadAsWorker(t *testing.T, mode string) *Probes {
 func loadWorkerWith(t *testing.T, cfg Config) *Probes {
 	t.Helper()
 	requireRoot(t)
+	if cfg.Object == "" {
+		cfg.Object = testObject()
+	}
 	p, err := Load(cfg)
 	if err != nil {
 		t.Fatalf("load: %v", err)

@@ -2,16 +2,16 @@
 # cache.sh ARCH SUITE: make sure the kernel matrix's cache holds what one guest boots from, and
 # print two lines, `kernel=PATH` (an uncompressed-or-gzip kernel image qemu's -kernel accepts)
 # and `rootfs=PATH` (a gzipped newc cpio of a debootstrap tree: python3, Debian's gunicorn, curl,
-# bpftool). ARCH is amd64 or arm64, SUITE is bookworm (Debian 12's 6.1) or bookworm-backports
-# (6.12). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
+# bpftool). ARCH is amd64 or arm64, SUITE is bookworm (Debian 12's 6.1), bookworm-backports
+# (6.12), bullseye or bullseye-security (Debian 11's 5.10). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
 # root, gitignored); a piece that is already there is reused, so only the first run downloads.
 #
 # The kernels come from a dedicated apt configuration inside the cache (its own sources list,
 # lists and archives), so the host's apt sources are never changed.
 set -euo pipefail
 
-arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports}
-suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports}
+arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security}
+suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${GPE_KERNELS_CACHE:-$root/.cache/kernels}
 mirror=${GPE_KERNELS_MIRROR:-http://deb.debian.org/debian}
@@ -28,7 +28,7 @@ amd64) meta=linux-image-cloud-amd64 ;;
 arm64) meta=linux-image-arm64 ;;
 *) log "unknown arch $arch"; exit 2 ;;
 esac
-case $suite in bookworm | bookworm-backports) ;; *) log "unknown suite $suite"; exit 2 ;; esac
+case $suite in bookworm | bookworm-backports | bullseye | bullseye-security) ;; *) log "unknown suite $suite"; exit 2 ;; esac
 
 # --- the kernel: the suite's metapackage names the versioned image package; download and unpack it.
 apt_dir=$cache/apt
@@ -38,10 +38,17 @@ apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o "Dir::Etc::sourcepa
 kdir=$cache/kernel-$arch-$suite
 if [ ! -f "$kdir/.done" ]; then
 	mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/none"
-	cat >"$apt_dir/sources.list" <<EOF
+	# Debian 11's 5.10: bullseye-security has the newest builds (the mirror serves its amd64 images;
+	# its arm64 ones answer 404, so arm64 takes bullseye's own).
+	cat >"$apt_dir/sources.list.new" <<EOF
 deb [signed-by=$keyring] $mirror bookworm main
 deb [signed-by=$keyring] $mirror bookworm-backports main
+deb [signed-by=$keyring] $mirror bullseye main
+deb [signed-by=$keyring] ${mirror%/debian}/debian-security bullseye-security main
 EOF
+	# A sources list that changed (a suite added) needs its lists fetched again.
+	cmp -s "$apt_dir/sources.list.new" "$apt_dir/sources.list" || rm -f "$apt_dir/.updated"
+	mv "$apt_dir/sources.list.new" "$apt_dir/sources.list"
 	if [ ! -f "$apt_dir/.updated" ]; then
 		log "apt-get update (dedicated lists in $apt_dir)"
 		apt-get "${apt_opts[@]}" -qq update >&2
