@@ -51,6 +51,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// The registry: ours, the listeners' and the drops' (read at scrape time), Go's and the process's.
 	reg := prometheus.NewRegistry()
 	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
+	lr.SetWorkers(agg.WorkersOf)
 	defer lr.Close()
 	reg.MustRegister(
 		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}, Revision: commit},

@@ -67,6 +67,7 @@ type Collector struct {
 	progSeconds, progMisses, attached, ignored, queue *prometheus.Desc
 	saturation saturation
 	downstream downstream
+	dirty      dirty
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -109,6 +110,7 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+), fentry, kprobe or syscall; always 1.", []string{"mode"}, nil)
 	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	c.saturation = newSaturation(base, l)
+	c.dirty = newDirty(base, l)
 	c.downstream = newDownstream(l)
 	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	c.progMisses = d("gpe_ebpf_program_misses_total", "Runs of each BPF program the kernel skipped because one would have nested in another on its CPU.", []string{"program"}, nil)
@@ -126,6 +128,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	c.saturation.describe(ch)
 	c.downstream.describe(ch)
+	c.dirty.describe(ch)
 }
 
 // Collect takes one snapshot and sends its series.
@@ -204,6 +207,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))
 	}
 	c.saturation.collect(m, gauge)
+	c.dirty.collect(m, gauge)
 	for sig, n := range m.Signals {
 		counter(c.masterSignals, float64(n), sig)
 	}

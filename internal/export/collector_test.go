@@ -102,6 +102,12 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	ev(events.Event{Kind: events.KindFork, TGID: 105, Other: m})
 	a.SetUsage(104, 29<<20, 1)
 	a.SetUsage(105, 28<<20, 0)
+	// Gunicorn 25+'s dirty arbiter, reported as a worker at its fork until the agent marked
+	// it, with two dirty workers; what the kernel made of its Unix socket counts nowhere.
+	ev(events.Event{Kind: events.KindFork, TGID: 106, Other: m})
+	a.MarkDirtyArbiter(106)
+	ev(events.Event{Kind: events.KindReqEnd, TGID: 106, FD: 9, Seq: 1, StartNS: ts, Reason: events.EndClose, Line: []byte("GD")})
+	a.SetDirtyUsage(106, aggregate.DirtyUsage{RSS: 40 << 20, CPUPercent: 0.5, Workers: 2, WorkersRSS: 900 << 20, WorkersCPUPercent: 97.5})
 	// Sync workers, with Gunicorn's default timeout: 104 serves a request, 105 is idle, and
 	// 104 touched its heartbeat 12 s ago, 105 1.5 s ago.
 	a.SetMasterSettings(m, aggregate.MasterSettings{Capacity: 1, Timeout: 30 * time.Second, TimeoutKnown: true})
@@ -205,7 +211,8 @@ func TestContractMetrics(t *testing.T) {
 		"gpe_ebpf_events_total": "counter", "gpe_ebpf_events_lost_total": "counter", "gpe_ebpf_build_info": "gauge",
 		"gunicorn_master_workers_busy": "gauge", "gunicorn_worker_heartbeat_age_seconds": "gauge",
 		"gunicorn_master_timeout_seconds": "gauge", "gunicorn_http_downstream_calls_total": "counter",
-		"gunicorn_http_downstream_seconds_total": "counter",
+		"gunicorn_http_downstream_seconds_total": "counter", "gunicorn_dirty_arbiters": "gauge",
+		"gunicorn_dirty_workers": "gauge", "gunicorn_dirty_memory_bytes": "gauge", "gunicorn_dirty_cpu_percent": "gauge",
 	}
 	for name, typ := range want {
 		if !strings.Contains(out, "# TYPE "+name+" "+typ+"\n") {
@@ -222,6 +229,11 @@ func TestContractMetrics(t *testing.T) {
 		`gunicorn_http_downstream_calls_total{endpoint="/users/{id}",peer="127.0.0.1:6379"} 3`,
 		`gunicorn_http_downstream_seconds_total{endpoint="/users/{id}",peer="unix:/run/postgresql/.s.PGSQL.5432"} 0.004`,
 		`gunicorn_http_downstream_calls_total{endpoint="/ok",peer="[2001:db8::1]:443"} 1`,
+		`gunicorn_master_workers 2`,
+		`gunicorn_dirty_arbiters 1`,
+		`gunicorn_dirty_workers 2`,
+		`gunicorn_dirty_memory_bytes{process="worker"} 9.437184e+08`,
+		`gunicorn_dirty_cpu_percent{process="arbiter"} 0.5`,
 	} {
 		if !strings.Contains(out, s+"\n") {
 			t.Errorf("missing %s", s)
