@@ -15,6 +15,19 @@ static __always_inline struct slot *slot_of(__u32 hash)
 	return bpf_map_lookup_elem(&slots, &i);
 }
 
+/*
+ * Take slot s for sk if it is free: a compare-and-swap (5.12). The compat object has none, and
+ * keeps every TCP connection in conns (user space sizes conns to the whole table there).
+ */
+static __always_inline int claim_slot(struct slot *s, struct sock *sk)
+{
+#ifdef GPE_COMPAT
+	return 0;
+#else
+	return s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0;
+#endif
+}
+
 /* The TCP connection of sk (sk_hash hash), from its slot (*in, else 0) or else from conns. */
 static __always_inline struct conn *find_tcp(struct sock *sk, __u32 hash, struct slot **in)
 {
@@ -36,7 +49,9 @@ static __always_inline void drop_tcp(struct sock *sk, struct slot *s)
 {
 	if (s) {
 		s->c.state = CONN_IDLE;
+#ifndef GPE_COMPAT /* which claims no slot */
 		__sync_val_compare_and_swap(&s->sk, (__u64)sk, 0);
+#endif
 		return;
 	}
 	__u64 key = (__u64)sk;
@@ -48,7 +63,7 @@ static __always_inline void drop_tcp(struct sock *sk, struct slot *s)
 static __always_inline struct conn *new_tcp(struct sock *sk, __u32 hash, struct conn *fresh)
 {
 	struct slot *s = slot_of(hash);
-	if (s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0) {
+	if (claim_slot(s, sk)) {
 		s->c = *fresh;
 		return &s->c;
 	}

@@ -66,9 +66,14 @@
  * counted per CPU in `lost`.
  *
  * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
- * tracepoints); 5.17 in the fentry, kprobe and syscall modes (bpf_loop; bpf_task_pt_regs is 5.15, atomic fetch-and-add
- * and compare-and-swap 5.12). The TLS uprobes: uprobe_multi links from 6.10, else perf-event
- * uprobes with attach cookies (5.15). Tested on 6.18.
+ * tracepoints); 5.10 in the fentry, kprobe and syscall modes. Built twice (internal/probes/gen.go):
+ * as is, the modern object, for kernels with bpf_loop (5.17), bpf_task_pt_regs (5.15),
+ * bpf_for_each_map_elem (5.13), bpf_get_current_task_btf (5.11) and the atomic fetch-and-add and
+ * compare-and-swap (5.12); with -DGPE_COMPAT, the compat object, which calls nothing newer than
+ * 5.10 (each #ifdef GPE_COMPAT says what it does instead). User space probes the helpers and
+ * loads one (internal/probes/compat.go). The TLS uprobes: uprobe_multi links from 6.10, else
+ * perf-event uprobes with attach cookies (5.15; without, TLS is off). Tested on 6.18, and on
+ * 5.10, 6.1 and 6.12 in the kernel matrix (test/kernels).
  */
 #include "include/gpe_kernel.h"
 #include <bpf/bpf_helpers.h>

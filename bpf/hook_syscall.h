@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 OR MIT */
 /*
- * hook_syscall.h: Syscall mode (--hooks syscall, Linux 5.17 to 6.2): the sys_exit tracepoints of the socket calls.
+ * hook_syscall.h: Syscall mode (--hooks syscall, Linux 5.10 to 6.2): the sys_exit tracepoints of the socket calls.
  * Only what these hooks' arguments give: the return value, and the fd's socket.
  *
  * Included by gpe.bpf.c only, in its order: it uses what the headers before it declare.
@@ -11,7 +11,7 @@
 /* Did the recvfrom or recvmsg the task is in only peek (MSG_PEEK)? */
 static __always_inline int recv_peeks(void)
 {
-	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *r = current_user_regs();
 	__u64 flags = GPE_SYSCALL_NR(r) == GPE_NR_recvmsg ? GPE_SYSCALL_ARG2(r) : GPE_SYSCALL_ARG3(r);
 	return (flags & GPE_MSG_PEEK) != 0;
 }

@@ -24,9 +24,11 @@ static __always_inline int tcp_gone(struct sock *sk)
 
 /*
  * A worker's TCP connection is destroyed once it is closed on both sides (or reset) and the
- * worker has closed its fd: no more of the response can be written, the request ends. Attached
- * only with --queue-wait=false: on_tcp_state, which runs on every TCP state change anyway,
- * sees the same end (the move to CLOSE), and one program fewer runs twice a connection.
+ * worker has closed its fd: no more of the response can be written, the request ends. With
+ * --queue-wait, on_tcp_state has ended it already at the move to CLOSE, and this finds no
+ * entry; except when the kernel skipped that run of on_tcp_state because another was running
+ * on the same CPU (a softirq's CLOSE arriving while a process changes a state: a recursion
+ * miss), which left the request in flight for good before this hook was always attached.
  */
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(on_tcp_destroy, struct sock *sk)
@@ -55,7 +57,7 @@ int BPF_PROG(on_tcp_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	struct slot *s = slot_of(sk->__sk_common.skc_hash);
-	if (s && __sync_val_compare_and_swap(&s->sk, 0, (__u64)sk) == 0) {
+	if (claim_slot(s, sk)) {
 		/* The connection's slot, taken now for the worker that will read it: no owner
 		 * until then (on_io), its establishment kept. The socket lock orders these writes
 		 * before any read of it (the worker's recv waits for this softirq's). A connection

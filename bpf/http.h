@@ -2,7 +2,7 @@
 /*
  * http.h: HTTP/1 parsing as pure functions of bytes already copied: the request line cut after its path
  * (cut_line, with a fast path for the common case), and the status code of a status line. No map,
- * no helper call but bpf_loop.
+ * no helper call but bpf_loop (in the compat object, GPE_COMPAT: a map lookup and a bounded loop).
  *
  * Included by gpe.bpf.c only, in its order: it uses what the headers before it declare.
  */
@@ -137,6 +137,27 @@ static __always_inline __u32 cut_fast(struct gpe_req_start *e, __u32 n)
 	return 0;
 }
 
+#ifdef GPE_COMPAT
+/*
+ * No bpf_loop before 5.17: the compat object's slow path is a bounded loop in a global function,
+ * which the verifier checks once on its own (5.6+, for scalar arguments), as it does a bpf_loop
+ * callback; inlined, the loop's states multiplied the request path's past the million. The line
+ * is in this CPU's first scratch record, where read_head put it. Returns phase << 16 | kept.
+ */
+__noinline int cut_slow(__u32 n, __u32 phase, __u32 pos)
+{
+	__u32 zero = 0;
+	struct gpe_req_start *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return LINE_INVALID << 16;
+	struct cut_ctx x = {.line = e->line, .n = n, .phase = phase, .pos = pos};
+	for (__u32 i = 0; i < GPE_LINE_MAX; i++)
+		if (cut_step(i, &x))
+			break;
+	return (int)((x.phase << 16) | (x.kept & 0xffff));
+}
+#endif
+
 /*
  * Find the part of "METHOD SP path" in the n bytes of line, resuming at *phase (a request
  * line may arrive a few bytes at a time). Returns how many leading bytes to keep; *phase says
@@ -159,7 +180,13 @@ static __always_inline __u32 cut_line(struct gpe_req_start *e, __u32 n, __u32 *p
 		}
 	}
 	struct cut_ctx x = {.line = line, .n = n, .phase = *phase, .pos = pos};
+#ifdef GPE_COMPAT
+	__u32 r = cut_slow(n, x.phase, pos);
+	x.phase = r >> 16;
+	x.kept = r & 0xffff;
+#else
 	bpf_loop(GPE_LINE_MAX, cut_step, &x, 0);
+#endif
 	*phase = x.phase;
 	if (x.phase == LINE_INVALID)
 		return 0;

@@ -207,6 +207,16 @@ __u64 tcp_in_conns = 0;
  * and a connection's end may follow the start of the next connection on the same fd. */
 __u32 next_seq = 0;
 
+#ifdef GPE_COMPAT
+/* The compat object's request ids, counted per CPU (new_seq, request.h): no fetch-and-add. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} seq_cpu SEC(".maps");
+#endif
+
 enum op {
 	OP_RECV = 2,
 	OP_SEND = 3,

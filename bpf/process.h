@@ -11,6 +11,9 @@
 
 /* request.h, after this file: on_exit ends the requests of a worker that exits. */
 static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8 reason, __u64 now);
+#ifdef GPE_COMPAT
+__noinline int end_fds(__u32 tgid, __u64 now);
+#endif
 
 static __always_inline void filter_add(__u32 tgid, int d)
 {
@@ -66,6 +69,24 @@ static __always_inline void flight_of(struct proc_info *p, int d, __u64 now)
 {
 	if (!p)
 		return;
+#ifdef GPE_COMPAT
+	/* No fetch-and-add before 5.12: the count read, then added to. Two threads of one
+	 * worker (gthread) starting or ending requests at the same instant may miscount its busy
+	 * time; a sync worker's requests never overlap. */
+	__u32 had = *(volatile __u32 *)&p->inflight;
+	if (d > 0) {
+		__sync_fetch_and_add(&p->inflight, 1);
+		if (had == 0)
+			p->busy_since = now;
+		return;
+	}
+	if (had == 0)
+		return;
+	__sync_fetch_and_add(&p->inflight, -1);
+	if (had == 1 && now > p->busy_since)
+		__sync_fetch_and_add(&p->busy_ns, now - p->busy_since);
+	return;
+#endif
 	if (d > 0) {
 		if (__sync_fetch_and_add(&p->inflight, 1) == 0)
 			p->busy_since = now;
@@ -106,8 +127,12 @@ static __always_inline void tls_seen(__u32 tgid, struct proc_info *pi)
 		pi = tracked(tgid);
 	if (!pi || (pi->flags & PROC_TLS_SEEN))
 		return;
+#ifdef GPE_COMPAT
+	pi->flags |= PROC_TLS_SEEN; /* no fetch-and-or before 5.12: two threads may both say so */
+#else
 	if (__sync_fetch_and_or(&pi->flags, PROC_TLS_SEEN) & PROC_TLS_SEEN)
 		return;
+#endif
 	emit_proc(GPE_EV_TLS, tgid, 0, pi->master, 0, pi->kind, 0, 0);
 }
 
@@ -190,6 +215,7 @@ struct exit_walk {
 	__u64 now;
 };
 
+#ifndef GPE_COMPAT
 static long end_slot_of(void *map, __u32 *key, struct slot *s, struct exit_walk *x)
 {
 	if (s->sk && s->c.owner.tgid == x->tgid) {
@@ -207,6 +233,7 @@ static long end_conn_of(void *map, __u64 *key, struct conn *c, struct exit_walk 
 	}
 	return 0;
 }
+#endif
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p)
@@ -222,11 +249,17 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	__u32 master = info->master;
 	__u32 kind = info->kind;
 	__u64 now = bpf_ktime_get_ns();
+#ifdef GPE_COMPAT
+	/* Without bpf_for_each_map_elem (5.13): the worker's own fds instead of the tables. */
+	if (kind == GPE_PROC_WORKER)
+		end_fds(tgid, now);
+#else
 	if (kind == GPE_PROC_WORKER) {
 		struct exit_walk x = {.tgid = tgid, .now = now};
 		bpf_for_each_map_elem(&slots, end_slot_of, &x, 0);
 		bpf_for_each_map_elem(&conns, end_conn_of, &x, 0);
 	}
+#endif
 	/* Its busy time, with the requests that just ended (they were its last). */
 	__u64 busy = info->busy_ns;
 	if (info->inflight && now > info->busy_since)

@@ -9,6 +9,38 @@
 #ifndef GPE_REGS_H
 #define GPE_REGS_H
 
+/*
+ * The calling task, and the user registers it entered the kernel with. The modern object takes
+ * them from bpf_get_current_task_btf and bpf_task_pt_regs (5.11, 5.15): BTF pointers, plain
+ * loads. The compat object (GPE_COMPAT, loaded where those helpers are missing) has the task
+ * from bpf_get_current_task, read with CO-RE, and finds the registers where both arches keep
+ * them, at the top of the task's kernel stack (task_pt_regs: THREAD_SIZE, 16 KiB on Debian's
+ * amd64 and arm64 kernels, which have no KASAN and 4 KiB pages).
+ */
+#ifdef GPE_COMPAT
+#define GPE_THREAD_SIZE 16384
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+static __always_inline struct pt_regs *current_user_regs(void)
+{
+	void *stack = BPF_CORE_READ(current_task(), stack);
+	return (struct pt_regs *)(stack + GPE_THREAD_SIZE - bpf_core_type_size(struct GPE_PT_REGS));
+}
+#else
+static __always_inline struct task_struct *current_task(void)
+{
+	return bpf_get_current_task_btf();
+}
+
+static __always_inline struct pt_regs *current_user_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+#endif
+
 /* The first iovec's base of a user iovec array: where a status line or request line would be. */
 static __always_inline __u64 iov_base(__u64 iov)
 {
@@ -44,8 +76,7 @@ struct call {
  */
 static __always_inline int socket_call(int send, struct call *call)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
+	struct pt_regs *r = current_user_regs();
 	__u64 nr = GPE_SYSCALL_NR(r);
 	__u64 a1 = GPE_SYSCALL_ARG1(r);
 	__u32 op = send ? OP_SEND : OP_RECV;
@@ -92,7 +123,7 @@ static __always_inline int socket_call(int send, struct call *call)
 /* The socket behind the current task's fd, or 0 if that fd is not a socket. */
 static __always_inline struct sock *fd_sock(__u32 fd)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t = current_task();
 	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
 	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;

@@ -66,9 +66,14 @@ static __always_inline struct gpe_req_start *read_head(__u64 buf, __s64 n, __u32
  */
 static __always_inline __u64 thread_runtime(__u32 *tid)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *t = current_task();
+#ifdef GPE_COMPAT
+	*tid = (__u32)BPF_CORE_READ(t, pid);
+	return BPF_CORE_READ(t, se.sum_exec_runtime);
+#else
 	*tid = (__u32)t->pid; /* a BTF pointer: plain loads, no helper call */
 	return t->se.sum_exec_runtime;
+#endif
 }
 
 /* The calling thread's pid, and its runtime if request_cpu (else 0). */
@@ -157,13 +162,32 @@ static __always_inline void cpu_write(struct conn *c)
 	c->cpu_ok = 1;
 }
 
+/*
+ * A new request id, unique on the host: the next of next_seq, an atomic fetch-and-add (5.12).
+ * The compat object counts per CPU instead, the CPU in the low byte (unique on up to 256 CPUs,
+ * for 16M requests a CPU before the count wraps, as next_seq's does after 4G).
+ */
+static __always_inline __u32 new_seq(void)
+{
+#ifdef GPE_COMPAT
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&seq_cpu, &zero);
+	if (!n)
+		return 0;
+	*n += 1;
+	return (*n << 8) | (bpf_get_smp_processor_id() & 0xff);
+#else
+	return __sync_fetch_and_add(&next_seq, 1) + 1;
+#endif
+}
+
 /* Make c's next request the current one: READING, with nothing written yet, its line the
  * first kept bytes of line (0: none, labelled OTHER / unknown). One more in flight for k. */
 static __always_inline void begin_request(struct conn_key *k, struct conn *c, __u64 start_ns,
 					  __u64 bytes_in, __u8 phase, char *line, __u16 kept,
 					  __u64 now, struct proc_info *pi)
 {
-	c->seq = __sync_fetch_and_add(&next_seq, 1) + 1;
+	c->seq = new_seq();
 	c->start_ns = start_ns;
 	c->last_write_ns = 0;
 	c->bytes_in = bytes_in;
@@ -480,5 +504,41 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 	}
 	return 0;
 }
+
+#ifdef GPE_COMPAT
+/*
+ * The compat object's walk at a worker's exit (on_exit; no bpf_for_each_map_elem before 5.13):
+ * the exiting worker's own fds, still open at the exit tracepoint, each looked up in conns
+ * (where the compat object keeps every connection, by its socket). Global functions, each
+ * verified once on its own (5.6+, scalar arguments): the per-fd work is not multiplied by the
+ * loop. The first GPE_EXIT_FDS fds only: a worker's client sockets are among its first.
+ */
+#define GPE_EXIT_FDS 1024
+
+__noinline int end_fd(__u32 tgid, __u32 fd, __u64 now)
+{
+	struct sock *sk = fd_sock(fd);
+	if (!sk)
+		return 0;
+	__u64 key = (__u64)sk;
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c || c->owner.tgid != tgid)
+		return 0;
+	struct conn_key k = c->owner;
+	end_request(&k, c, GPE_END_EXIT, now);
+	return 1;
+}
+
+__noinline int end_fds(__u32 tgid, __u64 now)
+{
+	struct fdtable *fdt = BPF_CORE_READ(current_task(), files, fdt);
+	if (!fdt)
+		return 0;
+	__u32 max = BPF_CORE_READ(fdt, max_fds);
+	for (__u32 fd = 0; fd < GPE_EXIT_FDS && fd < max; fd++)
+		end_fd(tgid, fd, now);
+	return 0;
+}
+#endif
 
 #endif /* GPE_REQUEST_H */

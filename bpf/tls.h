@@ -58,7 +58,7 @@ static __always_inline __u32 call_fd(__s64 fd)
 {
 	if (fd >= 0)
 		return (__u32)fd;
-	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *r = current_user_regs();
 	return (__u32)GPE_SYSCALL_ARG0(r);
 }
 

@@ -34,6 +34,7 @@ struct task_struct {
 	pid_t tgid;
 	u64 start_boottime;
 	struct files_struct *files; /* syscall mode: an fd's socket */
+	void *stack;                /* GPE_COMPAT: the user registers are at its top */
 };
 
 struct fdtable {
@@ -89,6 +90,23 @@ struct tcp_sock {
 	u32 write_seq; /* one past the last byte queued for sending */
 };
 
+/*
+ * GPE_UREG(x): a field x of the user registers the task entered the kernel with. In the modern
+ * object they come from bpf_task_pt_regs, a BTF pointer: a plain load. In the compat object
+ * (GPE_COMPAT, kernels without that helper, bpf/regs.h) the pointer is computed from the task's
+ * stack, an untrusted kernel address: a bpf_probe_read_kernel, relocated by CO-RE too.
+ */
+#ifdef GPE_COMPAT
+#define GPE_UREG(x)                                                                                \
+	({                                                                                         \
+		typeof(x) __v = 0;                                                                 \
+		bpf_core_read(&__v, sizeof(__v), &(x));                                            \
+		__v;                                                                               \
+	})
+#else
+#define GPE_UREG(x) (x)
+#endif
+
 /* The user registers saved at syscall entry (bpf_task_pt_regs): the syscall number and its
  * first arguments (the fourth only for recvfrom's flags, in syscall mode). */
 #if defined(__TARGET_ARCH_x86)
@@ -102,11 +120,12 @@ struct pt_regs {
 	unsigned long orig_ax;
 };
 /* r is bpf_task_pt_regs': a BTF pointer, whose fields are plain loads (relocated), no helper call. */
-#define GPE_SYSCALL_NR(r) ((r)->orig_ax)
-#define GPE_SYSCALL_ARG0(r) ((r)->di)
-#define GPE_SYSCALL_ARG1(r) ((r)->si)
-#define GPE_SYSCALL_ARG2(r) ((r)->dx)
-#define GPE_SYSCALL_ARG3(r) ((r)->r10)
+#define GPE_SYSCALL_NR(r) GPE_UREG((r)->orig_ax)
+#define GPE_SYSCALL_ARG0(r) GPE_UREG((r)->di)
+#define GPE_SYSCALL_ARG1(r) GPE_UREG((r)->si)
+#define GPE_SYSCALL_ARG2(r) GPE_UREG((r)->dx)
+#define GPE_SYSCALL_ARG3(r) GPE_UREG((r)->r10)
+#define GPE_PT_REGS pt_regs /* the kernel's type, for its size (bpf_core_type_size) */
 /* A uprobe's arguments (the user ABI) and a uretprobe's return value: ctx fields, relocated. */
 #define GPE_UPROBE_ARG0(r) ((r)->di)
 #define GPE_UPROBE_ARG1(r) ((r)->si)
@@ -120,11 +139,12 @@ struct pt_regs___gpe {
 	u64 orig_x0; /* x0 is overwritten by the return value; orig_x0 keeps the argument */
 	s32 syscallno;
 };
-#define GPE_SYSCALL_NR(r) (((struct pt_regs___gpe *)(r))->syscallno)
-#define GPE_SYSCALL_ARG0(r) (((struct pt_regs___gpe *)(r))->orig_x0)
-#define GPE_SYSCALL_ARG1(r) (((struct user_pt_regs *)(r))->regs[1])
-#define GPE_SYSCALL_ARG2(r) (((struct user_pt_regs *)(r))->regs[2])
-#define GPE_SYSCALL_ARG3(r) (((struct user_pt_regs *)(r))->regs[3])
+#define GPE_SYSCALL_NR(r) GPE_UREG(((struct pt_regs___gpe *)(r))->syscallno)
+#define GPE_SYSCALL_ARG0(r) GPE_UREG(((struct pt_regs___gpe *)(r))->orig_x0)
+#define GPE_SYSCALL_ARG1(r) GPE_UREG(((struct user_pt_regs *)(r))->regs[1])
+#define GPE_SYSCALL_ARG2(r) GPE_UREG(((struct user_pt_regs *)(r))->regs[2])
+#define GPE_SYSCALL_ARG3(r) GPE_UREG(((struct user_pt_regs *)(r))->regs[3])
+#define GPE_PT_REGS pt_regs___gpe
 #define GPE_UPROBE_ARG0(r) (((struct user_pt_regs *)(r))->regs[0])
 #define GPE_UPROBE_ARG1(r) (((struct user_pt_regs *)(r))->regs[1])
 #define GPE_UPROBE_ARG3(r) (((struct user_pt_regs *)(r))->regs[3])

@@ -41,7 +41,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("load BPF programs: %w", err)
 	}
 	defer p.Close()
-	logger.Info("BPF programs loaded", "hooks", p.Hooks())
+	logger.Info("BPF programs loaded", "hooks", p.Hooks(), "object", p.Object())
 	if err := a.Attach(p); err != nil {
 		return err
 	}
@@ -51,6 +51,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// The registry: ours, the listeners' and the drops' (read at scrape time), Go's and the process's.
 	reg := prometheus.NewRegistry()
 	lr := listeners.NewReader(listeners.DefaultConfig(), logger)
+	lr.SetWorkers(agg.WorkersOf)
 	defer lr.Close()
 	reg.MustRegister(
 		export.NewCollector(export.CollectorConfig{MasterLabel: cfg.Agent.Discover, ExpectedWorkers: cfg.Workers, Version: version, Hooks: p.Hooks(), Programs: programStats{p}, Revision: commit},
@@ -143,7 +144,7 @@ func (s programStats) ProgramStats() ([]export.ProgramStat, bool, error) {
 	stats, on, err := s.p.ProgramStats()
 	out := make([]export.ProgramStat, len(stats))
 	for i, st := range stats {
-		out[i] = export.ProgramStat{Name: st.Name, Runs: st.Runs, Runtime: st.Runtime}
+		out[i] = export.ProgramStat{Name: st.Name, Runs: st.Runs, Runtime: st.Runtime, Misses: st.Misses}
 	}
 	return out, on, err
 }

@@ -90,6 +90,7 @@ type Agent struct {
 	orphans    map[uint32]bool // workers whose master exited, seen by discover (logged once)
 	tls        tlsPolicy       // which masters serve TLS (tls.go)
 	heartbeats *heartbeats     // where the workers' heartbeats are read (heartbeat.go)
+	children   newChildren     // children of masters that may turn out to be dirty arbiters (dirty.go)
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32
@@ -188,6 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.agg.Expire()
 		case <-rescan.C:
 			a.dropGoneMasters()
+			a.findDirtyArbiters()
 			if a.cfg.Discover {
 				a.discover()
 			}

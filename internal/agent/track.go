@@ -31,8 +31,15 @@ func (a *Agent) attach(info proc.Info) error {
 		if proc.RoleOf(k) == proc.TitledMaster {
 			continue // the new master of a USR2 upgrade in progress: a master of its own
 		}
+		// A dirty arbiter is tracked as the kernel tracks every child of a master (dirty.go),
+		// but it is no worker.
 		if err := a.k.Track(k.PID, m, events.ProcWorker); err != nil {
 			return err
+		}
+		if a.proc.IsDirtyArbiter(k.PID) {
+			a.agg.AddDirtyArbiter(m, k.PID, k.Started)
+			a.log.Info("the master runs a dirty arbiter, not an HTTP worker", "master_pid", m, "dirty_arbiter_pid", k.PID)
+			continue
 		}
 		pids = append(pids, k.PID)
 		started = append(started, k.Started)
@@ -122,6 +129,7 @@ func (a *Agent) read() {
 		case ev.Kind == events.KindTLS && ev.ProcKind == events.ProcWorker:
 			a.tlsSeen(ev.TGID, ev.Master)
 		case ev.Kind == events.KindFork:
+			a.children.add(ev.TGID, time.Now())
 			a.noteContainer(ev.TGID)
 			a.watchTLS(ev.TGID, ev.Other, ev.TS)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
@@ -173,6 +181,7 @@ func (a *Agent) sample(s *proc.Sampler) {
 		live[pid] = true
 		a.agg.SetUsage(pid, u.RSS, u.CPUPercent)
 	}
+	a.sampleDirty(s, live)
 	s.Forget(live)
 	for _, pid := range workers {
 		live[pid] = true // sampled or not, its heartbeat's fd stays known

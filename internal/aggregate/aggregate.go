@@ -57,6 +57,9 @@ type Aggregator struct {
 	mu      sync.Mutex
 	masters map[uint32]*master
 	workers map[uint32]*worker // live and recently exited, by pid
+	// dirty holds the live dirty arbiters (dirty.go), by pid: children of masters that are
+	// no workers.
+	dirty map[uint32]*dirtyArbiter
 	// pieces holds the later pieces of request lines that arrived in several reads (LINE
 	// records), until their request's END.
 	pieces map[reqKey][]byte
@@ -94,6 +97,7 @@ func New(cfg Config) *Aggregator {
 		cfg:     cfg,
 		masters: make(map[uint32]*master),
 		workers: make(map[uint32]*worker),
+		dirty:   make(map[uint32]*dirtyArbiter),
 		pieces:  make(map[reqKey][]byte),
 		dsIndex: make(map[dsKey]int),
 
@@ -124,11 +128,32 @@ func (a *Aggregator) LiveWorkers() []uint32 {
 	return pids
 }
 
-// IsLive says whether pid is a live worker or master.
+// WorkersOf lists the pids of the live workers of master, oldest first.
+func (a *Aggregator) WorkersOf(master uint32) []uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ws []*worker
+	for _, w := range a.workers {
+		if w.master.pid == master && w.state != StateExited {
+			ws = append(ws, w)
+		}
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].age < ws[j].age })
+	pids := make([]uint32, len(ws))
+	for i, w := range ws {
+		pids[i] = w.pid
+	}
+	return pids
+}
+
+// IsLive says whether pid is a live worker, dirty arbiter or master.
 func (a *Aggregator) IsLive(pid uint32) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, ok := a.masters[pid]; ok {
+		return true
+	}
+	if _, ok := a.dirty[pid]; ok {
 		return true
 	}
 	w, ok := a.workers[pid]

@@ -36,6 +36,9 @@ type MasterSnapshot struct {
 	Downstream  []DownstreamCount // the requests' calls to other services, by endpoint and peer
 	Ignored     map[string]uint64 // requests not counted, by --ignore-route template
 	Workers     []WorkerSnapshot
+	// Dirty is the master's dirty arbiters and their workers (Gunicorn 25+), which are none
+	// of Workers.
+	Dirty DirtySnapshot
 
 	// BusyWorkers are the live workers serving as many requests as they can at once.
 	BusyWorkers int
@@ -147,11 +150,12 @@ func (a *Aggregator) Snapshot(monoNow uint64) Snapshot {
 		sortCounts(ws.Errors)
 		byMaster[w.master] = append(byMaster[w.master], ws)
 	}
+	dirty := a.dirtyOf()
 	for _, m := range a.masters {
 		ms := MasterSnapshot{
 			PID: m.pid, App: m.app, ContainerID: m.containerID, PodUID: m.podUID, Restarts: m.restarts, Queue: m.queue.clone(),
 			Signals: copyMap(m.signals), Exits: copyMap(m.exits), Ignored: copyMap(m.ignored),
-			Workers: byMaster[m], Downstream: downstreamCounts(m),
+			Workers: byMaster[m], Downstream: downstreamCounts(m), Dirty: dirty[m],
 		}
 		sort.Slice(ms.Workers, func(i, j int) bool { return ms.Workers[i].ID < ms.Workers[j].ID })
 		for _, w := range ms.Workers {

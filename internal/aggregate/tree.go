@@ -162,6 +162,11 @@ func (a *Aggregator) RemoveMaster(pid uint32) {
 
 func (a *Aggregator) removeMasterLocked(pid uint32) {
 	delete(a.masters, pid)
+	for dp, d := range a.dirty {
+		if d.master.pid == pid {
+			delete(a.dirty, dp)
+		}
+	}
 	for wp, w := range a.workers {
 		if w.master.pid == pid {
 			a.dropPending(wp)
@@ -243,6 +248,16 @@ func (a *Aggregator) exec(ev *events.Event) {
 	if !ok {
 		return
 	}
+	m := a.unWorker(w)
+	// Re-executed with the old master's arguments: its settings until the agent reads them.
+	a.addMasterLocked(ev.TGID, a.cfg.MonoToWall(ev.TS), m.app).settings = m.settings
+}
+
+// unWorker forgets w, a child of its master that turned out to be no worker (a USR2
+// upgrade's new master, a dirty arbiter), as if it had never been one: its age is given back
+// when no worker was numbered after it, and so is the restart it was counted as. It returns
+// w's master.
+func (a *Aggregator) unWorker(w *worker) *master {
 	m := w.master
 	if w.age == m.ages {
 		m.ages--
@@ -252,9 +267,8 @@ func (a *Aggregator) exec(ev *events.Event) {
 		m.restarts--
 		m.exitCredits++
 	}
-	delete(a.workers, ev.TGID)
-	// Re-executed with the old master's arguments: its settings until the agent reads them.
-	a.addMasterLocked(ev.TGID, a.cfg.MonoToWall(ev.TS), m.app).settings = m.settings
+	delete(a.workers, w.pid)
+	return m
 }
 
 func (a *Aggregator) exit(ev *events.Event) {
@@ -262,6 +276,9 @@ func (a *Aggregator) exit(ev *events.Event) {
 		// A master's exit ends its observation; the caller decides what happens next.
 		a.removeMasterLocked(ev.TGID)
 		return
+	}
+	if a.dirtyExit(ev.TGID) {
+		return // no worker: not a worker exit, and the master owes no replacement
 	}
 	w, ok := a.workers[ev.TGID]
 	if !ok || w.state == StateExited {

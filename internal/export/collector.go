@@ -38,15 +38,17 @@ type CollectorConfig struct {
 // or a fake in tests.
 type ProgramStats interface {
 	// ProgramStats returns each program's counters, and on = false while the kernel does not
-	// count (kernel.bpf_stats_enabled is 0): the series are then left out, not frozen.
+	// count runs (kernel.bpf_stats_enabled is 0): the run series are then left out, not
+	// frozen. Misses are counted always.
 	ProgramStats() (stats []ProgramStat, on bool, err error)
 }
 
-// ProgramStat is one BPF program's run counters, as the kernel keeps them.
+// ProgramStat is one BPF program's counters, as the kernel keeps them.
 type ProgramStat struct {
 	Name    string        // the program's name in bpf/gpe.bpf.c
 	Runs    uint64        // times it ran
 	Runtime time.Duration // CPU time it ran for
+	Misses  uint64        // runs the kernel skipped (one would have nested in another on its CPU)
 }
 
 // Collector is an unchecked-free prometheus.Collector over a Source: every scrape takes one
@@ -62,9 +64,10 @@ type Collector struct {
 	workerFailed, workerErrors, workerInfo, masterRestarts, masterSignals,
 	httpRequests, httpDuration, httpCPU, reqSize, respSize, inFlight, busy, masterWorkers,
 	masterExpected, exits, masterInfo, events, lostDesc, buildInfo, hooksInfo, progRuns,
-	progSeconds, attached, ignored, queue *prometheus.Desc
+	progSeconds, progMisses, attached, ignored, queue *prometheus.Desc
 	saturation saturation
 	downstream downstream
+	dirty      dirty
 }
 
 // NewCollector returns a collector over src. lost reads the kernel's lost-record counter.
@@ -107,8 +110,10 @@ func NewCollector(cfg CollectorConfig, src Source, lost func() (uint64, error), 
 	c.hooksInfo = d("gpe_ebpf_hooks_info", "How the kernel side sees socket calls: socket (tracepoints, Linux 6.3+), fentry, kprobe or syscall; always 1.", []string{"mode"}, nil)
 	c.progRuns = d("gpe_ebpf_program_runs_total", "Times each BPF program ran, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
 	c.saturation = newSaturation(base, l)
+	c.dirty = newDirty(base, l)
 	c.downstream = newDownstream(l)
 	c.progSeconds = d("gpe_ebpf_program_run_seconds_total", "CPU time spent in each BPF program, counted while kernel.bpf_stats_enabled is 1.", []string{"program"}, nil)
+	c.progMisses = d("gpe_ebpf_program_misses_total", "Runs of each BPF program the kernel skipped because one would have nested in another on its CPU.", []string{"program"}, nil)
 	return c
 }
 
@@ -118,11 +123,12 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.workerCPU, c.workerUptime, c.workerState, c.workerFailed, c.workerErrors, c.workerInfo,
 		c.masterRestarts, c.masterSignals, c.httpRequests, c.httpDuration, c.httpCPU, c.reqSize, c.respSize,
 		c.inFlight, c.busy, c.masterWorkers, c.masterExpected, c.exits, c.masterInfo, c.events,
-		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.attached, c.ignored, c.queue} {
+		c.lostDesc, c.buildInfo, c.hooksInfo, c.progRuns, c.progSeconds, c.progMisses, c.attached, c.ignored, c.queue} {
 		ch <- d
 	}
 	c.saturation.describe(ch)
 	c.downstream.describe(ch)
+	c.dirty.describe(ch)
 }
 
 // Collect takes one snapshot and sends its series.
@@ -160,10 +166,11 @@ func (c *Collector) collectPrograms(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.progRuns, err)
 		return
 	}
-	if !on {
-		return
-	}
 	for _, st := range stats {
+		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.progMisses, prometheus.CounterValue, float64(st.Misses), c.start, st.Name)
+		if !on {
+			continue
+		}
 		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.progRuns, prometheus.CounterValue, float64(st.Runs), c.start, st.Name)
 		ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.progSeconds, prometheus.CounterValue, st.Runtime.Seconds(), c.start, st.Name)
 	}
@@ -200,6 +207,7 @@ func (c *Collector) collectMaster(ch chan<- prometheus.Metric, m *aggregate.Mast
 		gauge(c.masterExpected, float64(c.cfg.ExpectedWorkers))
 	}
 	c.saturation.collect(m, gauge)
+	c.dirty.collect(m, gauge)
 	for sig, n := range m.Signals {
 		counter(c.masterSignals, float64(n), sig)
 	}

@@ -102,6 +102,12 @@ func scenario(t *testing.T) *aggregate.Aggregator {
 	ev(events.Event{Kind: events.KindFork, TGID: 105, Other: m})
 	a.SetUsage(104, 29<<20, 1)
 	a.SetUsage(105, 28<<20, 0)
+	// Gunicorn 25+'s dirty arbiter, reported as a worker at its fork until the agent marked
+	// it, with two dirty workers; what the kernel made of its Unix socket counts nowhere.
+	ev(events.Event{Kind: events.KindFork, TGID: 106, Other: m})
+	a.MarkDirtyArbiter(106)
+	ev(events.Event{Kind: events.KindReqEnd, TGID: 106, FD: 9, Seq: 1, StartNS: ts, Reason: events.EndClose, Line: []byte("GD")})
+	a.SetDirtyUsage(106, aggregate.DirtyUsage{RSS: 40 << 20, CPUPercent: 0.5, Workers: 2, WorkersRSS: 900 << 20, WorkersCPUPercent: 97.5})
 	// Sync workers, with Gunicorn's default timeout: 104 serves a request, 105 is idle, and
 	// 104 touched its heartbeat 12 s ago, 105 1.5 s ago.
 	a.SetMasterSettings(m, aggregate.MasterSettings{Capacity: 1, Timeout: 30 * time.Second, TimeoutKnown: true})
@@ -205,7 +211,8 @@ func TestContractMetrics(t *testing.T) {
 		"gpe_ebpf_events_total": "counter", "gpe_ebpf_events_lost_total": "counter", "gpe_ebpf_build_info": "gauge",
 		"gunicorn_master_workers_busy": "gauge", "gunicorn_worker_heartbeat_age_seconds": "gauge",
 		"gunicorn_master_timeout_seconds": "gauge", "gunicorn_http_downstream_calls_total": "counter",
-		"gunicorn_http_downstream_seconds_total": "counter",
+		"gunicorn_http_downstream_seconds_total": "counter", "gunicorn_dirty_arbiters": "gauge",
+		"gunicorn_dirty_workers": "gauge", "gunicorn_dirty_memory_bytes": "gauge", "gunicorn_dirty_cpu_percent": "gauge",
 	}
 	for name, typ := range want {
 		if !strings.Contains(out, "# TYPE "+name+" "+typ+"\n") {
@@ -222,6 +229,11 @@ func TestContractMetrics(t *testing.T) {
 		`gunicorn_http_downstream_calls_total{endpoint="/users/{id}",peer="127.0.0.1:6379"} 3`,
 		`gunicorn_http_downstream_seconds_total{endpoint="/users/{id}",peer="unix:/run/postgresql/.s.PGSQL.5432"} 0.004`,
 		`gunicorn_http_downstream_calls_total{endpoint="/ok",peer="[2001:db8::1]:443"} 1`,
+		`gunicorn_master_workers 2`,
+		`gunicorn_dirty_arbiters 1`,
+		`gunicorn_dirty_workers 2`,
+		`gunicorn_dirty_memory_bytes{process="worker"} 9.437184e+08`,
+		`gunicorn_dirty_cpu_percent{process="arbiter"} 0.5`,
 	} {
 		if !strings.Contains(out, s+"\n") {
 			t.Errorf("missing %s", s)
@@ -242,22 +254,25 @@ func (f fakePrograms) ProgramStats() ([]ProgramStat, bool, error) { return f.sta
 var countingPrograms = fakePrograms{on: true, stats: []ProgramStat{
 	{Name: "on_fork", Runs: 3, Runtime: 4500 * time.Nanosecond},
 	{Name: "on_sock_send", Runs: 120000, Runtime: 36 * time.Millisecond},
+	{Name: "on_tcp_state", Runs: 900, Runtime: 90 * time.Microsecond, Misses: 2},
 }}
 
 // TestProgramMetrics: the programs' run counters are exported while the kernel counts them,
 // left out while kernel.bpf_stats_enabled is off or without probes, and a failed read fails
-// the scrape's program series rather than exporting a wrong value.
+// the scrape's program series rather than exporting a wrong value. Their misses (runs the
+// kernel skipped) are exported whenever there are probes: the kernel counts them always.
 func TestProgramMetrics(t *testing.T) {
 	const runs = `gpe_ebpf_program_runs_total{program="on_sock_send"} 120000` + "\n"
 	const secs = `gpe_ebpf_program_run_seconds_total{program="on_sock_send"} 0.036` + "\n"
 	for _, tc := range []struct {
 		name     string
 		programs ProgramStats
-		want     bool // the series are there
+		want     bool // the run series are there
+		misses   bool // the misses are
 	}{
-		{"counting", countingPrograms, true},
-		{"bpf_stats_enabled off", fakePrograms{on: false}, false},
-		{"no probes", nil, false},
+		{"counting", countingPrograms, true, true},
+		{"bpf_stats_enabled off", fakePrograms{on: false, stats: []ProgramStat{{Name: "on_tcp_state", Misses: 2}}}, false, true},
+		{"no probes", nil, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := string(gather(t, CollectorConfig{Programs: tc.programs}))
@@ -265,6 +280,10 @@ func TestProgramMetrics(t *testing.T) {
 				if got := strings.Contains(out, s); got != tc.want {
 					t.Errorf("series %q present: %v, want %v", strings.TrimSpace(s), got, tc.want)
 				}
+			}
+			miss := `gpe_ebpf_program_misses_total{program="on_tcp_state"} 2` + "\n"
+			if got := strings.Contains(out, miss); got != tc.misses {
+				t.Errorf("series %q present: %v, want %v", strings.TrimSpace(miss), got, tc.misses)
 			}
 		})
 	}

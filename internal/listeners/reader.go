@@ -63,6 +63,19 @@ type Reader struct {
 	nsFailed   map[uint64]string        // last error logged per namespace
 	denied     map[uint64]bool          // namespaces we may not enter (no CAP_SYS_ADMIN)
 	deniedLog  bool                     // the missing capability was logged
+	workers    func(master uint32) []uint32
+}
+
+// SetWorkers gives the reader the live HTTP workers of each master. A socket the master
+// listens on that its workers do not hold is then left out: the workers serve the HTTP
+// listeners they inherit, and a socket the master serves itself is none, as Gunicorn 25.1+'s
+// control socket (gunicorn.ctl, served by a thread of the master and closed around every
+// fork so that no worker inherits it). Without it, or while no worker's fds can be read,
+// every listener of the master is read.
+func (r *Reader) SetWorkers(f func(master uint32) []uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.workers = f
 }
 
 // NewReader returns a reader; Close releases its netlink sockets.
@@ -114,6 +127,13 @@ func (r *Reader) Read(pids []uint32) map[uint32][]Listener {
 	out := make(map[uint32][]Listener)
 	for ns, ms := range byNS {
 		r.readNS(ns, ms, out)
+	}
+	for pid, ls := range out {
+		if ls = r.served(pid, ls); len(ls) > 0 {
+			out[pid] = ls
+		} else {
+			delete(out, pid)
+		}
 	}
 
 	// Forget namespaces and masters no longer asked about.
@@ -195,6 +215,28 @@ func (r *Reader) readNS(ns uint64, ms []master, out map[uint32][]Listener) {
 		})
 		out[m.pid] = ls
 	}
+}
+
+// served keeps the listeners of master that its workers hold (SetWorkers): those of the first
+// worker whose fds can be read. All of them when none can.
+func (r *Reader) served(master uint32, ls []Listener) []Listener {
+	if r.workers == nil {
+		return ls
+	}
+	for _, w := range r.workers(master) {
+		held, _, err := r.proc.SocketInodes(w)
+		if err != nil {
+			continue // it exited meanwhile: ask the next one
+		}
+		var out []Listener
+		for _, l := range ls {
+			if held[l.Inode] {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	return ls
 }
 
 func (r *Reader) unresolvedOnce(pid uint32, why string) {

@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +209,62 @@ func TestUnixName(t *testing.T) {
 		if got := unixName([]byte(in)); got != want {
 			t.Errorf("unixName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestReaderWorkersListeners: the sockets the master's workers hold are its listeners; one
+// it serves alone (Gunicorn 25.1+'s control socket) is left out. This test process is the
+// master and a sleep(1) that inherits the HTTP socket is its worker.
+func TestReaderWorkersListeners(t *testing.T) {
+	dir := t.TempDir()
+	httpPath, ctlPath := filepath.Join(dir, "gunicorn.sock"), filepath.Join(dir, "gunicorn.ctl")
+	httpL, err := net.Listen("unix", httpPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer httpL.Close()
+	ctlL, err := net.Listen("unix", ctlPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctlL.Close()
+	file, err := httpL.(*net.UnixListener).File() // a dup without CLOEXEC for the child
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker := exec.Command("sleep", "30")
+	worker.ExtraFiles = []*os.File{file}
+	if err := worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	file.Close()
+	t.Cleanup(func() { worker.Process.Kill(); worker.Wait() })
+
+	self := uint32(os.Getpid())
+	const gone = 1<<22 + 12345
+	names := func(workers ...uint32) []string {
+		r := newTestReader(t, nil)
+		if workers != nil {
+			r.SetWorkers(func(m uint32) []uint32 {
+				if m != self {
+					t.Errorf("workers asked of %d, not the master %d", m, self)
+				}
+				return workers
+			})
+		}
+		var out []string
+		for _, l := range r.Read([]uint32{self})[self] {
+			out = append(out, l.Name)
+		}
+		return out
+	}
+	if got := names(); !slices.Contains(got, ctlPath) || !slices.Contains(got, httpPath) {
+		t.Errorf("without workers: %v, want both sockets", got)
+	}
+	if got, want := names(gone, uint32(worker.Process.Pid)), []string{httpPath}; !slices.Equal(got, want) {
+		t.Errorf("with a worker (after one that is gone): %v, want %v", got, want)
+	}
+	if got := names(gone); !slices.Contains(got, ctlPath) {
+		t.Errorf("with no worker readable: %v, want every listener", got)
 	}
 }

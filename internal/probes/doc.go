@@ -11,8 +11,10 @@
 // sweep and the ends it adds are tested without root.
 //
 // The hook mode (Config.Hooks, hooks.go) is chosen here, once: the socket tracepoints where the
-// kernel has them (6.3+), else the syscall tracepoints (5.17+). Only that mode's programs are
-// loaded, and both produce the same records, so nothing above this package knows which ran.
+// kernel has them (6.3+), else fentry, kprobe or the syscall tracepoints (5.10+). Only that
+// mode's programs are loaded, and all produce the same records, so nothing above this package
+// knows which ran. So is the object (compat.go): the modern one, or the compat one where the
+// kernel lacks a helper the modern one calls (before 5.17).
 //
 // TLS (tls.go): with Config.TLS, AttachTLS puts uprobes on the libssl a worker has mapped,
 // scoped to that worker, and its plaintext goes through the same request records.

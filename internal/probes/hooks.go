@@ -29,7 +29,7 @@ const (
 	// trampolines: nothing on other syscalls either.
 	HooksKprobe = "kprobe"
 	// HooksSyscall attaches to the syscalls/sys_exit_* tracepoints of recvfrom, recvmsg,
-	// sendto, sendmsg and sendfile64 (Linux 5.17+). An enabled syscall tracepoint puts every
+	// sendto, sendmsg and sendfile64 (Linux 5.10+). An enabled syscall tracepoint puts every
 	// syscall of every task on the host on the kernel's slow path.
 	HooksSyscall = "syscall"
 )
@@ -160,9 +160,9 @@ func kprobe(name, prog string) hook    { return hook{kind: hookKprobe, name: nam
 func kretprobe(name, prog string) hook { return hook{kind: hookKretprobe, name: name, prog: prog} }
 func optional(h hook) hook             { h.optional = true; return h }
 
-// commonHooks are attached in every mode: the process tree, and the TCP hooks. Of those two,
-// Load keeps one: inet_sock_set_state (a connection's establishment, for the accept-queue wait,
-// and its end) with QueueWait, else tcp_destroy_sock (its end).
+// commonHooks are attached in every mode: the process tree, and the TCP hooks: tcp_destroy_sock
+// (a connection's end) and, with QueueWait only, inet_sock_set_state (its establishment, for
+// the accept-queue wait, and its end, seen first).
 var commonHooks = []hook{
 	tpBTF("sched_process_fork", gpeProgOnFork),
 	tpBTF("sched_process_exec", gpeProgOnExec),

@@ -11,8 +11,10 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
@@ -52,6 +54,10 @@ type Config struct {
 	// Downstream counts each request's calls on the worker's own client connections, per
 	// peer (events.KindDownstream), for requests served alone on their thread.
 	Downstream bool
+	// Object is the object to load, ObjectModern or ObjectCompat; "" (the default) chooses by
+	// probing the kernel (compat.go). The tests set it to run the compat object on a kernel
+	// that has the modern one's helpers.
+	Object string
 }
 
 // DefaultMaxConnections is the connection table's size by default: 8,192 slots and 16,384
@@ -103,6 +109,7 @@ type Probes struct {
 	coll   *ebpf.Collection         // the loaded programs (and the .bss and .rodata maps)
 	progs  map[string]*ebpf.Program // coll's programs, by name
 	hooks  string                   // the mode loaded: HooksSocket, HooksFentry, HooksKprobe or HooksSyscall
+	object string                   // the object loaded: ObjectModern or ObjectCompat
 	links  []link.Link
 	cfg    Config
 	rd     reader // the ring buffer's records and the Unix sweep's ends (reader.go)
@@ -127,11 +134,36 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err := EnsureTracefs(); err != nil {
 		return nil, err
 	}
-	spec, err := loadGpe()
+	// Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (64 KiB by default): lift it
+	// there. rlimit probes for the memory-cgroup accounting and changes nothing where it exists.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lift RLIMIT_MEMLOCK for the BPF maps: %w", err)
+	}
+	// The object: the modern one where the kernel has every helper it calls, else the compat
+	// one (compat.go), chosen by probing, not by the kernel's version.
+	object := cfg.Object
+	switch object {
+	case "":
+		if object, err = chooseObject(features.HaveProgramHelper); err != nil {
+			return nil, err
+		}
+	case ObjectModern, ObjectCompat:
+	default:
+		return nil, fmt.Errorf("unknown BPF object %q (want %s or %s)", object, ObjectModern, ObjectCompat)
+	}
+	if cfg.TLS {
+		ok, err := haveAttachCookie()
+		if err != nil {
+			return nil, fmt.Errorf("probe the kernel for bpf_get_attach_cookie: %w", err)
+		}
+		// The TLS uprobes need it (before 5.15): without, TLS is off, as --tls-uprobes=false.
+		cfg.TLS = ok
+	}
+	spec, err := loadObject(object)
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	if err := configure(spec, cfg); err != nil {
+	if err := configure(spec, cfg, object); err != nil {
 		return nil, err
 	}
 	// Only this mode's programs are loaded (the other mode's may name a tracepoint this
@@ -140,13 +172,13 @@ func Load(cfg Config) (_ *Probes, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// One of the two TCP hooks sees a connection's end: on_tcp_state (every TCP state change,
-	// the accept-queue stamp too) or, without it, on_tcp_destroy (once a socket).
-	drop := gpeProgOnTcpDestroy
+	// on_tcp_destroy (once a socket) sees every connection's end. With QueueWait, on_tcp_state
+	// (every TCP state change) stamps the accept queue and sees the end first, at CLOSE; the
+	// kernel skips a run of it that would nest in another on the same CPU (a softirq's CLOSE
+	// during a process's state change), and on_tcp_destroy then ends the request instead.
 	if !cfg.QueueWait {
-		drop = gpeProgOnTcpState
+		hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == gpeProgOnTcpState })
 	}
-	hooks = slices.DeleteFunc(hooks, func(h hook) bool { return h.prog == drop })
 	keep := make(map[string]bool)
 	for _, h := range hooks {
 		keep[h.prog] = true
@@ -162,7 +194,7 @@ func Load(cfg Config) (_ *Probes, err error) {
 			delete(spec.Programs, name)
 		}
 	}
-	p := &Probes{cfg: cfg, hooks: mode, tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi}
+	p := &Probes{cfg: cfg, hooks: mode, object: object, tlsLinks: map[uint32][]link.Link{}, tlsMulti: multi}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var verr *ebpf.VerifierError
@@ -203,12 +235,16 @@ func Load(cfg Config) (_ *Probes, err error) {
 	return p, nil
 }
 
-// configure sizes spec's maps and sets its load-time constants from cfg.
-func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+// configure sizes spec's maps and sets its load-time constants from cfg. The compat object
+// claims no slot (it has no compare-and-swap): conns holds every connection there.
+func configure(spec *ebpf.CollectionSpec, cfg Config, object string) error {
 	if cfg.RingBufferBytes != 0 {
 		spec.Maps["events"].MaxEntries = cfg.RingBufferBytes
 	}
 	slots, conns := TableSizes(cfg.MaxConnections)
+	if object == ObjectCompat {
+		slots, conns = 1, slots+conns
+	}
 	spec.Maps["slots"].MaxEntries = slots
 	spec.Maps["conns"].MaxEntries = conns
 	for name, v := range map[string]any{
@@ -347,6 +383,9 @@ func (p *Probes) Dropped() (map[string]uint64, error) {
 // Hooks is the hook mode that was loaded: HooksSocket, HooksFentry, HooksKprobe or HooksSyscall.
 func (p *Probes) Hooks() string { return p.hooks }
 
+// Object is the object loaded: ObjectModern or ObjectCompat (compat.go).
+func (p *Probes) Object() string { return p.object }
+
 // ProgramIDs lists the IDs of the loaded programs, so a test can check none outlives Close.
 func (p *Probes) ProgramIDs() []ebpf.ProgramID {
 	var ids []ebpf.ProgramID
@@ -360,19 +399,21 @@ func (p *Probes) ProgramIDs() []ebpf.ProgramID {
 	return ids
 }
 
-// ProgramStat is a loaded program's run counters, as the kernel keeps them while
-// kernel.bpf_stats_enabled is 1.
+// ProgramStat is a loaded program's counters, as the kernel keeps them: Runs and Runtime while
+// kernel.bpf_stats_enabled is 1, Misses always.
 type ProgramStat struct {
 	Name    string        // the program's name in bpf/gpe.bpf.c
 	Runs    uint64        // times it ran
 	Runtime time.Duration // CPU time it ran for
+	Misses  uint64        // runs the kernel skipped: one would have nested in another on its CPU
 }
 
-// ProgramStats returns the run counters of every loaded program, sorted by name, and on: whether
-// the kernel counts now. While kernel.bpf_stats_enabled is 0 (the default: counting costs two
-// clock reads per run) the counters stand still, and nothing is returned.
+// ProgramStats returns the counters of every loaded program, sorted by name, and on: whether
+// the kernel counts runs now. While kernel.bpf_stats_enabled is 0 (the default: counting costs
+// two clock reads per run) Runs and Runtime stand still at 0; Misses are counted always.
 func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
-	if on, err := proc.Host.BPFStatsEnabled(); !on || err != nil {
+	on, err = proc.Host.BPFStatsEnabled()
+	if err != nil {
 		return nil, false, err
 	}
 	names := make([]string, 0, len(p.progs))
@@ -385,9 +426,13 @@ func (p *Probes) ProgramStats() (stats []ProgramStat, on bool, err error) {
 		if err != nil {
 			return nil, true, fmt.Errorf("program %s: %w", name, err)
 		}
-		stats = append(stats, ProgramStat{Name: name, Runs: st.RunCount, Runtime: st.Runtime})
+		s := ProgramStat{Name: name, Misses: st.RecursionMisses}
+		if on {
+			s.Runs, s.Runtime = st.RunCount, st.Runtime
+		}
+		stats = append(stats, s)
 	}
-	return stats, true, nil
+	return stats, on, nil
 }
 
 // Close closes the reader first (so a blocked Read returns), then detaches every link and

@@ -13,7 +13,7 @@ import (
 func Settings(c *Config) []setting.Setting {
 	return []setting.Setting{
 		{Name: "hooks", Group: setting.Kernel, Value: setting.String(&c.Hooks),
-			Help: "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), fentry (fexit on the sockets' send and receive functions, where the kernel has BPF trampolines; nothing on other syscalls either), kprobe (kprobes on the same functions), syscall (Linux 5.17+; every syscall on the host takes the slow path) or auto (the first of these the kernel has)",
+			Help: "how socket calls are seen: socket (tracepoints, Linux 6.3+; other processes pay one memory read per socket call), fentry (fexit on the sockets' send and receive functions, where the kernel has BPF trampolines; nothing on other syscalls either), kprobe (kprobes on the same functions), syscall (Linux 5.10+; every syscall on the host takes the slow path) or auto (the first of these the kernel has)",
 			Check: func(name string) error {
 				if err := checkHooks(c.Hooks); err != nil {
 					return fmt.Errorf("invalid %s %w", name, err)

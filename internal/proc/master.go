@@ -12,8 +12,9 @@ import (
 // -w 2 app:app", and only the process tree tells them apart: a worker's parent is its master.
 // Not after the master died (kill -9): its workers are re-parented to init or a subreaper and
 // run on until they notice (a sync worker within its timeout). A worker never forks a Gunicorn
-// process, so an untitled Gunicorn process whose parent is not Gunicorn is a master only once
-// it has a Gunicorn child; a master that has not forked its first worker yet (a --preload app
+// process (Gunicorn 25+'s dirty arbiter, a child of the master, does: dirty.go; it exits within
+// a second of its master's death), so an untitled Gunicorn process whose parent is not Gunicorn
+// is a master only once it has a Gunicorn child; a master that has not forked its first worker yet (a --preload app
 // still importing) is found at the next scan. With setproctitle the title says which it is.
 // Whether a process is Gunicorn at all is decided by the interpreter that runs it and the
 // script or module it runs, not by a name prefix: a launcher script named gunicorn-start that

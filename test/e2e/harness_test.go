@@ -111,6 +111,9 @@ type gunicornOpts struct {
 	// run by test/roots/run.sh (its own mount namespace, the host's network), with the test app
 	// copied into the root's /tmp. Its PID is still the host's PID of the master.
 	Root string
+	// Others is how many children of the master are not HTTP workers (a dirty arbiter): the
+	// start waits for Workers + Others children.
+	Others int
 }
 
 // startGunicorn starts Gunicorn with an access log that records method, path, status and
@@ -172,7 +175,7 @@ func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
 		}
 	})
 	waitFor(t, 20*time.Second, "gunicorn to answer", func() bool {
-		return len(g.Workers()) == o.Workers && g.answers()
+		return len(g.Workers()) == o.Workers+o.Others && g.answers()
 	})
 	return g
 }

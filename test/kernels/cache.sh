@@ -3,15 +3,16 @@
 # print two lines, `kernel=PATH` (an uncompressed-or-gzip kernel image qemu's -kernel accepts)
 # and `rootfs=PATH` (a gzipped newc cpio of a debootstrap tree: python3, Debian's gunicorn, curl,
 # bpftool). ARCH is amd64 or arm64, SUITE is bookworm (Debian 12's 6.1), bookworm-backports
-# (6.12) or sid (7.x, whatever sid has when the cache is built). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
+# (6.12), bullseye or bullseye-security (Debian 11's 5.10) or sid (7.x, whatever sid has when the
+# cache is built). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
 # root, gitignored); a piece that is already there is reused, so only the first run downloads.
 #
 # The kernels come from a dedicated apt configuration inside the cache (its own sources list,
 # lists and archives), so the host's apt sources are never changed.
 set -euo pipefail
 
-arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|sid}
-suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|sid}
+arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security|sid}
+suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security|sid}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${GPE_KERNELS_CACHE:-$root/.cache/kernels}
 mirror=${GPE_KERNELS_MIRROR:-http://deb.debian.org/debian}
@@ -28,7 +29,7 @@ amd64) meta=linux-image-cloud-amd64 ;;
 arm64) meta=linux-image-arm64 ;;
 *) log "unknown arch $arch"; exit 2 ;;
 esac
-case $suite in bookworm | bookworm-backports | sid) ;; *) log "unknown suite $suite"; exit 2 ;; esac
+case $suite in bookworm | bookworm-backports | bullseye | bullseye-security | sid) ;; *) log "unknown suite $suite"; exit 2 ;; esac
 
 # --- the kernel: the suite's metapackage names the versioned image package; download and unpack it.
 apt_dir=$cache/apt
@@ -38,17 +39,18 @@ apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o "Dir::Etc::sourcepa
 kdir=$cache/kernel-$arch-$suite
 if [ ! -f "$kdir/.done" ]; then
 	mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/none"
+	# Debian 11's 5.10: bullseye-security has the newest builds (the mirror serves its amd64 images;
+	# its arm64 ones answer 404, so arm64 takes bullseye's own).
 	cat >"$apt_dir/sources.list.new" <<EOF
 deb [signed-by=$keyring] $mirror bookworm main
 deb [signed-by=$keyring] $mirror bookworm-backports main
+deb [signed-by=$keyring] $mirror bullseye main
+deb [signed-by=$keyring] ${mirror%/debian}/debian-security bullseye-security main
 deb [signed-by=$keyring] $mirror sid main
 EOF
-	# A cache built with fewer suites updates its lists again.
-	if ! cmp -s "$apt_dir/sources.list.new" "$apt_dir/sources.list"; then
-		mv "$apt_dir/sources.list.new" "$apt_dir/sources.list"
-		rm -f "$apt_dir/.updated"
-	fi
-	rm -f "$apt_dir/sources.list.new"
+	# A sources list that changed (a suite added) needs its lists fetched again.
+	cmp -s "$apt_dir/sources.list.new" "$apt_dir/sources.list" || rm -f "$apt_dir/.updated"
+	mv "$apt_dir/sources.list.new" "$apt_dir/sources.list"
 	if [ ! -f "$apt_dir/.updated" ]; then
 		log "apt-get update (dedicated lists in $apt_dir)"
 		apt-get "${apt_opts[@]}" -qq update >&2
@@ -65,7 +67,7 @@ EOF
 		grep -o 'linux-binary-[^ ,]*' | head -n 1 || true)
 	(cd "$kdir/deb" && apt-get "${apt_opts[@]}" -qq download "$dep:$arch/$suite" ${bin:+"$bin:$arch/$suite"} >&2)
 	for deb in "$kdir"/deb/*.deb; do dpkg-deb -x "$deb" "$kdir/x"; done
-	# /boot/vmlinuz-RELEASE (bookworm) or /usr/lib/modules/RELEASE/vmlinuz (sid)
+	# /boot/vmlinuz-RELEASE (bookworm, bullseye) or /usr/lib/modules/RELEASE/vmlinuz (sid)
 	img=$(ls "$kdir"/x/boot/vmlinuz-* "$kdir"/x/usr/lib/modules/*/vmlinuz 2>/dev/null | head -n 1 || true)
 	[ -n "$img" ] || { log "no vmlinuz in $dep${bin:+ or $bin}"; exit 1; }
 	cp "$img" "$kdir/vmlinuz"

@@ -34,19 +34,24 @@ import (
 // target is one kernel the matrix boots.
 type target struct {
 	Arch   string   // Debian architecture: amd64, arm64
-	Kernel string   // short name: 6.1, 6.12
+	Kernel string   // short name: 5.10, 6.1, 6.12, sid
 	Suite  string   // where cache.sh takes it from
 	Modes  []string // hook modes run in the guest when gpe-ebpf has --hooks
 	Auto   string   // the mode --hooks auto must load there
 }
 
-// Debian 12's 6.1 predates the socket tracepoints (6.3): auto takes the fentry hooks there on
-// amd64, and the kprobe hooks on arm64, whose 6.1 refuses to attach fexit programs to kernel
-// functions ("create raw tracepoint: not supported"; its 6.12 allows it); the other modes the
-// kernel has must work too. The backports' 6.12 takes the socket hooks, and every other mode
-// must work there too. Sid's kernel (7.x; the release found is in the table) takes the socket
-// hooks, and every other mode must work there too.
+// Debian 11's 5.10 lacks helpers the modern object calls: gpe-ebpf loads the compat one there
+// (internal/probes/compat.go); auto takes fentry on amd64 and kprobe on arm64 (no BPF trampolines
+// on arm64 before 6.0). Debian 12's 6.1 predates the socket tracepoints (6.3): auto takes the
+// fentry hooks there on amd64, and the kprobe hooks on arm64, whose 6.1 refuses to attach fexit
+// programs to kernel functions ("create raw tracepoint: not supported"; its 6.12 allows it); the
+// other modes the kernel has must work too. The backports' 6.12 takes the socket hooks, and every
+// other mode must work there too. Sid's kernel (7.x; the release found is in the table) takes the
+// socket hooks, and every other mode must work there too. On every row, each mode's dd ratio is
+// measured, and a mode that hooks no syscall must stay within maxOthersCost.
 var matrix = []target{
+	{Arch: "amd64", Kernel: "5.10", Suite: "bullseye-security", Modes: []string{"fentry", "kprobe", "syscall", "auto"}, Auto: "fentry"},
+	{Arch: "arm64", Kernel: "5.10", Suite: "bullseye", Modes: []string{"kprobe", "syscall", "auto"}, Auto: "kprobe"},
 	{Arch: "amd64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"fentry", "kprobe", "syscall", "auto"}, Auto: "fentry"},
 	{Arch: "amd64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
 	{Arch: "arm64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"kprobe", "syscall", "auto"}, Auto: "kprobe"},
