@@ -5,8 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +38,10 @@ func (s *session) kernelTimePhase(ctx context.Context, g *gunicorn) error {
 			runs[m] = append(runs[m], r.BPFRuns)
 			s.res.Runs = append(s.res.Runs, r)
 			fmt.Printf("  run %d %-8s %7d requests  BPF %.2f µs/request in %.1f program runs/request\n", i, m, r.Wrk.Requests, r.BPFUS, r.BPFRuns)
+			for _, name := range slices.Sorted(maps.Keys(r.Programs)) {
+				c := r.Programs[name]
+				fmt.Printf("        %-22s %5.2f runs  %5.3f µs\n", name, c.Runs, c.US)
+			}
 		}
 	}
 	for _, m := range s.modes {
@@ -76,20 +82,29 @@ func (s *session) kernelTimeRun(ctx context.Context, g *gunicorn, mode string, i
 		return r, fmt.Errorf("enable BPF run statistics: %w", err)
 	}
 	defer stats.Close()
-	n0, t0, err := programStats(pid)
+	before, err := programStats(pid)
 	if err != nil {
 		return r, err
 	}
 	if r.Wrk, err = s.runLoad(ctx, g.url("/ok")); err != nil {
 		return r, err
 	}
-	n1, t1, err := programStats(pid)
+	after, err := programStats(pid)
 	if err != nil {
 		return r, err
 	}
 	reqs := float64(max(r.Wrk.Requests, 1))
-	r.BPFUS = float64(t1-t0) / 1e3 / reqs
-	r.BPFRuns = float64(n1-n0) / reqs
+	r.Programs = map[string]programCost{}
+	for name, a := range after {
+		b := before[name]
+		if a.runs == b.runs {
+			continue
+		}
+		c := programCost{Runs: float64(a.runs-b.runs) / reqs, US: float64(a.runtime-b.runtime) / 1e3 / reqs}
+		r.Programs[name] = c
+		r.BPFUS += c.US
+		r.BPFRuns += c.Runs
+	}
 	return r, nil
 }
 
@@ -99,15 +114,23 @@ func enableRunStats() (io.Closer, error) {
 	return ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 }
 
-// programStats sums the run counts and run times of the BPF programs held by process pid.
-// With run statistics on, the difference around a workload is what gpe-ebpf's programs did
-// meanwhile (whatever else ran on the machine is counted too: every hook checks its caller).
-func programStats(pid int) (runs uint64, runtime time.Duration, err error) {
+// progStat is one program's run count and run time, as the kernel counts them.
+type progStat struct {
+	runs    uint64
+	runtime time.Duration
+}
+
+// programStats gives the run counts and run times of the BPF programs held by process pid, by
+// program name (programs of one name, e.g. a uprobe attached per worker, are summed). With run
+// statistics on, the difference around a workload is what gpe-ebpf's programs did meanwhile
+// (whatever else ran on the machine is counted too: every hook checks its caller).
+func programStats(pid int) (map[string]progStat, error) {
 	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
+	stats := map[string]progStat{}
 	seen := map[uint64]bool{}
 	for _, e := range ents {
 		f, err := os.Open(filepath.Join(dir, e.Name()))
@@ -129,16 +152,29 @@ func programStats(pid int) (runs uint64, runtime time.Duration, err error) {
 			if err != nil {
 				continue
 			}
-			if st, err := prog.Stats(); err == nil {
-				runs += st.RunCount
-				runtime += st.Runtime
+			st, err := prog.Stats()
+			info, ierr := prog.Info()
+			if err == nil && ierr == nil {
+				ps := stats[info.Name]
+				ps.runs += st.RunCount
+				ps.runtime += st.Runtime
+				stats[info.Name] = ps
 			}
 			prog.Close()
 		}
 		f.Close()
 	}
 	if len(seen) == 0 {
-		return 0, 0, fmt.Errorf("process %d holds no BPF program", pid)
+		return nil, fmt.Errorf("process %d holds no BPF program", pid)
 	}
-	return runs, runtime, nil
+	return stats, nil
+}
+
+// totalRuns is the sum of the programs' run counts.
+func totalRuns(stats map[string]progStat) uint64 {
+	var n uint64
+	for _, st := range stats {
+		n += st.runs
+	}
+	return n
 }

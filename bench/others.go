@@ -235,19 +235,21 @@ func (s *session) othersRun(g *gunicorn, arm string) (othersResult, error) {
 		if stats, err = enableRunStats(); err != nil {
 			return r, fmt.Errorf("enable BPF run statistics: %w", err)
 		}
-		if runs0, _, err = programStats(ob.cmd.Process.Pid); err != nil {
+		st, err := programStats(ob.cmd.Process.Pid)
+		if err != nil {
 			stats.Close()
 			return r, err
 		}
+		runs0 = totalRuns(st)
 	}
 	dd, _, err := runDD(s.o.ddBytes)
 	if ob != nil {
-		runs1, _, serr := programStats(ob.cmd.Process.Pid)
+		st, serr := programStats(ob.cmd.Process.Pid)
 		stats.Close()
 		if serr != nil {
 			return r, serr
 		}
-		r.ddRuns = float64(runs1 - runs0)
+		r.ddRuns = float64(totalRuns(st) - runs0)
 	}
 	if err != nil {
 		return r, err

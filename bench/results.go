@@ -59,6 +59,14 @@ type run struct {
 	// Kernel-time runs: the BPF programs' run time and runs per request (bpf_stats).
 	BPFUS   float64 `json:"bpf_us_per_request,omitempty"`
 	BPFRuns float64 `json:"bpf_runs_per_request,omitempty"`
+	// The same by program name.
+	Programs map[string]programCost `json:"bpf_programs,omitempty"`
+}
+
+// programCost is one program's share of a kernel-time run: runs and µs per request.
+type programCost struct {
+	Runs float64 `json:"runs_per_request"`
+	US   float64 `json:"us_per_request"`
 }
 
 func (r *results) add(f ...figure) { r.Figures = append(r.Figures, f...) }

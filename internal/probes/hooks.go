@@ -125,13 +125,31 @@ func kernelAttaches(mode string) error {
 	if mode == HooksFentry {
 		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
 	} else {
-		l, err = link.Kprobe(probeTarget, prog, nil)
+		// A kretprobe as kprobe mode attaches them (kretprobeOptions): through tracefs.
+		l, err = link.Kretprobe(probeTarget, prog, kretprobeOptions)
 	}
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
 	return l.Close()
 }
+
+// kretprobeMaxActive is how many calls of one kretprobe'd function, over every task on the host,
+// can be inside it at once with their return seen. The kernel's default is the number of
+// possible CPUs on kernels built without CONFIG_PREEMPTION (Debian's), else max(10, 2×CPUs); a
+// call entered while that many are inside is not seen returning ("missed"). Any task blocked in
+// a TCP or Unix receive holds one of inet_recvmsg's or unix_stream_recvmsg's, and a task
+// descheduled inside a send one of the send function's: with the default, a worker's response
+// went unseen whenever its client was still inside its own send (Debian 11's arm64 kernel, one
+// CPU: 54 of 60 fast responses). 4096 is the most every kernel from 5.10 accepts
+// (KRETPROBE_MAXACTIVE_MAX, kernel/trace/trace_kprobe.c); it costs the kernel an instance of a
+// few dozen bytes each per kretprobe.
+const kretprobeMaxActive = 4096
+
+// kretprobeOptions are the kretprobes' options. A maxactive is given through tracefs's
+// kprobe_events only (the perf kprobe PMU has no field for it): cilium/ebpf creates the event
+// there, and removes it when the link is closed.
+var kretprobeOptions = &link.KprobeOptions{RetprobeMaxActive: kretprobeMaxActive}
 
 // hookKind is how a hook attaches.
 type hookKind int
@@ -246,7 +264,7 @@ func (h hook) attach(prog *ebpf.Program) (link.Link, error) {
 	case hookKprobe:
 		return link.Kprobe(h.name, prog, nil)
 	case hookKretprobe:
-		return link.Kretprobe(h.name, prog, nil)
+		return link.Kretprobe(h.name, prog, kretprobeOptions)
 	}
 	return link.AttachTracing(link.TracingOptions{Program: prog})
 }
