@@ -69,6 +69,7 @@ type row struct {
 	Kernel, Release, Arch, Mode, Result, Detail string
 	Boot                                        time.Duration
 	DD                                          ddCost
+	order                                       int // the target's place in the matrix, then the mode's
 }
 
 var (
@@ -116,9 +117,31 @@ func TestKernels(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { printTable(t, root) })
-	for _, tg := range targets {
-		t.Run(tg.Arch+"/"+tg.Kernel, func(t *testing.T) { runTarget(t, root, tg, hooksFlag) })
+	// Guests boot side by side, each on one host thread (one vCPU under -icount): what a guest
+	// measures counts its own instructions, so a neighbour slows it down without changing its
+	// figures. GPE_KERNELS_PARALLEL sets how many at once (default: the host's CPUs).
+	slots := make(chan struct{}, parallelBoots(t))
+	for i, tg := range targets {
+		t.Run(tg.Arch+"/"+tg.Kernel, func(t *testing.T) {
+			t.Parallel()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			runTarget(t, root, tg, hooksFlag, i)
+		})
 	}
+}
+
+// parallelBoots is how many guests run at once.
+func parallelBoots(t *testing.T) int {
+	v := os.Getenv("GPE_KERNELS_PARALLEL")
+	if v == "" {
+		return runtime.NumCPU()
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("GPE_KERNELS_PARALLEL=%q: want a number, 1 or more", v)
+	}
+	return n
 }
 
 // prerequisites lists what is missing: root (debootstrap builds the root filesystems) and the tools.
@@ -190,7 +213,7 @@ func qemuFor(arch string) (bin string, args []string, console string) {
 	return "qemu-system-x86_64", []string{"-M", "pc", "-cpu", "max,-cx16"}, "ttyS0"
 }
 
-func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
+func runTarget(t *testing.T, root string, tg target, hooksFlag bool, order int) {
 	qemu, machine, console := qemuFor(tg.Arch)
 	start := time.Now()
 	cache := exec.Command("bash", filepath.Join(root, "test", "kernels", "cache.sh"), tg.Arch, tg.Suite)
@@ -261,8 +284,8 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 	}
 
 	res := parseSerial(serial.String())
-	for _, mode := range modes {
-		r := row{Kernel: tg.Kernel, Release: res.release, Arch: tg.Arch, Mode: mode, Boot: boot}
+	for j, mode := range modes {
+		r := row{Kernel: tg.Kernel, Release: res.release, Arch: tg.Arch, Mode: mode, Boot: boot, order: order*100 + j}
 		got, ok := res.results[mode]
 		switch {
 		case ok:
@@ -442,6 +465,7 @@ func printTable(t *testing.T, root string) {
 	if len(rows) == 0 {
 		return
 	}
+	slices.SortFunc(rows, func(a, b row) int { return a.order - b.order })
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-7s %-26s %-6s %-8s %-7s %-17s %-7s %s\n", "kernel", "release", "arch", "mode", "result",
 		"dd ratio", "boot", "detail")

@@ -191,6 +191,7 @@ class Mode:
         self.gpe = None
         self.gpe_log = "/tmp/gpe-%s.log" % mode
         self.chosen = ""  # the hooks gpe-ebpf says it loaded, when it says
+        self.counted = None  # the scrape after the 100 requests
 
     def check(self, name, ok, detail):
         detail = " ".join(str(detail).split())[:400]
@@ -199,6 +200,18 @@ class Mode:
             self.ok = False
             self.first_failure = "%s: %s" % (name, detail)
         return ok
+
+    def diagnosis(self):
+        """What the scrape taken after the 100 requests says of a wrong count: every failure
+        series, and gpe-ebpf's own counters that are not 0 (lost records, drops, program runs
+        the kernel skipped)."""
+        lines = []
+        for name, series in sorted((self.counted or {}).items()):
+            if name == "gunicorn_worker_failed_requests_total" or (name.startswith("gpe_ebpf_") and name.endswith("_total")):
+                for labels, v in series:
+                    if v:
+                        lines.append("%s%s %g" % (name, labels, v))
+        return lines
 
     def gpe_stderr(self):
         try:
@@ -281,7 +294,7 @@ class Mode:
         wait_for(lambda: (lambda m: total(m, "gunicorn_worker_requests_total") >= 100
                           and total(m, "gunicorn_worker_request_duration_seconds_count") >= 100)(scrape()), 60)
         time.sleep(1)
-        s = scrape()  # once more: a late event would show as more than 100
+        s = self.counted = scrape()  # once more: a late event would show as more than 100
         self.check("requests_total", total(s, "gunicorn_worker_requests_total") == 100,
                    "sum gunicorn_worker_requests_total = %g, want 100" % total(s, "gunicorn_worker_requests_total"))
         self.check("by_status",
@@ -389,6 +402,8 @@ def main():
         finally:
             m.stop()
         if not m.ok:
+            for line in m.diagnosis():
+                out("GPE-LOG mode=%s metric %s" % (mode, line))
             for line in m.gpe_stderr().splitlines()[-40:]:
                 out("GPE-LOG mode=%s %s" % (mode, line))
         detail = " ".join(m.first_failure.split())[:600] or "all checks passed"
