@@ -84,9 +84,10 @@ test-e2e:
 	GPE_HOOKS=socket $(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
 	GPE_HOOKS=syscall $(GO) test -count=1 -p 1 -timeout 30m ./test/e2e/...
 
-# Debian's 6.1 and 6.12 kernels, amd64 and arm64, booted under qemu (emulation, no KVM) with the
-# freshly built gpe-ebpf: a table of kernel x arch x mode x result. The first run builds the
-# cache in .cache/kernels (debootstrap, kernel packages); KERNELS=amd64/6.1,arm64/6.12 picks some.
+# Debian's 5.10, 6.1, 6.12 and sid's 7.x kernels, amd64 and arm64, booted under qemu (emulation,
+# no KVM) with the freshly built gpe-ebpf: a table of kernel x arch x mode x result x what the mode
+# costs a dd. The first run builds the cache in .cache/kernels (debootstrap, kernel packages);
+# KERNELS=amd64/6.1,arm64/sid picks some.
 KERNELS ?= all
 test-kernels: deps
 	GPE_KERNELS=$(KERNELS) $(GO) test -count=1 -v -timeout 60m ./test/kernels/

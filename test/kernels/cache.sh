@@ -3,15 +3,16 @@
 # print two lines, `kernel=PATH` (an uncompressed-or-gzip kernel image qemu's -kernel accepts)
 # and `rootfs=PATH` (a gzipped newc cpio of a debootstrap tree: python3, Debian's gunicorn, curl,
 # bpftool). ARCH is amd64 or arm64, SUITE is bookworm (Debian 12's 6.1), bookworm-backports
-# (6.12), bullseye or bullseye-security (Debian 11's 5.10). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
+# (6.12), bullseye or bullseye-security (Debian 11's 5.10) or sid (7.x, whatever sid has when the
+# cache is built). Everything lives under $GPE_KERNELS_CACHE (default: .cache/kernels at the repository
 # root, gitignored); a piece that is already there is reused, so only the first run downloads.
 #
 # The kernels come from a dedicated apt configuration inside the cache (its own sources list,
 # lists and archives), so the host's apt sources are never changed.
 set -euo pipefail
 
-arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security}
-suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security}
+arch=${1:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security|sid}
+suite=${2:?usage: cache.sh amd64|arm64 bookworm|bookworm-backports|bullseye|bullseye-security|sid}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${GPE_KERNELS_CACHE:-$root/.cache/kernels}
 mirror=${GPE_KERNELS_MIRROR:-http://deb.debian.org/debian}
@@ -28,7 +29,7 @@ amd64) meta=linux-image-cloud-amd64 ;;
 arm64) meta=linux-image-arm64 ;;
 *) log "unknown arch $arch"; exit 2 ;;
 esac
-case $suite in bookworm | bookworm-backports | bullseye | bullseye-security) ;; *) log "unknown suite $suite"; exit 2 ;; esac
+case $suite in bookworm | bookworm-backports | bullseye | bullseye-security | sid) ;; *) log "unknown suite $suite"; exit 2 ;; esac
 
 # --- the kernel: the suite's metapackage names the versioned image package; download and unpack it.
 apt_dir=$cache/apt
@@ -45,6 +46,7 @@ deb [signed-by=$keyring] $mirror bookworm main
 deb [signed-by=$keyring] $mirror bookworm-backports main
 deb [signed-by=$keyring] $mirror bullseye main
 deb [signed-by=$keyring] ${mirror%/debian}/debian-security bullseye-security main
+deb [signed-by=$keyring] $mirror sid main
 EOF
 	# A sources list that changed (a suite added) needs its lists fetched again.
 	cmp -s "$apt_dir/sources.list.new" "$apt_dir/sources.list" || rm -f "$apt_dir/.updated"
@@ -54,15 +56,25 @@ EOF
 		apt-get "${apt_opts[@]}" -qq update >&2
 		touch "$apt_dir/.updated"
 	fi
-	dep=$(apt-cache "${apt_opts[@]}" show "$meta:$arch/$suite" | sed -n 's/^Depends: *\(linux-image-[^ ,]*\).*/\1/p' | head -n 1)
+	# The first linux-image-* the metapackage depends on (sid's depends on linux-base-* first).
+	dep=$(apt-cache "${apt_opts[@]}" show "$meta:$arch/$suite" | sed -n 's/^Depends: //p' | head -n 1 |
+		grep -o 'linux-image-[^ ,]*' | head -n 1 || true)
 	[ -n "$dep" ] || { log "no kernel image package behind $meta:$arch in $suite"; exit 1; }
 	log "downloading $dep:$arch ($suite)"
 	rm -rf "$kdir" && mkdir -p "$kdir/deb"
-	(cd "$kdir/deb" && apt-get "${apt_opts[@]}" -qq download "$dep:$arch/$suite" >&2)
-	dpkg-deb -x "$kdir"/deb/*.deb "$kdir/x"
-	img=$(ls "$kdir"/x/boot/vmlinuz-* | head -n 1)
+	# sid's image package holds no kernel: it depends on linux-binary-RELEASE, which has it.
+	bin=$(apt-cache "${apt_opts[@]}" show "$dep:$arch/$suite" | sed -n 's/^Depends: //p' | head -n 1 |
+		grep -o 'linux-binary-[^ ,]*' | head -n 1 || true)
+	(cd "$kdir/deb" && apt-get "${apt_opts[@]}" -qq download "$dep:$arch/$suite" ${bin:+"$bin:$arch/$suite"} >&2)
+	for deb in "$kdir"/deb/*.deb; do dpkg-deb -x "$deb" "$kdir/x"; done
+	# /boot/vmlinuz-RELEASE (bookworm, bullseye) or /usr/lib/modules/RELEASE/vmlinuz (sid)
+	img=$(ls "$kdir"/x/boot/vmlinuz-* "$kdir"/x/usr/lib/modules/*/vmlinuz 2>/dev/null | head -n 1 || true)
+	[ -n "$img" ] || { log "no vmlinuz in $dep${bin:+ or $bin}"; exit 1; }
 	cp "$img" "$kdir/vmlinuz"
-	basename "$img" | sed 's/^vmlinuz-//' >"$kdir/release"
+	case $img in
+	*/boot/vmlinuz-*) basename "$img" | sed 's/^vmlinuz-//' ;;
+	*) basename "$(dirname "$img")" ;;
+	esac >"$kdir/release"
 	rm -rf "$kdir/x" "$kdir/deb" # the modules are not needed: the guest boots from an initramfs
 	touch "$kdir/.done"
 fi

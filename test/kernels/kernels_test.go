@@ -1,11 +1,13 @@
 // Package kernels is the kernel matrix: it boots Debian's own kernels under qemu (TCG emulation,
 // no KVM needed) with a debootstrap root filesystem as the initramfs, and runs the same smoke test
 // of the freshly built gpe-ebpf inside each: attach by PID, 100 requests counted exactly, a HUP
-// reload with its restarts, a clean SIGTERM detach (guest/check.py). It prints a table of
-// kernel × arch × mode × result; a kernel that refuses a program shows the loader's or the
-// verifier's message.
+// reload with its restarts, a clean SIGTERM detach (guest/check.py), and what the mode costs other
+// processes: the CPU time of a `dd bs=1` with gpe-ebpf attached ÷ without, in pairs measured in the
+// guest (under TCG only the ratio means anything). It prints a table of kernel × arch × mode ×
+// result × dd ratio; a kernel that refuses a program shows the loader's or the verifier's message.
 //
 // GPE_KERNELS selects the targets: "all" (the default) or a comma list such as "amd64/6.1,arm64/6.12".
+// GPE_KERNELS_DD_PAIRS sets the dd pairs per mode (2 by default).
 // The cache (root filesystems, kernels) is built by cache.sh on the first run, under
 // $GPE_KERNELS_CACHE or .cache/kernels (gitignored). Booting needs root only to build that cache
 // (debootstrap); under CI=true a missing prerequisite fails instead of skipping.
@@ -22,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,7 +34,7 @@ import (
 // target is one kernel the matrix boots.
 type target struct {
 	Arch   string   // Debian architecture: amd64, arm64
-	Kernel string   // short name: 6.1, 6.12
+	Kernel string   // short name: 5.10, 6.1, 6.12, sid
 	Suite  string   // where cache.sh takes it from
 	Modes  []string // hook modes run in the guest when gpe-ebpf has --hooks
 	Auto   string   // the mode --hooks auto must load there
@@ -39,26 +42,34 @@ type target struct {
 
 // Debian 11's 5.10 lacks helpers the modern object calls: gpe-ebpf loads the compat one there
 // (internal/probes/compat.go); auto takes fentry on amd64 and kprobe on arm64 (no BPF trampolines
-// on arm64 before 6.0). Debian 12's 6.1 predates the socket tracepoints (6.3): auto takes the fentry hooks there on
-// amd64, and the kprobe hooks on arm64, whose 6.1 refuses to attach fexit programs to kernel
-// functions ("create raw tracepoint: not supported"; its 6.12 allows it); the other modes the
-// kernel has must work too. The backports' 6.12 takes the socket hooks, and every other mode
-// must work there too.
+// on arm64 before 6.0). Debian 12's 6.1 predates the socket tracepoints (6.3): auto takes the
+// fentry hooks there on amd64, and the kprobe hooks on arm64, whose 6.1 refuses to attach fexit
+// programs to kernel functions ("create raw tracepoint: not supported"; its 6.12 allows it); the
+// other modes the kernel has must work too. The backports' 6.12 takes the socket hooks, and every
+// other mode must work there too. Sid's kernel (7.x; the release found is in the table) takes the
+// socket hooks, and every other mode must work there too. On every row, each mode's dd ratio is
+// measured, and a mode that hooks no syscall must stay within maxOthersCost.
 var matrix = []target{
 	{Arch: "amd64", Kernel: "5.10", Suite: "bullseye-security", Modes: []string{"fentry", "kprobe", "syscall", "auto"}, Auto: "fentry"},
-	// arm64 5.10 (bullseye, kprobe, syscall, auto→kprobe) is out of the matrix: in a fresh-clone
-	// rehearsal its auto run counted 99 of 100 requests (kprobe mode, compat object); the cause is
-	// not found (README, kernels).
+	{Arch: "arm64", Kernel: "5.10", Suite: "bullseye", Modes: []string{"kprobe", "syscall", "auto"}, Auto: "kprobe"},
 	{Arch: "amd64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"fentry", "kprobe", "syscall", "auto"}, Auto: "fentry"},
 	{Arch: "amd64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
 	{Arch: "arm64", Kernel: "6.1", Suite: "bookworm", Modes: []string{"kprobe", "syscall", "auto"}, Auto: "kprobe"},
 	{Arch: "arm64", Kernel: "6.12", Suite: "bookworm-backports", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
+	{Arch: "amd64", Kernel: "sid", Suite: "sid", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
+	{Arch: "arm64", Kernel: "sid", Suite: "sid", Modes: []string{"socket", "fentry", "kprobe", "syscall", "auto"}, Auto: "socket"},
 }
+
+// maxOthersCost is the most a mode that hooks no syscall may add to a dd's CPU in the guest: these
+// modes put nothing on dd's path, and under -icount the ratio is reproducible to about 1%.
+const maxOthersCost = 1.03
 
 // row is one line of the printed table.
 type row struct {
 	Kernel, Release, Arch, Mode, Result, Detail string
 	Boot                                        time.Duration
+	DD                                          ddCost
+	order                                       int // the target's place in the matrix, then the mode's
 }
 
 var (
@@ -77,17 +88,16 @@ func selected(t *testing.T) []target {
 		return matrix
 	}
 	var out []target
+	var known []string
+	for _, tg := range matrix {
+		known = append(known, tg.Arch+"/"+tg.Kernel)
+	}
 	for _, name := range strings.Split(sel, ",") {
-		found := false
-		for _, tg := range matrix {
-			if tg.Arch+"/"+tg.Kernel == strings.TrimSpace(name) {
-				out = append(out, tg)
-				found = true
-			}
+		i := slices.Index(known, strings.TrimSpace(name))
+		if i < 0 {
+			t.Fatalf("GPE_KERNELS: unknown target %q (known: %s)", name, strings.Join(known, " "))
 		}
-		if !found {
-			t.Fatalf("GPE_KERNELS: unknown target %q (known: amd64/5.10 amd64/6.1 amd64/6.12 arm64/6.1 arm64/6.12)", name)
-		}
+		out = append(out, matrix[i])
 	}
 	return out
 }
@@ -107,9 +117,31 @@ func TestKernels(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { printTable(t, root) })
-	for _, tg := range targets {
-		t.Run(tg.Arch+"/"+tg.Kernel, func(t *testing.T) { runTarget(t, root, tg, hooksFlag) })
+	// Guests boot side by side, each on one host thread (one vCPU under -icount): what a guest
+	// measures counts its own instructions, so a neighbour slows it down without changing its
+	// figures. GPE_KERNELS_PARALLEL sets how many at once (default: the host's CPUs).
+	slots := make(chan struct{}, parallelBoots(t))
+	for i, tg := range targets {
+		t.Run(tg.Arch+"/"+tg.Kernel, func(t *testing.T) {
+			t.Parallel()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			runTarget(t, root, tg, hooksFlag, i)
+		})
 	}
+}
+
+// parallelBoots is how many guests run at once.
+func parallelBoots(t *testing.T) int {
+	v := os.Getenv("GPE_KERNELS_PARALLEL")
+	if v == "" {
+		return runtime.NumCPU()
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("GPE_KERNELS_PARALLEL=%q: want a number, 1 or more", v)
+	}
+	return n
 }
 
 // prerequisites lists what is missing: root (debootstrap builds the root filesystems) and the tools.
@@ -181,7 +213,7 @@ func qemuFor(arch string) (bin string, args []string, console string) {
 	return "qemu-system-x86_64", []string{"-M", "pc", "-cpu", "max,-cx16"}, "ttyS0"
 }
 
-func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
+func runTarget(t *testing.T, root string, tg target, hooksFlag bool, order int) {
 	qemu, machine, console := qemuFor(tg.Arch)
 	start := time.Now()
 	cache := exec.Command("bash", filepath.Join(root, "test", "kernels", "cache.sh"), tg.Arch, tg.Suite)
@@ -207,7 +239,13 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 	if !hooksFlag {
 		modes = []string{"socket"}
 	}
-	initrd, err := guestInitrd(t, root, paths["rootfs"], bin, modes, hooksFlag)
+	pairs := 2
+	if v := os.Getenv("GPE_KERNELS_DD_PAIRS"); v != "" {
+		if pairs, err = strconv.Atoi(v); err != nil || pairs < 2 {
+			t.Fatalf("GPE_KERNELS_DD_PAIRS=%q: want a number, 2 or more", v)
+		}
+	}
+	initrd, err := guestInitrd(t, root, paths["rootfs"], bin, modes, hooksFlag, pairs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +258,11 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args := append(machine, "-m", "2560", "-smp", "2", "-nographic", "-no-reboot", "-nic", "none",
+	// -icount: the guest's clock counts the instructions it executes (8 ns each), not the host's
+	// time, so a dd's CPU time in the guest is what it executed: the host's other work and TCG's
+	// own translation costs stay out of the dd ratios. One vCPU: icount runs vCPUs in turn on one
+	// host thread anyway, and Debian's 6.1 amd64 never brought its second CPU up under it.
+	args := append(machine, "-icount", "shift=3,sleep=on", "-m", "2560", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none",
 		"-kernel", paths["kernel"], "-initrd", initrd,
 		"-append", "console="+console+" panic=-1 quiet loglevel=3 rdinit=/init")
 	logPath := filepath.Join(filepath.Dir(paths["rootfs"]), "boot-"+tg.Arch+"-"+tg.Kernel+".log")
@@ -242,12 +284,13 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 	}
 
 	res := parseSerial(serial.String())
-	for _, mode := range modes {
-		r := row{Kernel: tg.Kernel, Release: res.release, Arch: tg.Arch, Mode: mode, Boot: boot}
+	for j, mode := range modes {
+		r := row{Kernel: tg.Kernel, Release: res.release, Arch: tg.Arch, Mode: mode, Boot: boot, order: order*100 + j}
 		got, ok := res.results[mode]
 		switch {
 		case ok:
 			r.Result, r.Detail = got.result, got.detail
+			r.DD = costOf(res.dd[mode])
 			// The mode gpe-ebpf says it loaded must be the one asked for, or auto's choice here.
 			want := mode
 			if mode == "auto" {
@@ -255,6 +298,13 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 			}
 			if hooksFlag && got.hooks != want {
 				r.Result, r.Detail = "fail", fmt.Sprintf("gpe-ebpf loaded hooks=%q, want %q: %s", got.hooks, want, got.detail)
+			}
+			// Every mode that passed has its cost to others measured, each pair of it.
+			if r.Result == "pass" && len(res.dd[mode]) != pairs {
+				r.Result, r.Detail = "fail", fmt.Sprintf("%d dd pairs measured, want %d", len(res.dd[mode]), pairs)
+			}
+			if r.Result == "pass" && got.hooks != "syscall" && r.DD.Median > maxOthersCost {
+				r.Result, r.Detail = "fail", fmt.Sprintf("hooks=%s cost a dd %.3f× its CPU, want at most %.2f×", got.hooks, r.DD.Median, maxOthersCost)
 			}
 		case runErr != nil:
 			r.Result, r.Detail = "fail", fmt.Sprintf("qemu: %v", runErr)
@@ -277,7 +327,7 @@ func runTarget(t *testing.T, root string, tg target, hooksFlag bool) {
 // guestInitrd writes the initramfs of one boot: the cached root filesystem's cpio.gz followed by
 // a small one with /init, the checks, the test app, the gpe-ebpf binary and the modes to run (the
 // kernel unpacks concatenated archives in order, so the second adds to the first).
-func guestInitrd(t *testing.T, root, rootfs, bin string, modes []string, hooksFlag bool) (string, error) {
+func guestInitrd(t *testing.T, root, rootfs, bin string, modes []string, hooksFlag bool, ddPairs int) (string, error) {
 	dir := t.TempDir()
 	stage := filepath.Join(dir, "stage")
 	flag := "no"
@@ -306,7 +356,7 @@ func guestInitrd(t *testing.T, root, rootfs, bin string, modes []string, hooksFl
 			return "", err
 		}
 	}
-	conf := fmt.Sprintf("modes=%s\nhooks_flag=%s\n", strings.Join(modes, " "), flag)
+	conf := fmt.Sprintf("modes=%s\nhooks_flag=%s\ndd_pairs=%d\n", strings.Join(modes, " "), flag, ddPairs)
 	if err := os.WriteFile(filepath.Join(stage, "gpe", "config"), []byte(conf), 0o644); err != nil {
 		return "", err
 	}
@@ -324,11 +374,39 @@ type serialResult struct {
 	release string
 	results map[string]modeResult
 	lines   map[string][]string // failed checks and gpe-ebpf's log, by mode
+	dd      map[string][]float64
+}
+
+// ddCost is what a mode costs other processes: the ratios of the dd pairs (attached ÷ without).
+type ddCost struct {
+	Median, Min, Max float64
+	Pairs            int
+}
+
+func costOf(ratios []float64) ddCost {
+	if len(ratios) == 0 {
+		return ddCost{}
+	}
+	s := slices.Clone(ratios)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return ddCost{Median: m, Min: s[0], Max: s[len(s)-1], Pairs: len(s)}
+}
+
+func (c ddCost) String() string {
+	if c.Pairs == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f (%.2f–%.2f)", c.Median, c.Min, c.Max)
 }
 
 // parseSerial reads the guest's GPE-* lines. The console can repeat a line; the first counts.
 func parseSerial(s string) serialResult {
-	r := serialResult{results: map[string]modeResult{}, lines: map[string][]string{}}
+	r := serialResult{results: map[string]modeResult{}, lines: map[string][]string{}, dd: map[string][]float64{}}
+	seenPair := map[string]bool{}
 	sc := bufio.NewScanner(strings.NewReader(s))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -363,6 +441,13 @@ func parseSerial(s string) serialResult {
 			if _, seen := r.results[mode]; !seen {
 				r.results[mode] = modeResult{fields["result"], fields["detail"], fields["hooks"]}
 			}
+		case "GPE-DD":
+			without, err1 := strconv.ParseFloat(fields["without"], 64)
+			with, err2 := strconv.ParseFloat(fields["with"], 64)
+			if key := mode + "/" + fields["pair"]; err1 == nil && err2 == nil && without > 0 && !seenPair[key] {
+				seenPair[key] = true
+				r.dd[mode] = append(r.dd[mode], with/without)
+			}
 		case "GPE-CHECK":
 			if fields["ok"] == "false" {
 				r.lines[mode] = append(r.lines[mode], "  check "+fields["name"]+": "+fields["detail"])
@@ -380,12 +465,15 @@ func printTable(t *testing.T, root string) {
 	if len(rows) == 0 {
 		return
 	}
+	slices.SortFunc(rows, func(a, b row) int { return a.order - b.order })
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-7s %-26s %-6s %-8s %-7s %-7s %s\n", "kernel", "release", "arch", "mode", "result", "boot", "detail")
+	fmt.Fprintf(&b, "%-7s %-26s %-6s %-8s %-7s %-17s %-7s %s\n", "kernel", "release", "arch", "mode", "result",
+		"dd ratio", "boot", "detail")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%-7s %-26s %-6s %-8s %-7s %-7s %s\n", r.Kernel, r.Release, r.Arch, r.Mode, r.Result,
-			r.Boot.Round(time.Second), r.Detail)
+		fmt.Fprintf(&b, "%-7s %-26s %-6s %-8s %-7s %-17s %-7s %s\n", r.Kernel, r.Release, r.Arch, r.Mode, r.Result,
+			r.DD, r.Boot.Round(time.Second), r.Detail)
 	}
+	fmt.Fprintf(&b, "dd ratio: CPU of `dd bs=1` with gpe-ebpf attached ÷ without, median (min–max) of the pairs\n")
 	fmt.Print("\nkernel matrix:\n" + b.String())
 	cache := os.Getenv("GPE_KERNELS_CACHE")
 	if cache == "" {

@@ -4,10 +4,24 @@ Reads /gpe/config (one `key=value` a line: `modes=syscall auto`, `hooks_flag=yes
 each mode: starts Debian's Gunicorn on the test app (sync, 2 workers), attaches gpe-ebpf by PID,
 sends 100 requests (60 x /ok 200, 20 x /fail 500, 20 x /slow 50 ms), scrapes /metrics and checks
 the exact counts, HUPs the master and checks the restarts, then SIGTERMs gpe-ebpf and checks exit 0
-with no BPF program left loaded. It prints for the host to read, on the serial console:
+with no BPF program left loaded.
+
+What the mode costs other processes: the CPU time (user+sys, from its rusage) of a
+`dd if=/dev/zero of=/dev/null bs=1 count=N` (two syscalls a byte) with gpe-ebpf attached, against
+one without, in pairs measured back to back across an attach or a detach: the first pair around
+the check's attach, the second around its detach, the others (`dd_pairs=` in the config, 2 by
+default) around one more start and stop of gpe-ebpf each. Each side of a pair is the least of
+DD_RUNS runs (N is calibrated once per boot so that a run takes about DD_SECONDS of CPU). The
+host boots the guest with -icount and one vCPU: its clock counts the instructions executed, so
+the host's own load stays out, and while dd runs gpe-ebpf and Gunicorn are stopped (SIGSTOP, then
+SIGCONT; the hooks stay attached) and the guest left to settle first, so that their work and the
+kernel's deferred work stay out too: what is left is what dd executed, hooks included. Only the ratio means anything, and the host computes it.
+
+It prints for the host to read, on the serial console:
 
     GPE-CHECK mode=M name=N ok=true|false detail=...
     GPE-LOG mode=M ...            (gpe-ebpf's stderr, when a mode fails)
+    GPE-DD mode=M pair=I without=SECONDS with=SECONDS count=N
     GPE-RESULT mode=M result=pass|fail hooks=H detail=...   (H: the hooks gpe-ebpf said it loaded)
 
 Only loopback is used. Waits are generous (the guest runs under TCG emulation) and no timing is
@@ -27,6 +41,8 @@ import urllib.error
 import urllib.request
 
 APP_PORT = 8000
+DD_SECONDS = 0.25  # the CPU time a dd run aims at
+DD_RUNS = 5  # runs a side of a pair; the least counts
 METRICS_PORT = 9090
 WORKERS = 2
 SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
@@ -86,6 +102,72 @@ def bpf_prog_ids():
     return {p["id"]: p.get("name", "") for p in json.loads(r.stdout or "[]")}
 
 
+def dd_cpu(count):
+    """The CPU time (user+sys, seconds) of one `dd bs=1` of count bytes from /dev/zero to /dev/null."""
+    null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_WRONLY, 0) for fd in (1, 2)]
+    pid = os.posix_spawn("/bin/dd", ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=%d" % count],
+                         os.environ, file_actions=null)
+    _, status, ru = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("dd exited with status %d" % os.waitstatus_to_exitcode(status))
+    return ru.ru_utime + ru.ru_stime
+
+
+def children(pid):
+    """The PIDs whose parent is pid."""
+    kids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                if d.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return kids
+
+
+def busy():
+    """The guest's busy CPU time so far, in clock ticks, from /proc/stat."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:]]
+    return sum(t) - t[3] - t[4]  # all but idle and iowait
+
+
+def settle(limit=5.0):
+    """Waits, at most limit seconds, for a quarter second in which the guest was nearly idle: the
+    kernel's deferred work after an attach or a detach (freeing programs, trampolines, kprobes)
+    would run in the middle of dd's and count in its time."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        b = busy()
+        time.sleep(0.25)
+        if busy() - b <= 2:  # ticks of 1/100 s
+            return
+
+
+def dd_side(count, stopped):
+    """The least CPU time of DD_RUNS dd runs, with the processes `stopped` stopped meanwhile."""
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        settle()
+        return min(dd_cpu(count) for _ in range(DD_RUNS))
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
+def dd_count():
+    """The byte count that makes one dd run take about DD_SECONDS of CPU in this guest."""
+    count = 20000
+    for _ in range(3):
+        cpu = min(dd_cpu(count) for _ in range(3))
+        if cpu >= 0.1:
+            break
+        count *= 5
+    return max(1000, int(count * DD_SECONDS / max(cpu, 0.001)))
+
+
 def wait_for(pred, timeout, step=0.5):
     deadline = time.time() + timeout
     while True:
@@ -96,15 +178,20 @@ def wait_for(pred, timeout, step=0.5):
 
 
 class Mode:
-    def __init__(self, mode, hooks_flag):
+    def __init__(self, mode, hooks_flag, dd_n, dd_pairs):
         self.mode = mode
         self.hooks_flag = hooks_flag
+        self.dd_n = dd_n
+        self.dd_pairs = dd_pairs
+        self.pairs = 0
+        self.master = 0
         self.ok = True
         self.first_failure = ""
         self.gunicorn = None
         self.gpe = None
         self.gpe_log = "/tmp/gpe-%s.log" % mode
         self.chosen = ""  # the hooks gpe-ebpf says it loaded, when it says
+        self.counted = None  # the scrape after the 100 requests
 
     def check(self, name, ok, detail):
         detail = " ".join(str(detail).split())[:400]
@@ -113,6 +200,18 @@ class Mode:
             self.ok = False
             self.first_failure = "%s: %s" % (name, detail)
         return ok
+
+    def diagnosis(self):
+        """What the scrape taken after the 100 requests says of a wrong count: every failure
+        series, and gpe-ebpf's own counters that are not 0 (lost records, drops, program runs
+        the kernel skipped)."""
+        lines = []
+        for name, series in sorted((self.counted or {}).items()):
+            if name == "gunicorn_worker_failed_requests_total" or (name.startswith("gpe_ebpf_") and name.endswith("_total")):
+                for labels, v in series:
+                    if v:
+                        lines.append("%s%s %g" % (name, labels, v))
+        return lines
 
     def gpe_stderr(self):
         try:
@@ -128,6 +227,33 @@ class Mode:
         picked = [l for l in lines if any(k in l.lower() for k in keys)]
         return " | ".join((picked or lines)[-3:]) or "(no output)"
 
+    def dd(self):
+        """One side of a dd pair, gpe-ebpf (when running) and Gunicorn stopped meanwhile."""
+        stopped = [self.master] + children(self.master)
+        if self.gpe and self.gpe.poll() is None:
+            stopped.append(self.gpe.pid)
+        return dd_side(self.dd_n, stopped)
+
+    def dd_pair(self, without, with_):
+        self.pairs += 1
+        out("GPE-DD mode=%s pair=%d without=%.4f with=%.4f count=%d" % (self.mode, self.pairs, without, with_, self.dd_n))
+
+    def start_gpe(self, args, log_mode):
+        """Starts gpe-ebpf and waits for its /metrics; returns None when it serves, else why not."""
+        self.gpe = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.gpe_log, log_mode))
+        wait_for(lambda: self.gpe.poll() is not None or scrape() is not None, 300)
+        if self.gpe.poll() is not None:
+            return "gpe-ebpf exited %d: %s" % (self.gpe.returncode, self.refusal())
+        return None if scrape() is not None else "no /metrics in 300 s"
+
+    def stop_gpe(self):
+        """SIGTERMs gpe-ebpf; returns its exit code, None when it did not exit in 60 s."""
+        self.gpe.send_signal(signal.SIGTERM)
+        try:
+            return self.gpe.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            return None
+
     def run(self):
         pidfile = "/tmp/gunicorn-%s.pid" % self.mode
         self.gunicorn = subprocess.Popen(
@@ -137,22 +263,19 @@ class Mode:
         up = wait_for(lambda: os.path.exists(pidfile) and get("http://127.0.0.1:%d/ok" % APP_PORT)[0] == 200, 180)
         if not self.check("gunicorn_up", up, "Gunicorn answers /ok" if up else "Gunicorn did not answer in 180 s"):
             return
-        master = int(open(pidfile).read().strip())
+        master = self.master = int(open(pidfile).read().strip())
         before = bpf_prog_ids()
 
         args = ["/gpe/gpe-ebpf", "--pid", str(master), "--bind-address", "127.0.0.1",
                 "--metrics-port", str(METRICS_PORT), "--sample-interval", "1s"]
         if self.hooks_flag:
             args += ["--hooks", self.mode]
-        self.gpe = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.gpe_log, "w"))
+        without = self.dd()
         t0 = time.time()
-        attached = wait_for(lambda: self.gpe.poll() is not None or scrape() is not None, 300)
-        if self.gpe.poll() is not None:
-            self.check("attach", False, "gpe-ebpf exited %d: %s" % (self.gpe.returncode, self.refusal()))
+        why = self.start_gpe(args, "w")
+        if not self.check("attach", why is None, why or "serving /metrics %.1f s after start" % (time.time() - t0)):
             return
-        if not self.check("attach", bool(attached) and scrape() is not None,
-                          "serving /metrics %.1f s after start" % (time.time() - t0)):
-            return
+        self.dd_pair(without, self.dd())
         chosen = re.search(r"hooks=(\w+)", self.gpe_stderr())
         self.chosen = chosen.group(1) if chosen else ""
         loaded = {i: n for i, n in bpf_prog_ids().items() if i not in before}
@@ -171,7 +294,7 @@ class Mode:
         wait_for(lambda: (lambda m: total(m, "gunicorn_worker_requests_total") >= 100
                           and total(m, "gunicorn_worker_request_duration_seconds_count") >= 100)(scrape()), 60)
         time.sleep(1)
-        s = scrape()  # once more: a late event would show as more than 100
+        s = self.counted = scrape()  # once more: a late event would show as more than 100
         self.check("requests_total", total(s, "gunicorn_worker_requests_total") == 100,
                    "sum gunicorn_worker_requests_total = %g, want 100" % total(s, "gunicorn_worker_requests_total"))
         self.check("by_status",
@@ -222,14 +345,28 @@ class Mode:
                    "sum gunicorn_http_requests_total %g (want 110)" % (after_hup, n_new, n_http))
 
         # SIGTERM: exit 0 and no program left behind.
-        self.gpe.send_signal(signal.SIGTERM)
-        try:
-            rc = self.gpe.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            rc = None
+        with_ = self.dd()
+        rc = self.stop_gpe()
         self.check("sigterm_exit", rc == 0, "gpe-ebpf exit code %s after SIGTERM" % rc)
+        # The kernel frees a program once its last reference is gone, some of them after an RCU
+        # grace period, which under TCG can outlast the exit: a program still there after 10 s stayed.
+        wait_for(lambda: not [i for i in bpf_prog_ids() if i not in before], 10)
         left = {i: n for i, n in bpf_prog_ids().items() if i not in before}
-        self.check("detached", not left, "programs still loaded: %s" % (left or "none"))
+        if not self.check("detached", not left, "programs still loaded: %s" % (left or "none")):
+            return
+        self.dd_pair(self.dd(), with_)
+
+        # The other dd pairs, each around one more start and stop of gpe-ebpf.
+        while self.pairs < self.dd_pairs:
+            without = self.dd()
+            why = self.start_gpe(args, "a")
+            if not self.check("dd_attach", why is None, why or "attached again for dd pair %d" % (self.pairs + 1)):
+                return
+            with_ = self.dd()
+            rc = self.stop_gpe()
+            if not self.check("dd_detach", rc == 0, "gpe-ebpf exit code %s after SIGTERM" % rc):
+                return
+            self.dd_pair(without, with_)
 
     def stop(self):
         if self.gpe and self.gpe.poll() is None:
@@ -255,8 +392,9 @@ def main():
                 conf[k] = v
     loopback_up()
     out("GPE-KERNEL release=%s machine=%s" % (os.uname().release, os.uname().machine))
+    dd_n = dd_count()
     for mode in conf.get("modes", "socket").split():
-        m = Mode(mode, conf.get("hooks_flag") == "yes")
+        m = Mode(mode, conf.get("hooks_flag") == "yes", dd_n, int(conf.get("dd_pairs", "2")))
         try:
             m.run()
         except Exception as e:  # a broken check is a failed mode, never a hung guest
@@ -264,6 +402,8 @@ def main():
         finally:
             m.stop()
         if not m.ok:
+            for line in m.diagnosis():
+                out("GPE-LOG mode=%s metric %s" % (mode, line))
             for line in m.gpe_stderr().splitlines()[-40:]:
                 out("GPE-LOG mode=%s %s" % (mode, line))
         detail = " ".join(m.first_failure.split())[:600] or "all checks passed"
