@@ -33,9 +33,10 @@
  *                                the same state machine (on_io), fed from the syscall's return
  *                                value and registers; the fd's socket from the task's fd table.
  * Every mode, with --tls auto (internal/probes/tls.go attaches them per worker, with its PID):
- *   uprobe SSL_set_fd, SSL_read, SSL_read_ex, SSL_write, SSL_write_ex and uretprobes of the
- *                                last four, on the libssl a worker has mapped: the plaintext of
- *                                TLS connections through the same state machine (tls.h)
+ *   uprobe SSL_set_fd, SSL_read, SSL_read_ex, SSL_write, SSL_write_ex, SSL_get_current_cipher
+ *                                and uretprobes of the read and write ones, on the libssl a
+ *                                worker has mapped: the plaintext of TLS connections through the
+ *                                same state machine (tls.h)
  * User space (internal/probes) loads one mode's programs only, and attaches them.
  *
  * Files, included below in this order, each a concern (one object, one set of Go bindings):

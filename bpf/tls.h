@@ -18,6 +18,10 @@
  *   uprobe SSL_read, SSL_read_ex, SSL_write, SSL_write_ex
  *                                a thread enters a TLS read or write: remember the SSL and the
  *                                plaintext buffer, per thread
+ *   uprobe SSL_get_current_cipher
+ *                                asyncio and uvloop ask for it as an SSL's handshake completes
+ *                                (memory BIOs: no SSL_set_fd): SSL* -> the socket whose
+ *                                ciphertext completed it (tls_handshake_done)
  *   uretprobe of those four      it returns: the plaintext bytes go through on_io, the same
  *                                state machine as a plaintext connection's, with call.tls set
  * One entry program serves the five functions, told apart by the attach cookie (enum
@@ -31,6 +35,8 @@
  */
 
 #define TLS_SOCK_BY_READ (1u << 31) /* in a tls_socks value: above any tgid */
+#define TLS_BY_HANDSHAKE 4 /* in a tls_ssl value, beside enum tls_conn_flag: tied as its
+			    * handshake completed (tls_handshake_done); its reads never tie it again */
 
 static __always_inline void tls_note_read(struct sock *sk, __u32 fd, __u32 flags)
 {
@@ -102,6 +108,7 @@ enum tls_func {
 	TLS_READ_EX = 3,  /* SSL_read_ex(ssl, buf, num, *readbytes) */
 	TLS_WRITE = 4,    /* SSL_write(ssl, buf, num) */
 	TLS_WRITE_EX = 5, /* SSL_write_ex(ssl, buf, num, *written) */
+	TLS_CIPHER = 6,   /* SSL_get_current_cipher(ssl) */
 };
 
 /* SSL_set_fd(ssl, fd): the SSL's socket, in the calling worker. */
@@ -118,6 +125,40 @@ static __always_inline int tls_set_fd(void *ssl, int fd)
 	return 0;
 }
 
+/*
+ * SSL_get_current_cipher(ssl), in a worker whose SSLs run over memory BIOs (asyncio, uvloop: no
+ * SSL_set_fd, no socket call inside SSL_read). Both ask for it (SSLObject.cipher(), with
+ * getpeercert() and compression()) as a handshake completes, in the callback of the socket read
+ * whose ciphertext completed it, before any other socket is read: the SSL is that socket's,
+ * the thread's last ciphertext read (tls_last_read), of a connection tied to no SSL yet. The
+ * first SSL_read cannot tie it (tls_return): uvloop decrypts what that read brought (the
+ * first request, usually) only later, from its ready queue, after reading other connections'
+ * sockets. So the handshake ties the SSL, and its reads never tie it again
+ * (TLS_BY_HANDSHAKE); an SSL made again at the same address is tied again by its own
+ * handshake. Python calls no SSL_get_current_cipher on a socket it wrapped (SSL_set_fd): an
+ * SSL tied so is left alone. Not told apart: an application that asks for the cipher itself
+ * (SSLObject.cipher(); neither uvicorn nor Gunicorn's asgi worker does) while another
+ * connection's handshake was read last ties its SSL to that connection.
+ */
+static __always_inline int tls_handshake_done(void *ssl)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_conn *last = bpf_map_lookup_elem(&tls_last_read, &id);
+	if (!last || !(last->flags & TLS_UNTIED))
+		return 0;
+	__u32 tgid = id >> 32;
+	struct tls_key k = {.ssl = (__u64)ssl, .tgid = tgid};
+	struct tls_conn *s = bpf_map_lookup_elem(&tls_ssl, &k);
+	if (s && !(s->flags & (TLS_BY_READ | TLS_BY_HANDSHAKE)))
+		return 0;
+	struct tls_conn v = *last;
+	v.flags = TLS_BY_HANDSHAKE;
+	last->flags = 0; /* tied now */
+	bpf_map_update_elem(&tls_ssl, &k, &v, BPF_ANY);
+	tls_mark_sock(v.sk, tgid | TLS_SOCK_BY_READ);
+	return 0;
+}
+
 /* A thread enters SSL_read/SSL_write(_ex): remember the SSL and the plaintext buffer. */
 static __always_inline int tls_enter(void *ssl, void *buf, void *lenp, __u16 op, __u16 ex)
 {
@@ -130,7 +171,7 @@ static __always_inline int tls_enter(void *ssl, void *buf, void *lenp, __u16 op,
 	return 0;
 }
 
-/* The entry of any of the five functions, told apart by the attach cookie. */
+/* The entry of any of the six functions, told apart by the attach cookie. */
 static __always_inline int tls_entry(struct pt_regs *ctx)
 {
 	void *ssl = (void *)GPE_UPROBE_ARG0(ctx);
@@ -138,6 +179,8 @@ static __always_inline int tls_entry(struct pt_regs *ctx)
 	switch (f) {
 	case TLS_SET_FD:
 		return tls_set_fd(ssl, (int)GPE_UPROBE_ARG1(ctx));
+	case TLS_CIPHER:
+		return tls_handshake_done(ssl);
 	case TLS_READ:
 	case TLS_WRITE:
 		return tls_enter(ssl, (void *)GPE_UPROBE_ARG1(ctx), 0, f == TLS_READ ? OP_RECV : OP_SEND, 0);

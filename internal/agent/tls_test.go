@@ -24,7 +24,7 @@ func (k *tlsFake) AttachTLS(pid uint32) (events.TLSAttach, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.attached = append(k.attached, pid)
-	return events.TLSAttach{Lib: "/usr/lib/x86_64-linux-gnu/libssl.so.3", Probes: 9}, nil
+	return events.TLSAttach{Lib: "/usr/lib/x86_64-linux-gnu/libssl.so.3", Probes: 10}, nil
 }
 
 func (k *tlsFake) DetachTLS(pid uint32) error {

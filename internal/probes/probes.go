@@ -41,7 +41,7 @@ type Config struct {
 	// TLS loads the libssl uprobe programs (tls.go), which AttachTLS attaches to a worker, and
 	// makes the socket hooks skip the ciphertext of the connections they see the plaintext of.
 	TLS bool
-	// TLSPerfEvents attaches perf-event uprobes (nine a worker) even where the kernel has
+	// TLSPerfEvents attaches perf-event uprobes (ten a worker) even where the kernel has
 	// uprobe_multi links (two a worker; used from Linux 6.10, tls.go).
 	TLSPerfEvents bool
 	// MaxConnections is how many connections of tracked workers the kernel tracks at once

@@ -34,13 +34,18 @@ type tlsFunc struct {
 
 // tlsFuncs are traced in every worker's libssl. SSL_read_ex and SSL_write_ex are what Python
 // 3.10+ calls (CPython's _ssl.c); SSL_read and SSL_write are what older Pythons and other
-// callers use. A symbol the library lacks (OpenSSL before 1.1.1 has no _ex calls) is left out.
+// callers use. SSL_get_current_cipher is what asyncio and uvloop ask for as the handshake of
+// an SSL over memory BIOs completes, which ties it to its socket (bpf/tls.h,
+// tls_handshake_done); Python calls it on no socket it wrapped itself (SSL_set_fd), so the
+// sync and threaded workers never trap on it. A symbol the library lacks (OpenSSL before
+// 1.1.1 has no _ex calls) is left out.
 var tlsFuncs = []tlsFunc{
 	{"SSL_set_fd", 1, false},
 	{"SSL_read", 2, true},
 	{"SSL_read_ex", 3, true},
 	{"SSL_write", 4, true},
 	{"SSL_write_ex", 5, true},
+	{"SSL_get_current_cipher", 6, false},
 }
 
 // tlsPrograms are the programs Load keeps when Config.TLS is on: the uprobe_multi pair where

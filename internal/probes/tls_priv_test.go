@@ -34,7 +34,7 @@ func startHelper(t *testing.T, name string, args ...string) int {
 }
 
 // TestAttachTLS: the uprobes go on the libssl a process has mapped (Debian's Python with its
-// ssl module imported, as a Gunicorn worker has), all nine of them, once; a process without
+// ssl module imported, as a Gunicorn worker has), all ten of them, once; a process without
 // libssl gets none and no error; DetachTLS takes them off.
 // It runs with the uprobe_multi links where the kernel has them, and with perf-event uprobes.
 func TestAttachTLS(t *testing.T) {
@@ -63,9 +63,9 @@ func testAttachTLS(t *testing.T, perf bool) {
 	if err != nil {
 		t.Fatalf("attach to python: %v", err)
 	}
-	// OpenSSL 3 has all five functions: five entries and four returns.
-	if !strings.HasPrefix(filepath.Base(a.Lib), "libssl.so") || a.Probes != 9 {
-		t.Errorf("python: %+v, want 9 probes on a libssl.so", a)
+	// OpenSSL 3 has all six functions: six entries and four returns.
+	if !strings.HasPrefix(filepath.Base(a.Lib), "libssl.so") || a.Probes != 10 {
+		t.Errorf("python: %+v, want 10 probes on a libssl.so", a)
 	}
 	t.Logf("python: %d probes on %s in %v (uprobe_multi: %v)", a.Probes, a.Lib, a.Took, p.tlsMulti)
 	if again, err := p.AttachTLS(uint32(py)); err != nil || again.Probes != 0 || !again.Already {

@@ -574,8 +574,8 @@ func TestTLSPerfEvents(t *testing.T) {
 			g := startTLSGunicorn(t, gunicornOpts{WorkerClass: wc.class, Args: wc.args})
 			p := startGPE(t, "--pid", strconv.Itoa(g.PID), "--tls-uprobes", "perf")
 			for pid, a := range p.waitTLSAttached(t, g.Workers()) {
-				if a.probes != 9 {
-					t.Errorf("worker %d: %d perf-event uprobes, want 9", pid, a.probes)
+				if a.probes != 10 {
+					t.Errorf("worker %d: %d perf-event uprobes, want 10", pid, a.probes)
 				}
 			}
 			dir := t.TempDir()

@@ -84,12 +84,7 @@ func TestGunicornVersions(t *testing.T) {
 					continue
 				}
 				t.Run(c.name, func(t *testing.T) { testVersionClass(t, root, c, false, versionConcurrency) })
-				switch {
-				case c.tls && c.uvloop:
-					// Known defect (README): TLS through uvloop's SSL protocol loses
-					// requests with several clients at a time; one at a time is exact.
-					t.Run(c.name+"-tls-sequential", func(t *testing.T) { testVersionClass(t, root, c, true, 1) })
-				case c.tls:
+				if c.tls {
 					t.Run(c.name+"-tls", func(t *testing.T) { testVersionClass(t, root, c, true, versionConcurrency) })
 				}
 			}
