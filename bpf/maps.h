@@ -367,9 +367,11 @@ struct {
 /*
  * Per thread (pid_tgid), the socket of the last ciphertext it read from a TLS connection whose
  * SSL the uprobes have not tied (on_io) or tied by a read (tls_skip). asyncio (Gunicorn's asgi worker, uvicorn) runs libssl
- * over memory BIOs: no SSL_set_fd, no socket call inside SSL_read; it reads the ciphertext, hands
- * it to the SSL and calls SSL_read at once, in the same thread. That SSL_read is of this socket
- * (tls_return ties them). LRU: threads that die leave their entry to age out.
+ * over memory BIOs: no SSL_set_fd, no socket call inside SSL_read. The handshake's end
+ * (SSL_get_current_cipher, called by both loops right after the read that completed it) ties the
+ * SSL to this socket (tls.h); an SSL whose handshake was not seen is tied by its first SSL_read,
+ * which asyncio calls at once after the read in the same thread, but uvloop only later, from
+ * its ready queue (tls_return). LRU: threads that die leave their entry to age out.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
