@@ -46,6 +46,7 @@
  *   process.h        tracked processes, requests in flight, and the lifecycle hooks (on_exit too)
  *   conntable.h      the connection table: slots, then conns
  *   regs.h           the calling task's socket call and fd table, from its registers
+ *   h2.h             HTTP/2 connections: the frame walk, what user space decodes
  *   request.h        the request state machine (on_io), shared by every hook mode
  *   tls.h            the libssl uprobes, and the ciphertext the socket hooks skip
  *   hook_socket.h    socket mode's hooks: only the reading of their arguments; sock_io, which the
@@ -90,6 +91,7 @@
 #include "conntable.h"
 #include "downstream.h"
 #include "regs.h"
+#include "h2.h"
 #include "request.h"
 #include "tls.h"
 #include "hook_socket.h"
@@ -110,3 +112,5 @@ const enum gpe_end_reason *unused_end_reason __attribute__((unused));
 const enum gpe_req_flag *unused_req_flag __attribute__((unused));
 const enum conn_state *unused_conn_state __attribute__((unused));
 const enum gpe_drop_reason *unused_drop_reason __attribute__((unused));
+const struct gpe_h2_event *unused_h2_event __attribute__((unused));
+const enum gpe_h2_kind *unused_h2_kind __attribute__((unused));
