@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -212,7 +213,7 @@ func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, c
 	}
 }
 
-// h2Plan is what curl asks over one HTTP/2 connection, its streams one after the other.
+// h2Plan is what curl asks over one HTTP/2 connection.
 var h2Plan = []versionLoad{
 	{path: "/ok", endpoint: "/ok", status: 200, n: 12},
 	{path: "/missing", endpoint: "/missing", status: 404, n: 5},
@@ -221,7 +222,7 @@ var h2Plan = []versionLoad{
 
 // testHTTP2 serves HTTP/2 with Gunicorn 26 (--http-protocols h2,h1): over TLS with ALPN, or in
 // cleartext with prior knowledge, to the root's curl (one connection, its streams one after the
-// other). Each stream is counted like an HTTP/1 request: by method, endpoint and status, with
+// other, then another, up to 4 at a time). Each stream is counted like an HTTP/1 request: by method, endpoint and status, with
 // its duration; the 503s are the only failures, and nothing stays in flight. HTTP/1.1 requests
 // to the same server after them are counted exactly too.
 func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
@@ -237,24 +238,34 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 	} else {
 		curl = append(curl, "--http2-prior-knowledge")
 	}
-	n, failures, want := 0, 0, ""
+	// Twice: the streams one after the other, then up to 4 at a time on the one connection
+	// (--parallel multiplexes them), answered in any order.
+	n, failures, want := 0, 0, []string{}
+	var urls []string
 	for _, l := range h2Plan {
 		for range l.n {
-			curl = append(curl, "--output", "/dev/null", base+l.path)
-			want += fmt.Sprintf("%d 2\n", l.status)
+			urls = append(urls, "--output", "/dev/null", base+l.path)
+			want = append(want, fmt.Sprintf("%d 2", l.status))
 		}
 		n += l.n
 		if l.status >= 500 {
 			failures += l.n
 		}
 	}
-	out, err := exec.Command("bash", append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("curl over HTTP/2: %v\n%s", err, out)
+	slices.Sort(want)
+	for _, extra := range [][]string{nil, {"--parallel", "--parallel-max", "4"}} {
+		args := append(append(append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...), extra...), urls...)
+		out, err := exec.Command("bash", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("curl %v over HTTP/2: %v\n%s", extra, err, out)
+		}
+		got := strings.Split(strings.TrimSpace(string(out)), "\n")
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("curl %v: statuses and HTTP versions:\n%s\nwant (in any order)\n%s\n(\"2\": the server must speak HTTP/2, or the test would prove nothing)", extra, out, strings.Join(want, "\n"))
+		}
 	}
-	if string(out) != want {
-		t.Fatalf("curl's statuses and HTTP versions:\n%s\nwant\n%s(\"2\": the server must speak HTTP/2, or the test would prove nothing)", out, want)
-	}
+	n, failures = 2*n, 2*failures
 	if g.Port != 0 {
 		g.idle(t)
 	}
@@ -269,7 +280,7 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 	expect(h2, "gunicorn_worker_requests_total", nil, n)
 	expect(h2, "gunicorn_http_requests_total", nil, n)
 	for _, l := range h2Plan {
-		expect(h2, "gunicorn_http_requests_total", map[string]string{"method": "GET", "endpoint": l.endpoint, "status": strconv.Itoa(l.status)}, l.n)
+		expect(h2, "gunicorn_http_requests_total", map[string]string{"method": "GET", "endpoint": l.endpoint, "status": strconv.Itoa(l.status)}, 2*l.n)
 	}
 	expect(h2, "gunicorn_worker_request_duration_seconds", nil, n)
 	expect(h2, "gunicorn_worker_failed_requests_total", nil, failures)
