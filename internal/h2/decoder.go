@@ -20,9 +20,16 @@ const maxStreams = 1024
 const pushPromise = 5
 
 // hpackTableSize is the dynamic table size both ends start with (SETTINGS_HEADER_TABLE_SIZE's
-// default); a peer that announces another makes its encoder send a size update, which the
-// decoder follows.
-const hpackTableSize = 4096
+// default). An end that announces a larger one lets the other's encoder send a size update up to
+// it; the SETTINGS frames are not forwarded, so any update up to hpackTableMax is followed.
+const (
+	hpackTableSize = 4096
+	hpackTableMax  = 64 << 10
+)
+
+// maxBlock bounds a header block gathered from CONTINUATION frames: past it the block is cut
+// (and the table of its direction broken), so a peer cannot make this grow without end.
+const maxBlock = 64 << 10
 
 type connKey struct{ tgid, fd, id uint32 }
 
@@ -159,6 +166,7 @@ func (d *Decoder) newConn(k connKey) *conn {
 	for i := range c.sides {
 		s := &c.sides[i]
 		s.dec = hpack.NewDecoder(hpackTableSize, func(f hpack.HeaderField) { s.fields = append(s.fields, f) })
+		s.dec.SetAllowedMaxDynamicTableSize(hpackTableMax)
 	}
 	d.conns[k] = c
 	return c
@@ -192,7 +200,7 @@ func (d *Decoder) piece(ev *events.Event, c *conn, s *side, dir int) {
 			d.open(ev, c, h.Stream)
 		}
 	}
-	if frag, ok := fragment(h.Type, h.Flags, s.frame); ok && !s.gap {
+	if frag, ok := fragment(h.Type, h.Flags, s.frame); ok && !s.gap && len(s.block)+len(frag) <= maxBlock {
 		s.block = append(s.block, frag...)
 	} else {
 		s.cut = true

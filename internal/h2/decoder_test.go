@@ -3,6 +3,7 @@ package h2
 import (
 	"bytes"
 	"encoding/binary"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -331,4 +332,25 @@ func TestContinuationPadding(t *testing.T) {
 		PadLength: 3, Priority: http2.PriorityParam{StreamDep: 0, Weight: 16}})
 	c.flush()
 	c.check(want{line: "GET /cont", status: 201})
+}
+
+// Garbage in place of frames (a walk out of step, a hostile peer) does not panic, and the
+// connection is forgotten at its close.
+func TestGarbage(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 50 {
+		c := newConv(t, 1+i%13)
+		c.preface()
+		b := make([]byte, 4096)
+		for j := range b {
+			b[j] = byte(r.Uint32())
+		}
+		c.cl.buf.Write(b)
+		c.sv.buf.Write(b[100:])
+		c.flush()
+		c.close(events.EndClose)
+		if c.d.Conns() != 0 {
+			t.Fatalf("%d connections after the close", c.d.Conns())
+		}
+	}
 }
