@@ -63,7 +63,7 @@
  * host pays one memory read.
  *
  * Records (bpf/gpe.h): gpe_proc_event for process events, gpe_req_event / gpe_req_start for
- * requests, all behind the same 16-byte header, in one ring buffer. Submits that fail are
+ * requests, gpe_h2_event for HTTP/2 frames (h2.h), all behind the same 16-byte header, in one ring buffer. Submits that fail are
  * counted per CPU in `lost`.
  *
  * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
