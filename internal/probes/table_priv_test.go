@@ -123,8 +123,9 @@ func testFullTable(t *testing.T, mode string) {
 
 // TestHTTP2Preface: a connection that starts with the HTTP/2 preface (h2c prior knowledge) is
 // not a request without a response. Its streams are: each client HEADERS that opens one is in
-// flight until the worker's response HEADERS (or the connection's end), and the records the
-// kernel sends decode (internal/h2) into one request end a stream. An HTTP/1 request on the next
+// flight until the worker's response HEADERS (or a RST_STREAM, or the connection's end), frames
+// cut anywhere by the reads are followed, and the records the kernel sends decode (internal/h2)
+// into one request end a stream. An HTTP/1 request on the next
 // connection is still counted.
 func TestHTTP2Preface(t *testing.T) { forEachMode(t, testHTTP2Preface) }
 
@@ -180,6 +181,27 @@ func testHTTP2Preface(t *testing.T, mode string) {
 	sf.WriteData(1, true, []byte("hello"))
 	io.send(srv, sb.Bytes())
 	inFlight(1, "the first stream's response")
+	sb.Reset()
+	// A stream whose frame header and block arrive cut at odd places (the kernel keeps the
+	// header's first bytes for the next read), then one the client resets before its answer.
+	get(5, "/h2/split")
+	whole := append([]byte(nil), cb.Bytes()...)
+	for _, piece := range [][]byte{whole[:5], whole[5:12], whole[12:]} {
+		cb.Reset()
+		cb.Write(piece)
+		write()
+	}
+	inFlight(2, "a stream read in three pieces")
+	sf.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true, EndStream: true, BlockFragment: block(senc, ":status", "404")})
+	io.send(srv, sb.Bytes())
+	sb.Reset()
+	inFlight(1, "its answer")
+	get(7, "/h2/cancelled")
+	write()
+	inFlight(2, "another stream's HEADERS")
+	cf.WriteRSTStream(7, http2.ErrCodeCancel)
+	write()
+	inFlight(1, "the client's RST_STREAM")
 	unix.Close(srv)
 	unix.Close(c)
 	c, srv = tcpConnect(t, ln)
@@ -210,9 +232,10 @@ func testHTTP2Preface(t *testing.T, mode string) {
 	if len(h1) != 1 || string(h1[0].Line) != "GET /after" || h1[0].Status != 200 {
 		t.Errorf("HTTP/1 ends %+v, want GET /after, 200", h1)
 	}
-	if len(ends) != 2 || string(ends[0].Line) != "GET /h2/x" || ends[0].Status != 200 ||
-		string(ends[1].Line) != "GET /h2/open" || ends[1].Status != 0 {
-		t.Fatalf("HTTP/2 ends %+v, want GET /h2/x 200, then GET /h2/open unanswered at the close", ends)
+	if len(ends) != 3 || string(ends[0].Line) != "GET /h2/x" || ends[0].Status != 200 ||
+		string(ends[1].Line) != "GET /h2/split" || ends[1].Status != 404 ||
+		string(ends[2].Line) != "GET /h2/open" || ends[2].Status != 0 {
+		t.Fatalf("HTTP/2 ends %+v, want GET /h2/x 200, GET /h2/split 404, then GET /h2/open unanswered at the close (the cancelled stream not counted)", ends)
 	}
 	if ends[0].BytesOut == 0 || ends[0].LastWriteNS < ends[0].StartNS {
 		t.Errorf("first stream: %d bytes out, start %d, last write %d", ends[0].BytesOut, ends[0].StartNS, ends[0].LastWriteNS)
