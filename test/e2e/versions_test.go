@@ -222,7 +222,8 @@ var h2Plan = []versionLoad{
 
 // testHTTP2 serves HTTP/2 with Gunicorn 26 (--http-protocols h2,h1): over TLS with ALPN, or in
 // cleartext with prior knowledge, to the root's curl (one connection, its streams one after the
-// other, then another, up to 4 at a time). Each stream is counted like an HTTP/1 request: by method, endpoint and status, with
+// other, then another, up to 4 at a time, then one whose header blocks are too long to be
+// forwarded whole). Each stream is counted like an HTTP/1 request: by method, endpoint and status, with
 // its duration; the 503s are the only failures, and nothing stays in flight. HTTP/1.1 requests
 // to the same server after them are counted exactly too.
 func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
@@ -253,7 +254,18 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 		}
 	}
 	slices.Sort(want)
-	for _, extra := range [][]string{nil, {"--parallel", "--parallel-max", "4"}} {
+	// Then a third time with a header longer than the kernel forwards of a header block (512
+	// bytes): the client's HPACK table is lost from the first request on, so the connection's
+	// requests are counted with their statuses as OTHER / unknown, never with a wrong label.
+	rounds := [][]string{nil, {"--parallel", "--parallel-max", "4"}, {"-H", "X-Pad: " + strings.Repeat("p", 1200)}}
+	if withTLS && c.uvloop {
+		// Known defect (README "Gunicorn versions"): through uvloop's TLS, the connection of
+		// the long-header round is not recognised as HTTP/2 (its preface is taken for an
+		// HTTP/1 request line): not counted, one false no_response. asyncio's TLS is exact.
+		t.Logf("the long-header round is not run on uvloop's TLS (known defect)")
+		rounds = rounds[:2]
+	}
+	for _, extra := range rounds {
 		args := append(append(append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...), extra...), urls...)
 		out, err := exec.Command("bash", args...).CombinedOutput()
 		if err != nil {
@@ -265,7 +277,8 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 			t.Fatalf("curl %v: statuses and HTTP versions:\n%s\nwant (in any order)\n%s\n(\"2\": the server must speak HTTP/2, or the test would prove nothing)", extra, out, strings.Join(want, "\n"))
 		}
 	}
-	n, failures = 2*n, 2*failures
+	lost := len(rounds) - 2 // the rounds whose requests are OTHER / unknown
+	n, failures = len(rounds)*n, len(rounds)*failures
 	if g.Port != 0 {
 		g.idle(t)
 	}
@@ -281,6 +294,7 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 	expect(h2, "gunicorn_http_requests_total", nil, n)
 	for _, l := range h2Plan {
 		expect(h2, "gunicorn_http_requests_total", map[string]string{"method": "GET", "endpoint": l.endpoint, "status": strconv.Itoa(l.status)}, 2*l.n)
+		expect(h2, "gunicorn_http_requests_total", map[string]string{"method": "OTHER", "endpoint": "unknown", "status": strconv.Itoa(l.status)}, lost*l.n)
 	}
 	expect(h2, "gunicorn_worker_request_duration_seconds", nil, n)
 	expect(h2, "gunicorn_worker_failed_requests_total", nil, failures)
