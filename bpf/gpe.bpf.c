@@ -47,6 +47,7 @@
  *   process.h        tracked processes, requests in flight, and the lifecycle hooks (on_exit too)
  *   conntable.h      the connection table: slots, then conns
  *   regs.h           the calling task's socket call and fd table, from its registers
+ *   h2.h             HTTP/2 connections: the frame walk, what user space decodes
  *   request.h        the request state machine (on_io), shared by every hook mode
  *   tls.h            the libssl uprobes, and the ciphertext the socket hooks skip
  *   hook_socket.h    socket mode's hooks: only the reading of their arguments; sock_io, which the
@@ -63,7 +64,7 @@
  * host pays one memory read.
  *
  * Records (bpf/gpe.h): gpe_proc_event for process events, gpe_req_event / gpe_req_start for
- * requests, all behind the same 16-byte header, in one ring buffer. Submits that fail are
+ * requests, gpe_h2_event for HTTP/2 frames (h2.h), all behind the same 16-byte header, in one ring buffer. Submits that fail are
  * counted per CPU in `lost`.
  *
  * Minimum kernel, with BTF: 6.3 in socket mode (the sock_send_length/sock_recv_length
@@ -91,6 +92,7 @@
 #include "conntable.h"
 #include "downstream.h"
 #include "regs.h"
+#include "h2.h"
 #include "request.h"
 #include "tls.h"
 #include "hook_socket.h"
@@ -111,3 +113,5 @@ const enum gpe_end_reason *unused_end_reason __attribute__((unused));
 const enum gpe_req_flag *unused_req_flag __attribute__((unused));
 const enum conn_state *unused_conn_state __attribute__((unused));
 const enum gpe_drop_reason *unused_drop_reason __attribute__((unused));
+const struct gpe_h2_event *unused_h2_event __attribute__((unused));
+const enum gpe_h2_kind *unused_h2_kind __attribute__((unused));

@@ -30,6 +30,8 @@ enum gpe_event_kind {
 			       * (a gpe_proc_event; user space attaches the TLS uprobes) */
 	GPE_EV_DOWNSTREAM = 11, /* a request's downstream calls, per peer (a gpe_ds_event), sent
 				 * when it is answered, before its END */
+	GPE_EV_H2 = 12,       /* a frame of an HTTP/2 connection that user space decodes (a
+			       * gpe_h2_event, bpf/h2.h says which) */
 };
 
 /* gpe_req_event.flags: bits. */
@@ -138,6 +140,37 @@ struct gpe_ds_event {
 	__u32 n;         /* peers used */
 	__u64 key[GPE_PEERS_MAX]; /* each peer's key (peer_key): how the kernel finds its slot */
 	struct gpe_peer peers[GPE_PEERS_MAX];
+};
+
+/* gpe_h2_event.type besides the frame types (0 to 9) it forwards. */
+enum gpe_h2_kind {
+	GPE_H2_CLOSE = 0xfe, /* the connection ended (reason says why): its open streams end */
+	GPE_H2_LOST = 0xfd,  /* the walk lost its place in the frames: nothing more of the connection */
+};
+
+#define GPE_H2_FRAG_MAX 512 /* bytes of a header block fragment a record carries */
+
+/*
+ * GPE_EV_H2: one frame (or a piece of a frame's header block) of an HTTP/2 connection, for
+ * HPACK decoding in user space (internal/h2): HEADERS and CONTINUATION with their fragment,
+ * DATA and RST_STREAM without payload, and the connection's end.
+ */
+struct gpe_h2_event {
+	struct gpe_hdr hdr;
+	__u32 fd;
+	__u32 conn;      /* the connection's id (a request id, given at its preface) */
+	__u32 stream;    /* the frame's stream id */
+	__u32 frame_len; /* the frame's payload length */
+	__u32 off;       /* where frag starts in the frame's payload */
+	__u16 frag_len;  /* bytes of frag */
+	__u8 type;       /* the frame type, or enum gpe_h2_kind */
+	__u8 flags;      /* the frame's flags */
+	__u8 dir;        /* 0: read from the client, 1: written by the worker */
+	__u8 trunc;      /* the piece had more bytes than frag carries, or was not readable */
+	__u8 reason;     /* GPE_H2_CLOSE: enum gpe_end_reason */
+	__u8 pad;
+	__u32 piece_len; /* bytes of the payload in this read or write (frag: the first of them) */
+	char frag[GPE_H2_FRAG_MAX];
 };
 
 #endif /* GPE_H */

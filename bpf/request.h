@@ -38,6 +38,8 @@ static __always_inline void end_request(struct conn_key *k, struct conn *c, __u8
 		emit_end(k, c, reason, now);
 	if (c->state == CONN_READING)
 		flight(k->tgid, -1, now);
+	else if (c->state == CONN_H2)
+		h2_end(k, c, reason, now); /* its streams end */
 	if (c->state != CONN_TLS && c->state != CONN_H2 && c->state != CONN_PEER)
 		c->state = CONN_IDLE;
 }
@@ -236,6 +238,7 @@ static __always_inline void start_request(struct conn_key *k, struct conn *c, __
 			 * this CPU's record, which match only if a preface was there): a test of len
 			 * here would double the verifier's states through the cut below. */
 			c->state = CONN_H2;
+			h2_begin(k, c, buf, n); /* its frames, from the preface on (h2.h) */
 			return;
 		}
 	}
@@ -443,6 +446,8 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			start_request(&k, c, buf, n, now, 0, pi);
 		} else if (c->state == CONN_RESPONDING || c->state == CONN_PROBATION) {
 			start_request(&k, c, buf, n, now, 1, pi);
+		} else if (c->state == CONN_H2) {
+			h2_io(&k, c, buf, n, 0);
 		} else if (c->state == CONN_TLS && tls_on) {
 			tls_note_read(sk, k.fd, TLS_UNTIED); /* ciphertext of an SSL not tied yet (asyncio) */
 		}
@@ -460,6 +465,8 @@ static __always_inline int on_io(struct sock *sk, __u32 hash, __u16 family, __u1
 			peer_send(&c->pc, now);
 		return 0;
 	}
+	if (c->state == CONN_H2 && op != OP_SENDFILE)
+		h2_io(&k, c, buf, n, 1); /* h2.h */
 	if (c->state == CONN_TLS || c->state == CONN_IDLE || c->state == CONN_H2)
 		return 0;
 	if (op == OP_SEND) {

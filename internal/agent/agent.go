@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpe-ebpf/gpe-ebpf/internal/aggregate"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/events"
+	"github.com/gpe-ebpf/gpe-ebpf/internal/h2"
 	"github.com/gpe-ebpf/gpe-ebpf/internal/proc"
 )
 
@@ -91,6 +92,7 @@ type Agent struct {
 	tls        tlsPolicy       // which masters serve TLS (tls.go)
 	heartbeats *heartbeats     // where the workers' heartbeats are read (heartbeat.go)
 	children   newChildren     // children of masters that may turn out to be dirty arbiters (dirty.go)
+	h2         *h2.Decoder     // HTTP/2 connections' records, decoded into request ends (read's loop only)
 
 	// masterGone carries masters that exited, to Run's loop, which decides what follows.
 	masterGone chan uint32
@@ -107,6 +109,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		masterGone: make(chan uint32, 16),
 	}
 	a.heartbeats = newHeartbeats(a.proc)
+	a.h2 = h2.New(a.agg.Handle)
 	pid := cfg.PID
 	if cfg.PIDFile != "" {
 		var err error

@@ -114,6 +114,8 @@ func (a *Agent) read() {
 		}
 		a.agg.Handle(&ev)
 		switch {
+		case ev.Kind == events.KindH2:
+			a.h2.Handle(&ev) // its streams' ends go to the aggregator as KindReqEnd
 		case ev.Kind == events.KindExit && ev.ProcKind == events.ProcMaster:
 			a.noteGone(ev.TGID)
 			a.tls.forget(ev.TGID)
@@ -134,6 +136,7 @@ func (a *Agent) read() {
 			a.watchTLS(ev.TGID, ev.Other, ev.TS)
 			a.log.Debug("worker spawned", "master_pid", ev.Other, "worker_pid", ev.TGID)
 		case ev.Kind == events.KindExit:
+			a.h2.Forget(ev.TGID) // its connections' ends came before its exit
 			a.unwatchTLS(ev.TGID)
 			a.log.Debug("worker exited", "master_pid", ev.Master, "worker_pid", ev.TGID, "status", ev.Code)
 		}

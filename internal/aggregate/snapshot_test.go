@@ -13,7 +13,7 @@ func TestEventKinds(t *testing.T) {
 	a := New(DefaultConfig())
 	a.Handle(&events.Event{Kind: events.KindFork, TGID: 101, Other: 100})
 	s := a.Snapshot(0)
-	want := []string{"fork", "exit", "exec", "signal", "oom", "request_end", "request_line", "tls", "downstream"}
+	want := []string{"fork", "exit", "exec", "signal", "oom", "request_end", "request_line", "tls", "downstream", "h2"}
 	if !slices.Equal(s.EventKinds, want) {
 		t.Errorf("EventKinds %q, want %q", s.EventKinds, want)
 	}

@@ -20,14 +20,17 @@ const (
 	// KindDownstream: the downstream calls a request made, per peer, sent when it is answered
 	// (before its end, which has the same Seq).
 	KindDownstream Kind = 11
-	kindSentinel   Kind = 12
+	// KindH2: a frame of an HTTP/2 connection (Event.H2), which internal/h2 decodes into
+	// KindReqEnd events, one a stream.
+	KindH2       Kind = 12
+	kindSentinel Kind = 13
 )
 
 // KindNames names each kind for gpe_ebpf_events_total{kind}.
 var KindNames = [kindSentinel]string{
 	KindFork: "fork", KindExit: "exit", KindExec: "exec", KindSignal: "signal", KindOOM: "oom",
 	KindReqEnd: "request_end", KindReqLine: "request_line", KindTLS: "tls",
-	KindDownstream: "downstream",
+	KindDownstream: "downstream", KindH2: "h2",
 }
 
 func (k Kind) String() string {
@@ -100,6 +103,51 @@ type Downstream struct {
 	NS    uint64
 }
 
+// H2FragMax is the most bytes of a header block fragment an HTTP/2 record carries
+// (GPE_H2_FRAG_MAX).
+const H2FragMax = 512
+
+// H2 frame types the kernel forwards (the others it skips), and its own record types.
+const (
+	H2Data         = 0
+	H2Headers      = 1
+	H2RSTStream    = 3
+	H2Continuation = 9
+	H2Lost         = 0xfd // the kernel lost its place in the connection's frames
+	H2Close        = 0xfe // the connection ended (H2.Reason): its open streams end
+)
+
+// H2 frame flags the decoding uses.
+const (
+	H2FlagEndStream  = 0x1
+	H2FlagEndHeaders = 0x4
+	H2FlagPadded     = 0x8
+	H2FlagPriority   = 0x20
+)
+
+// H2 is one record of an HTTP/2 connection (KindH2, with TGID, TS and FD): a frame's header, and
+// for HEADERS and CONTINUATION a piece of its header block.
+type H2 struct {
+	Conn     uint32 // the connection's id: FD and Conn name a connection
+	Stream   uint32
+	FrameLen uint32 // the frame's payload length
+	Off      uint32 // where Frag starts in the payload
+	Piece    uint32 // bytes of the payload in the read or write (Frag: the first of them)
+	Type     uint8  // the frame type (H2Data, H2Headers, ...), or H2Lost, H2Close
+	Flags    uint8
+	Written  bool // written by the worker (else read from the client)
+	Trunc    bool // the piece had more bytes than Frag (or they were not readable)
+	Reason   EndReason
+	// Frag is valid until the next Read into the same Event, like Line.
+	Frag []byte
+	frag [H2FragMax]byte
+}
+
+// SetFrag makes Frag a copy of b in the record's own buffer (at most H2FragMax bytes).
+func (h *H2) SetFrag(b []byte) {
+	h.Frag = append(h.frag[:0], b[:min(len(b), H2FragMax)]...)
+}
+
 // Event is one ring-buffer record, decoded. Times are CLOCK_MONOTONIC nanoseconds.
 // Line is only valid until the next Read into the same Event: copy what you keep.
 type Event struct {
@@ -138,6 +186,9 @@ type Event struct {
 	// Valid until the next Read into the same Event, like Line.
 	Downstream []Downstream
 	ds         [PeersMax]Downstream
+
+	// H2 (KindH2): the HTTP/2 record.
+	H2 H2
 }
 
 // SetDownstream makes Downstream a copy of d in the Event's own buffer (at most PeersMax).

@@ -18,6 +18,7 @@ const (
 	reqStartSize = int(unsafe.Sizeof(gpeGpeReqStart{}))
 	dsSize       = int(unsafe.Sizeof(gpeGpeDsEvent{}))
 	peerSize     = int(unsafe.Sizeof(gpeGpePeer{}))
+	h2Size       = int(unsafe.Offsetof(gpeGpeH2Event{}.Frag)) // without its fragment
 
 	offKind = unsafe.Offsetof(gpeGpeHdr{}.Kind)
 	offTGID = unsafe.Offsetof(gpeGpeHdr{}.Tgid)
@@ -51,6 +52,19 @@ const (
 	offPeerIno   = unsafe.Offsetof(gpeGpePeer{}.Ino)
 	offPeerCalls = unsafe.Offsetof(gpeGpePeer{}.Calls)
 	offPeerNS    = unsafe.Offsetof(gpeGpePeer{}.Ns)
+
+	offH2FD       = unsafe.Offsetof(gpeGpeH2Event{}.Fd)
+	offH2Conn     = unsafe.Offsetof(gpeGpeH2Event{}.Conn)
+	offH2Stream   = unsafe.Offsetof(gpeGpeH2Event{}.Stream)
+	offH2FrameLen = unsafe.Offsetof(gpeGpeH2Event{}.FrameLen)
+	offH2Off      = unsafe.Offsetof(gpeGpeH2Event{}.Off)
+	offH2Piece    = unsafe.Offsetof(gpeGpeH2Event{}.PieceLen)
+	offH2FragLen  = unsafe.Offsetof(gpeGpeH2Event{}.FragLen)
+	offH2Type     = unsafe.Offsetof(gpeGpeH2Event{}.Type)
+	offH2Flags    = unsafe.Offsetof(gpeGpeH2Event{}.Flags)
+	offH2Dir      = unsafe.Offsetof(gpeGpeH2Event{}.Dir)
+	offH2Trunc    = unsafe.Offsetof(gpeGpeH2Event{}.Trunc)
+	offH2Reason   = unsafe.Offsetof(gpeGpeH2Event{}.Reason)
 )
 
 // ErrShortRecord is returned for a record too small for its kind.
@@ -102,6 +116,8 @@ func Decode(raw []byte, ev *events.Event) error {
 		}
 	case events.KindDownstream:
 		return decodeDownstream(raw, ev)
+	case events.KindH2:
+		return decodeH2(raw, ev)
 	default:
 		return fmt.Errorf("decode: unknown kind %d", ev.Kind)
 	}
@@ -131,5 +147,31 @@ func decodeDownstream(raw []byte, ev *events.Event) error {
 		d.NS = le.Uint64(p[offPeerNS:])
 	}
 	ev.SetDownstream(ds[:n])
+	return nil
+}
+
+// decodeH2 fills ev's FD and H2 from a GPE_EV_H2 record.
+func decodeH2(raw []byte, ev *events.Event) error {
+	if len(raw) < h2Size {
+		return fmt.Errorf("decode %s: %d bytes: %w", ev.Kind, len(raw), ErrShortRecord)
+	}
+	le := binary.LittleEndian
+	ev.FD = le.Uint32(raw[offH2FD:])
+	h := &ev.H2
+	h.Conn = le.Uint32(raw[offH2Conn:])
+	h.Stream = le.Uint32(raw[offH2Stream:])
+	h.FrameLen = le.Uint32(raw[offH2FrameLen:])
+	h.Off = le.Uint32(raw[offH2Off:])
+	h.Piece = le.Uint32(raw[offH2Piece:])
+	h.Type = raw[offH2Type]
+	h.Flags = raw[offH2Flags]
+	h.Written = raw[offH2Dir] != 0
+	h.Trunc = raw[offH2Trunc] != 0
+	h.Reason = events.EndReason(raw[offH2Reason])
+	n := int(le.Uint16(raw[offH2FragLen:]))
+	if n > events.H2FragMax || len(raw) < h2Size+n {
+		return fmt.Errorf("decode %s: fragment of %d bytes in %d: %w", ev.Kind, n, len(raw), ErrShortRecord)
+	}
+	h.SetFrag(raw[h2Size : h2Size+n])
 	return nil
 }

@@ -5,7 +5,7 @@ package probes
 // `make generate` (Debian's clang, llvm and libbpf-dev). -Wpadded keeps the shared records free
 // of implicit padding so the Go types line up with the C ones. -mcpu=v3 (kernel 5.1+) for the
 // atomic fetch-and-add of the request ids.
-//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type gpe_hdr -type gpe_proc_event -type gpe_req_event -type gpe_req_start -type gpe_ds_event -type gpe_peer -type gpe_event_kind -type gpe_proc_kind -type gpe_end_reason -type gpe_req_flag -type conn_state -type gpe_drop_reason gpe ../../bpf/gpe.bpf.c -- -mcpu=v3 -I../../bpf -I/usr/include/x86_64-linux-gnu -Wall -Werror -Wpadded
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type gpe_hdr -type gpe_proc_event -type gpe_req_event -type gpe_req_start -type gpe_ds_event -type gpe_peer -type gpe_event_kind -type gpe_proc_kind -type gpe_end_reason -type gpe_req_flag -type conn_state -type gpe_drop_reason -type gpe_h2_event -type gpe_h2_kind gpe ../../bpf/gpe.bpf.c -- -mcpu=v3 -I../../bpf -I/usr/include/x86_64-linux-gnu -Wall -Werror -Wpadded
 
 // The compat object: the same sources with -DGPE_COMPAT, for kernels from 5.10 that lack the
 // helpers and instructions the object above uses (bpf_loop, bpf_for_each_map_elem,

@@ -102,6 +102,33 @@ const (
 	gpeGpeEventKindGPE_EV_REQ_LINE   gpeGpeEventKind = 9
 	gpeGpeEventKindGPE_EV_TLS        gpeGpeEventKind = 10
 	gpeGpeEventKindGPE_EV_DOWNSTREAM gpeGpeEventKind = 11
+	gpeGpeEventKindGPE_EV_H2         gpeGpeEventKind = 12
+)
+
+type gpeGpeH2Event struct {
+	_        structs.HostLayout
+	Hdr      gpeGpeHdr
+	Fd       uint32
+	Conn     uint32
+	Stream   uint32
+	FrameLen uint32
+	Off      uint32
+	FragLen  uint16
+	Type     uint8
+	Flags    uint8
+	Dir      uint8
+	Trunc    uint8
+	Reason   uint8
+	Pad      uint8
+	PieceLen uint32
+	Frag     [512]int8
+}
+
+type gpeGpeH2Kind uint32
+
+const (
+	gpeGpeH2KindGPE_H2CLOSE gpeGpeH2Kind = 254
+	gpeGpeH2KindGPE_H2LOST  gpeGpeH2Kind = 253
 )
 
 type gpeGpeHdr struct {
@@ -236,6 +263,7 @@ const (
 	gpeMapEvents            = "events"
 	gpeMapFilter            = "filter"
 	gpeMapFreshConn         = "fresh_conn"
+	gpeMapH2Scratch         = "h2_scratch"
 	gpeMapKprobeSocks       = "kprobe_socks"
 	gpeMapListenPorts       = "listen_ports"
 	gpeMapLost              = "lost"
@@ -289,6 +317,8 @@ const (
 	gpeVarUnusedDsEvent     = "unused_ds_event"
 	gpeVarUnusedEndReason   = "unused_end_reason"
 	gpeVarUnusedEventKind   = "unused_event_kind"
+	gpeVarUnusedH2Event     = "unused_h2_event"
+	gpeVarUnusedH2Kind      = "unused_h2_kind"
 	gpeVarUnusedProcEvent   = "unused_proc_event"
 	gpeVarUnusedProcKind    = "unused_proc_kind"
 	gpeVarUnusedReqFlag     = "unused_req_flag"
@@ -377,6 +407,7 @@ type gpeMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Filter      *ebpf.MapSpec `ebpf:"filter"`
 	FreshConn   *ebpf.MapSpec `ebpf:"fresh_conn"`
+	H2Scratch   *ebpf.MapSpec `ebpf:"h2_scratch"`
 	KprobeSocks *ebpf.MapSpec `ebpf:"kprobe_socks"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
@@ -409,6 +440,8 @@ type gpeVariableSpecs struct {
 	UnusedDsEvent    *ebpf.VariableSpec `ebpf:"unused_ds_event"`
 	UnusedEndReason  *ebpf.VariableSpec `ebpf:"unused_end_reason"`
 	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedH2Event    *ebpf.VariableSpec `ebpf:"unused_h2_event"`
+	UnusedH2Kind     *ebpf.VariableSpec `ebpf:"unused_h2_kind"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 	UnusedProcKind   *ebpf.VariableSpec `ebpf:"unused_proc_kind"`
 	UnusedReqFlag    *ebpf.VariableSpec `ebpf:"unused_req_flag"`
@@ -442,6 +475,7 @@ type gpeMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Filter      *ebpf.Map `ebpf:"filter"`
 	FreshConn   *ebpf.Map `ebpf:"fresh_conn"`
+	H2Scratch   *ebpf.Map `ebpf:"h2_scratch"`
 	KprobeSocks *ebpf.Map `ebpf:"kprobe_socks"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Lost        *ebpf.Map `ebpf:"lost"`
@@ -464,6 +498,7 @@ func (m *gpeMaps) Close() error {
 		m.Events,
 		m.Filter,
 		m.FreshConn,
+		m.H2Scratch,
 		m.KprobeSocks,
 		m.ListenPorts,
 		m.Lost,
@@ -497,6 +532,8 @@ type gpeVariables struct {
 	UnusedDsEvent    *ebpf.Variable `ebpf:"unused_ds_event"`
 	UnusedEndReason  *ebpf.Variable `ebpf:"unused_end_reason"`
 	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedH2Event    *ebpf.Variable `ebpf:"unused_h2_event"`
+	UnusedH2Kind     *ebpf.Variable `ebpf:"unused_h2_kind"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`
 	UnusedProcKind   *ebpf.Variable `ebpf:"unused_proc_kind"`
 	UnusedReqFlag    *ebpf.Variable `ebpf:"unused_req_flag"`

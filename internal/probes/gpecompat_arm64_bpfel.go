@@ -76,6 +76,8 @@ const (
 	gpeCompatVarUnusedDsEvent     = "unused_ds_event"
 	gpeCompatVarUnusedEndReason   = "unused_end_reason"
 	gpeCompatVarUnusedEventKind   = "unused_event_kind"
+	gpeCompatVarUnusedH2Event     = "unused_h2_event"
+	gpeCompatVarUnusedH2Kind      = "unused_h2_kind"
 	gpeCompatVarUnusedProcEvent   = "unused_proc_event"
 	gpeCompatVarUnusedProcKind    = "unused_proc_kind"
 	gpeCompatVarUnusedReqFlag     = "unused_req_flag"
@@ -197,6 +199,8 @@ type gpeCompatVariableSpecs struct {
 	UnusedDsEvent    *ebpf.VariableSpec `ebpf:"unused_ds_event"`
 	UnusedEndReason  *ebpf.VariableSpec `ebpf:"unused_end_reason"`
 	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedH2Event    *ebpf.VariableSpec `ebpf:"unused_h2_event"`
+	UnusedH2Kind     *ebpf.VariableSpec `ebpf:"unused_h2_kind"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 	UnusedProcKind   *ebpf.VariableSpec `ebpf:"unused_proc_kind"`
 	UnusedReqFlag    *ebpf.VariableSpec `ebpf:"unused_req_flag"`
@@ -287,6 +291,8 @@ type gpeCompatVariables struct {
 	UnusedDsEvent    *ebpf.Variable `ebpf:"unused_ds_event"`
 	UnusedEndReason  *ebpf.Variable `ebpf:"unused_end_reason"`
 	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedH2Event    *ebpf.Variable `ebpf:"unused_h2_event"`
+	UnusedH2Kind     *ebpf.Variable `ebpf:"unused_h2_kind"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`
 	UnusedProcKind   *ebpf.Variable `ebpf:"unused_proc_kind"`
 	UnusedReqFlag    *ebpf.Variable `ebpf:"unused_req_flag"`

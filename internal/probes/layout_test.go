@@ -29,6 +29,8 @@ func TestRecordLayout(t *testing.T) {
 		{"proc.code", unsafe.Offsetof(gpeGpeProcEvent{}.Code), 24},
 		{"peer", unsafe.Sizeof(gpeGpePeer{}), 40},
 		{"ds", unsafe.Sizeof(gpeGpeDsEvent{}), 24 + 4*8 + 4*40},
+		{"h2", unsafe.Sizeof(gpeGpeH2Event{}), 48 + events.H2FragMax},
+		{"h2.frag", unsafe.Offsetof(gpeGpeH2Event{}.Frag), 48},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,6 +71,10 @@ func TestEnumValues(t *testing.T) {
 		{"line_max", events.LineMax, uint64(len(gpeGpeReqStart{}.Line))},
 		{"downstream", uint64(events.KindDownstream), uint64(gpeGpeEventKindGPE_EV_DOWNSTREAM)},
 		{"peers_max", events.PeersMax, uint64(len(gpeGpeDsEvent{}.Peers))},
+		{"h2", uint64(events.KindH2), uint64(gpeGpeEventKindGPE_EV_H2)},
+		{"h2_frag_max", events.H2FragMax, uint64(len(gpeGpeH2Event{}.Frag))},
+		{"h2_close", events.H2Close, uint64(gpeGpeH2KindGPE_H2CLOSE)},
+		{"h2_lost", events.H2Lost, uint64(gpeGpeH2KindGPE_H2LOST)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,7 +66,7 @@ var gunicornVersions = []gunicornVersion{
 // and (sync, gthread, the ASGI ones) TLS: fresh connections and keep-alive ones, 200, 404
 // and 503 answers. What gpe-ebpf counts equals what the client got, by endpoint and status;
 // the 503s are the only failures (no no_response), and nothing stays in flight. On 26, HTTP/2
-// (TestGunicornVersions/26/h2-*) books no false failure and leaves nothing in flight.
+// (TestGunicornVersions/26/h2-*) is counted the same, per stream.
 func TestGunicornVersions(t *testing.T) {
 	requireE2E(t)
 	for _, v := range gunicornVersions {
@@ -207,39 +208,95 @@ func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, c
 	}
 }
 
+// h2Plan is what curl asks over one HTTP/2 connection.
+var h2Plan = []versionLoad{
+	{path: "/ok", endpoint: "/ok", status: 200, n: 12},
+	{path: "/missing", endpoint: "/missing", status: 404, n: 5},
+	{path: "/status/503", endpoint: "/status/{id}", status: 503, n: 3},
+}
+
 // testHTTP2 serves HTTP/2 with Gunicorn 26 (--http-protocols h2,h1): over TLS with ALPN, or in
 // cleartext with prior knowledge, to the root's curl (one connection, its streams one after the
-// other). gpe-ebpf does not count HTTP/2 streams yet (README, "What is counted"): the test holds
-// it to booking no false failure and leaving nothing in flight, and logs what it counted. HTTP/1.1
-// requests to the same server are counted exactly, so the checks are made on a gpe-ebpf that sees
-// this Gunicorn's traffic.
+// other, then another, up to 4 at a time, then one whose header blocks are too long to be
+// forwarded whole). Each stream is counted like an HTTP/1 request: by method, endpoint and status, with
+// its duration; the 503s are the only failures, and nothing stays in flight. HTTP/1.1 requests
+// to the same server after them are counted exactly too.
 func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 	args := []string{"--http-protocols", "h2,h1"}
 	if !withTLS {
 		args = append(args, "--http2-cleartext", "prior-knowledge")
 	}
 	g, p, base, tc := startVersion(t, root, c, args, withTLS)
-	const n, h1 = 20, 10
+	const h1 = 10
 	curl := []string{"curl", "--silent", "--show-error", "--insecure", "--write-out", "%{http_code} %{http_version}\n"}
 	if withTLS {
 		curl = append(curl, "--http2")
 	} else {
 		curl = append(curl, "--http2-prior-knowledge")
 	}
-	for range n {
-		curl = append(curl, "--output", "/dev/null", base+"/ok")
+	// Twice: the streams one after the other, then up to 4 at a time on the one connection
+	// (--parallel multiplexes them), answered in any order.
+	n, failures, want := 0, 0, []string{}
+	var urls []string
+	for _, l := range h2Plan {
+		for range l.n {
+			urls = append(urls, "--output", "/dev/null", base+l.path)
+			want = append(want, fmt.Sprintf("%d 2", l.status))
+		}
+		n += l.n
+		if l.status >= 500 {
+			failures += l.n
+		}
 	}
-	out, err := exec.Command("bash", append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("curl over HTTP/2: %v\n%s", err, out)
+	slices.Sort(want)
+	// Then a third time with a header longer than the kernel forwards of a header block (512
+	// bytes): the client's HPACK table is lost from the first request on, so the connection's
+	// requests are counted with their statuses as OTHER / unknown, never with a wrong label.
+	rounds := [][]string{nil, {"--parallel", "--parallel-max", "4"}, {"-H", "X-Pad: " + strings.Repeat("p", 1200)}}
+	if withTLS && c.uvloop {
+		// Known defect (README "Gunicorn versions"): through uvloop's TLS, the connection of
+		// the long-header round is not recognised as HTTP/2 (its preface is taken for an
+		// HTTP/1 request line): not counted, one false no_response. asyncio's TLS is exact.
+		t.Logf("the long-header round is not run on uvloop's TLS (known defect)")
+		rounds = rounds[:2]
 	}
-	if want := strings.Repeat("200 2\n", n); string(out) != want {
-		t.Fatalf("curl's statuses and HTTP versions:\n%s\nwant %d × \"200 2\": the server did not speak HTTP/2, the test would prove nothing", out, n)
+	for _, extra := range rounds {
+		args := append(append(append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...), extra...), urls...)
+		out, err := exec.Command("bash", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("curl %v over HTTP/2: %v\n%s", extra, err, out)
+		}
+		got := strings.Split(strings.TrimSpace(string(out)), "\n")
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("curl %v: statuses and HTTP versions:\n%s\nwant (in any order)\n%s\n(\"2\": the server must speak HTTP/2, or the test would prove nothing)", extra, out, strings.Join(want, "\n"))
+		}
 	}
+	lost := len(rounds) - 2 // the rounds whose requests are OTHER / unknown
+	n, failures = len(rounds)*n, len(rounds)*failures
 	if g.Port != 0 {
 		g.idle(t)
 	}
+	p.settle(t, "gunicorn_worker_requests_total", nil, float64(n))
 	h2 := p.quiet(t)
+	expect := func(ms metrics, name string, labels map[string]string, want int) {
+		t.Helper()
+		if got := ms.sum(name, labels); got != float64(want) {
+			t.Errorf("%s%v = %v, want %d", name, labels, got, want)
+		}
+	}
+	expect(h2, "gunicorn_worker_requests_total", nil, n)
+	expect(h2, "gunicorn_http_requests_total", nil, n)
+	for _, l := range h2Plan {
+		expect(h2, "gunicorn_http_requests_total", map[string]string{"method": "GET", "endpoint": l.endpoint, "status": strconv.Itoa(l.status)}, 2*l.n)
+		expect(h2, "gunicorn_http_requests_total", map[string]string{"method": "OTHER", "endpoint": "unknown", "status": strconv.Itoa(l.status)}, lost*l.n)
+	}
+	expect(h2, "gunicorn_worker_request_duration_seconds", nil, n)
+	expect(h2, "gunicorn_worker_failed_requests_total", nil, failures)
+	expect(h2, "gunicorn_worker_error_handling_total", nil, failures)
+	expect(h2, "gunicorn_worker_error_handling_total", map[string]string{"error_type": "http_503"}, failures)
+	expect(h2, "gunicorn_worker_requests_in_flight", nil, 0)
+	expect(h2, "gpe_ebpf_events_lost_total", nil, 0)
 	// A prior-knowledge port answers a trusted peer's (loopback's) HTTP/1.1 with 400: it expects
 	// HTTP/2 from it. An answer all the same, with its status.
 	h1Status := 200
@@ -252,29 +309,25 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 			t.Fatalf("HTTP/1.1 GET /ok: %d %v, want %d", st, err, h1Status)
 		}
 	}
-	h2count := h2.sum("gunicorn_worker_requests_total", nil)
 	ok := map[string]string{"endpoint": "/ok", "status": strconv.Itoa(h1Status)}
 	h2ok := h2.sum("gunicorn_http_requests_total", ok)
-	p.settle(t, "gunicorn_worker_requests_total", nil, h2count+h1)
+	p.settle(t, "gunicorn_worker_requests_total", nil, float64(n+h1))
 	ms := p.quiet(t)
-	if got := ms.sum("gunicorn_worker_requests_total", nil); got != h2count+h1 {
-		t.Errorf("the %d HTTP/1.1 requests after the HTTP/2 ones: requests_total %v → %v", h1, h2count, got)
-	}
+	expect(ms, "gunicorn_worker_requests_total", nil, n+h1)
 	if got := ms.sum("gunicorn_http_requests_total", ok) - h2ok; got != h1 {
 		t.Errorf("the %d HTTP/1.1 requests: http_requests_total%v grew by %v", h1, ok, got)
 	}
-	for _, name := range []string{"gunicorn_worker_failed_requests_total", "gunicorn_worker_error_handling_total", "gunicorn_worker_requests_in_flight"} {
-		if got := ms.sum(name, nil); got != 0 {
-			t.Errorf("%s = %v after %d HTTP/2 requests, want 0", name, got, n)
-		}
-	}
+	expect(ms, "gunicorn_worker_failed_requests_total", nil, failures)
+	expect(ms, "gunicorn_worker_requests_in_flight", nil, 0)
 	entries := accessLogSettled(t, g, n+h1)
-	t.Logf("HTTP/2 %s: %d requests sent, %v counted by gpe-ebpf (HTTP/1.1 after them: %v of %d); access log %d lines",
-		map[bool]string{true: "over TLS (ALPN)", false: "cleartext (prior knowledge)"}[withTLS], n, h2count,
-		ms.sum("gunicorn_worker_requests_total", nil)-h2count, h1, len(entries))
+	t.Logf("HTTP/2 %s: %d streams, %v counted by gpe-ebpf (HTTP/1.1 after them: %v of %d); access log %d lines",
+		map[bool]string{true: "over TLS (ALPN)", false: "cleartext (prior knowledge)"}[withTLS], n,
+		h2.sum("gunicorn_worker_requests_total", nil), ms.sum("gunicorn_worker_requests_total", nil)-float64(n), h1, len(entries))
 	if t.Failed() {
-		for _, m := range ms.series("gunicorn_worker_error_handling_total", nil) {
-			t.Logf("gunicorn_worker_error_handling_total%v = %v", m.GetLabel(), value(m))
+		for _, name := range []string{"gunicorn_http_requests_total", "gunicorn_worker_error_handling_total", "gpe_ebpf_events_total"} {
+			for _, m := range ms.series(name, nil) {
+				t.Logf("%s%v = %v", name, m.GetLabel(), value(m))
+			}
 		}
 	}
 }
