@@ -253,13 +253,6 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 	// bytes): the client's HPACK table is lost from the first request on, so the connection's
 	// requests are counted with their statuses as OTHER / unknown, never with a wrong label.
 	rounds := [][]string{nil, {"--parallel", "--parallel-max", "4"}, {"-H", "X-Pad: " + strings.Repeat("p", 1200)}}
-	if withTLS && c.uvloop {
-		// Known defect (README "Gunicorn versions"): through uvloop's TLS, the connection of
-		// the long-header round is not recognised as HTTP/2 (its preface is taken for an
-		// HTTP/1 request line): not counted, one false no_response. asyncio's TLS is exact.
-		t.Logf("the long-header round is not run on uvloop's TLS (known defect)")
-		rounds = rounds[:2]
-	}
 	for _, extra := range rounds {
 		args := append(append(append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), root}, curl...), extra...), urls...)
 		out, err := exec.Command("bash", args...).CombinedOutput()
