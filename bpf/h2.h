@@ -56,15 +56,16 @@ struct h2_conn {
 
 _Static_assert(sizeof(struct h2_conn) <= GPE_LINE_MAX, "h2_conn must fit in conn.line");
 
-#ifndef GPE_COMPAT
-
-/* Where a GPE_EV_H2 record is built (per CPU). */
+/* Where a GPE_EV_H2 record is built (per CPU). In the compat object too, unused: user space
+ * assigns both objects' maps to one struct (probes.go), so every map is in both. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct gpe_h2_event);
 } h2_scratch SEC(".maps");
+
+#ifndef GPE_COMPAT
 
 
 /* request.h, after this file: a new request id (here, a connection's). */

@@ -38,3 +38,24 @@ func TestChooseObject(t *testing.T) {
 		t.Errorf("a probe refused: %q, %v; want EPERM", got, err)
 	}
 }
+
+// TestObjectsShareMaps: Load assigns either object's maps to one struct (gpeMaps, generated from
+// the modern object), so each of its maps must be in the compat object too: a map left out
+// of the compat build fails every load on the kernels that need it (it did, on 5.10, for
+// h2_scratch, found by the kernel matrix).
+func TestObjectsShareMaps(t *testing.T) {
+	compat, err := loadObject(ObjectCompat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	modern, err := loadObject(ObjectModern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := compat.Assign(&gpeMapSpecs{}); err != nil {
+		t.Errorf("the compat object lacks a map of the modern one: %v", err)
+	}
+	if err := modern.Assign(&gpeMapSpecs{}); err != nil {
+		t.Errorf("the modern object: %v", err)
+	}
+}

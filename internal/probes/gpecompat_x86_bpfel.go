@@ -22,6 +22,7 @@ const (
 	gpeCompatMapEvents            = "events"
 	gpeCompatMapFilter            = "filter"
 	gpeCompatMapFreshConn         = "fresh_conn"
+	gpeCompatMapH2Scratch         = "h2_scratch"
 	gpeCompatMapKprobeSocks       = "kprobe_socks"
 	gpeCompatMapListenPorts       = "listen_ports"
 	gpeCompatMapLost              = "lost"
@@ -166,6 +167,7 @@ type gpeCompatMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Filter      *ebpf.MapSpec `ebpf:"filter"`
 	FreshConn   *ebpf.MapSpec `ebpf:"fresh_conn"`
+	H2Scratch   *ebpf.MapSpec `ebpf:"h2_scratch"`
 	KprobeSocks *ebpf.MapSpec `ebpf:"kprobe_socks"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
@@ -234,6 +236,7 @@ type gpeCompatMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Filter      *ebpf.Map `ebpf:"filter"`
 	FreshConn   *ebpf.Map `ebpf:"fresh_conn"`
+	H2Scratch   *ebpf.Map `ebpf:"h2_scratch"`
 	KprobeSocks *ebpf.Map `ebpf:"kprobe_socks"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Lost        *ebpf.Map `ebpf:"lost"`
@@ -257,6 +260,7 @@ func (m *gpeCompatMaps) Close() error {
 		m.Events,
 		m.Filter,
 		m.FreshConn,
+		m.H2Scratch,
 		m.KprobeSocks,
 		m.ListenPorts,
 		m.Lost,
