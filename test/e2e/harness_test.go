@@ -111,6 +111,9 @@ type gunicornOpts struct {
 	// run by test/roots/run.sh (its own mount namespace, the host's network), with the test app
 	// copied into the root's /tmp. Its PID is still the host's PID of the master.
 	Root string
+	// PlainChroot runs a Root's Gunicorn under a plain chroot in the host's mount namespace
+	// (test/roots/chroot.sh) rather than in a mount namespace of its own.
+	PlainChroot bool
 	// Others is how many children of the master are not HTTP workers (a dirty arbiter): the
 	// start waits for Workers + Others children.
 	Others int
@@ -153,8 +156,18 @@ func startGunicorn(t *testing.T, o gunicornOpts) *gunicorn {
 	args = append(args, o.Args...)
 	args = append(args, o.App)
 	if o.Root != "" {
-		// run.sh execs unshare, which execs chroot, which execs gunicorn: one PID all along.
-		g.cmd = exec.Command("bash", append([]string{filepath.Join(repoDir(), "test/roots/run.sh"), o.Root, "gunicorn"}, args...)...)
+		// run.sh execs unshare, which execs chroot, which execs gunicorn: one PID all along
+		// (chroot.sh execs chroot).
+		script := "test/roots/run.sh"
+		if o.PlainChroot {
+			script = "test/roots/chroot.sh"
+			t.Cleanup(func() {
+				if out, err := exec.Command("bash", filepath.Join(repoDir(), script), "--unmount", o.Root).CombinedOutput(); err != nil {
+					t.Errorf("unmount the chroot's /proc and /dev: %v: %s", err, out)
+				}
+			})
+		}
+		g.cmd = exec.Command("bash", append([]string{filepath.Join(repoDir(), script), o.Root, "gunicorn"}, args...)...)
 	} else {
 		g.cmd = exec.Command("gunicorn", args...)
 	}

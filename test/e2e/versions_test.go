@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,6 +70,8 @@ var gunicornVersions = []gunicornVersion{
 // (TestGunicornVersions/26/h2-*) is counted the same, per stream.
 func TestGunicornVersions(t *testing.T) {
 	requireE2E(t)
+	var table versionTable
+	t.Cleanup(func() { table.print(t) })
 	for _, v := range gunicornVersions {
 		t.Run(v.major, func(t *testing.T) {
 			root := buildRoot(t, v.root, "gunicorn", "python3", "libssl3t64", "python3-uvicorn")
@@ -84,9 +87,18 @@ func TestGunicornVersions(t *testing.T) {
 					t.Logf("%s not run in syscall mode: uvloop's read/write/writev are not hooked there (known defect)", c.name)
 					continue
 				}
-				t.Run(c.name, func(t *testing.T) { testVersionClass(t, root, c, false, versionConcurrency) })
-				if c.tls {
-					t.Run(c.name+"-tls", func(t *testing.T) { testVersionClass(t, root, c, true, versionConcurrency) })
+				// Each in a mount namespace of its own, then under a plain chroot in the host's
+				// mount namespace, where /proc/PID/* name the root's files with its directory in
+				// front; plain, then TLS.
+				for _, tls := range []bool{false, true} {
+					if tls && !c.tls {
+						continue
+					}
+					for _, chroot := range []bool{false, true} {
+						name := versionRowName(c.name, tls, chroot)
+						ok := t.Run(name, func(t *testing.T) { testVersionClass(t, root, c, tls, chroot) })
+						table.add(v.major, name, ok)
+					}
 				}
 			}
 			if v.major == "26" {
@@ -95,8 +107,8 @@ func TestGunicornVersions(t *testing.T) {
 					asgi = asgiAsyncioClass // uvloop is not seen in syscall mode (above)
 				}
 				for _, c := range []versionClass{gthreadClass, asgi} {
-					t.Run("h2-"+c.name+"-tls", func(t *testing.T) { testHTTP2(t, root, c, true) })
-					t.Run("h2c-"+c.name, func(t *testing.T) { testHTTP2(t, root, c, false) })
+					table.add(v.major, "h2-"+c.name+"-tls", t.Run("h2-"+c.name+"-tls", func(t *testing.T) { testHTTP2(t, root, c, true) }))
+					table.add(v.major, "h2c-"+c.name, t.Run("h2c-"+c.name, func(t *testing.T) { testHTTP2(t, root, c, false) }))
 				}
 			}
 		})
@@ -105,9 +117,10 @@ func TestGunicornVersions(t *testing.T) {
 
 // startVersion starts Gunicorn with class c from root, plain or TLS, and gpe-ebpf on its
 // master, and returns them with the base URL and a TLS config that trusts the server.
-func startVersion(t *testing.T, root string, c versionClass, args []string, withTLS bool) (*gunicorn, *gpe, string, *tls.Config) {
+func startVersion(t *testing.T, root string, c versionClass, args []string, withTLS, plainChroot bool) (*gunicorn, *gpe, string, *tls.Config) {
 	t.Helper()
-	o := gunicornOpts{WorkerClass: c.class, App: c.app, Args: append(append([]string{}, c.args...), args...), Root: root}
+	o := gunicornOpts{WorkerClass: c.class, App: c.app, Args: append(append([]string{}, c.args...), args...), Root: root,
+		PlainChroot: plainChroot}
 	var g *gunicorn
 	var base string
 	var tc *tls.Config
@@ -117,6 +130,13 @@ func startVersion(t *testing.T, root string, c versionClass, args []string, with
 	} else {
 		g = startGunicorn(t, o)
 		base = g.URL()
+	}
+	if plainChroot && withTLS {
+		for _, w := range g.Workers() {
+			if lib := mappedLibssl(t, w); !strings.HasPrefix(lib, root+"/") {
+				t.Fatalf("worker %d maps libssl as %q, not under the chroot %s: the test would prove nothing", w, lib, root)
+			}
+		}
 	}
 	p := startGPE(t, "--pid", strconv.Itoa(g.PID))
 	if withTLS {
@@ -142,10 +162,12 @@ var versionPlan = []versionLoad{
 	{path: "/status/503", endpoint: "/status/{id}", status: 503, n: 10},
 }
 
-// testVersionClass sends versionPlan, clients clients at a time, to Gunicorn with class c from
-// root, plain or TLS, and checks what gpe-ebpf counted against what the clients got.
-func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, clients int) {
-	g, p, base, tc := startVersion(t, root, c, nil, withTLS)
+// testVersionClass sends versionPlan, versionConcurrency clients at a time, to Gunicorn with class
+// c from root (in a mount namespace of its own, or under a plain chroot), plain or TLS, and
+// checks what gpe-ebpf counted against what the clients got.
+func testVersionClass(t *testing.T, root string, c versionClass, withTLS, plainChroot bool) {
+	clients := versionConcurrency
+	g, p, base, tc := startVersion(t, root, c, nil, withTLS, plainChroot)
 	fresh := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}}
 	kept := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 4}}
 	total, failures := 0, 0
@@ -199,6 +221,27 @@ func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, c
 	expect("gunicorn_worker_error_handling_total", map[string]string{"error_type": "http_503"}, failures)
 	expect("gunicorn_worker_requests_in_flight", nil, 0)
 	expect("gpe_ebpf_events_lost_total", nil, 0)
+	// The access log, where the class writes Gunicorn's (uvicorn's workers log their own way):
+	// the same requests, by path and status.
+	if log := g.Access(t); len(log) > 0 {
+		byLog := map[[2]string]int{}
+		for _, e := range log {
+			byLog[[2]string{e.Path, strconv.Itoa(e.Status)}]++
+		}
+		for _, l := range versionPlan {
+			k := [2]string{l.path, strconv.Itoa(l.status)}
+			if byLog[k] != want[[2]string{l.endpoint, k[1]}] {
+				t.Errorf("access log: %d × %s %s, gpe-ebpf counted %d", byLog[k], k[0], k[1], want[[2]string{l.endpoint, k[1]}])
+			}
+		}
+		if len(log) != total {
+			t.Errorf("access log: %d lines, gpe-ebpf counted %d requests", len(log), total)
+		}
+	} else {
+		t.Logf("%s writes no Gunicorn access log lines: the access-log check is left out", c.class)
+	}
+	// A HUP: the master replaces both workers, and the new ones' requests are counted too.
+	versionHUP(t, g, p, base, fresh, withTLS, total)
 	if t.Failed() {
 		for _, name := range []string{"gunicorn_http_requests_total", "gunicorn_worker_error_handling_total", "gpe_ebpf_events_total"} {
 			for _, m := range ms.series(name, nil) {
@@ -206,6 +249,80 @@ func testVersionClass(t *testing.T, root string, c versionClass, withTLS bool, c
 			}
 		}
 	}
+}
+
+// versionHUP sends Gunicorn g a HUP, waits for gpe-ebpf to count both workers' restarts (and,
+// serving TLS, for its uprobes on the new workers), then sends 10 /ok: counted on top of the
+// before requests, with one hup signal.
+func versionHUP(t *testing.T, g *gunicorn, p *gpe, base string, client *http.Client, withTLS bool, before int) {
+	t.Helper()
+	old := g.Workers()
+	syscall.Kill(g.PID, syscall.SIGHUP)
+	p.waitMetric(t, "gunicorn_master_worker_restarts_total", nil, float64(len(old)))
+	waitFor(t, 30*time.Second, "the new workers", func() bool {
+		now := g.Workers()
+		if len(now) != len(old) {
+			return false
+		}
+		for _, w := range now {
+			if slices.Contains(old, w) {
+				return false
+			}
+		}
+		return g.answers()
+	})
+	if withTLS {
+		p.waitTLSAttached(t, g.Workers())
+	}
+	const after = 10
+	for range after {
+		if st, _, err := fetch(client, base+"/ok", "", ""); st != 200 || err != nil {
+			t.Fatalf("GET /ok after the HUP: %d %v", st, err)
+		}
+	}
+	ms := p.settle(t, "gunicorn_http_requests_total", nil, float64(before+after))
+	if got := ms.sum("gunicorn_http_requests_total", nil); got != float64(before+after) {
+		t.Errorf("after the HUP: gunicorn_http_requests_total = %v, want %d", got, before+after)
+	}
+	if got := ms.sum("gunicorn_master_signals_total", map[string]string{"signal": "hup"}); got != 1 {
+		t.Errorf("gunicorn_master_signals_total{signal=hup} = %v, want 1", got)
+	}
+}
+
+// versionRowName is a worker class's subtest name: gthread, chroot-gthread, gthread-tls, ...
+func versionRowName(class string, tls, chroot bool) string {
+	name := class
+	if tls {
+		name += "-tls"
+	}
+	if chroot {
+		name = "chroot-" + name
+	}
+	return name
+}
+
+// versionTable is TestGunicornVersions' summary: version × subtest × hook mode × result.
+type versionTable struct{ rows [][4]string }
+
+func (vt *versionTable) add(version, name string, ok bool) {
+	mode := os.Getenv("GPE_HOOKS")
+	if mode == "" {
+		mode = "socket"
+	}
+	result := "pass"
+	if !ok {
+		result = "fail"
+	}
+	vt.rows = append(vt.rows, [4]string{version, name, mode, result})
+}
+
+func (vt *versionTable) print(t *testing.T) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Gunicorn versions:\n%-8s %-24s %-8s %s\n", "version", "subtest", "hooks", "result")
+	for _, r := range vt.rows {
+		fmt.Fprintf(&b, "%-8s %-24s %-8s %s\n", r[0], r[1], r[2], r[3])
+	}
+	t.Log(b.String())
 }
 
 // h2Plan is what curl asks over one HTTP/2 connection.
@@ -226,7 +343,7 @@ func testHTTP2(t *testing.T, root string, c versionClass, withTLS bool) {
 	if !withTLS {
 		args = append(args, "--http2-cleartext", "prior-knowledge")
 	}
-	g, p, base, tc := startVersion(t, root, c, args, withTLS)
+	g, p, base, tc := startVersion(t, root, c, args, withTLS, false)
 	const h1 = 10
 	curl := []string{"curl", "--silent", "--show-error", "--insecure", "--write-out", "%{http_code} %{http_version}\n"}
 	if withTLS {
