@@ -41,6 +41,10 @@ var workerClasses = []workerClass{
 // beyond the client's responses) before the run is taken as broken rather than as hey's.
 const maxUnread = 8
 
+// maxUnlogged is how many responses the client read may be missing from Gunicorn's access log
+// (seen: 1 of 1,601).
+const maxUnlogged = 2
+
 // load is one hey run against one endpoint.
 type load struct {
 	path      string
@@ -160,15 +164,22 @@ func checkWorkerClass(t *testing.T, g *gunicorn, p *gpe, wc workerClass, base st
 	// a line more than the client has responses (up to 4 of 1,670 seen under gthread). The
 	// total must match the server exactly; each response of that gap may sit, per endpoint, on
 	// the answered side instead of no_response.
+	// The other way round, Gunicorn may leave an answered request out of its access log (gthread
+	// over TLS under hey: 1,600 lines for 1,601 responses the client read, all 1,601 counted by
+	// gpe-ebpf, once in a rehearsal): the client's responses are then what the server answered.
 	gap := 0
 	var entries []accessEntry
 	if wc.accessLog {
 		entries = accessLogSettled(t, g, len(all))
 		gap = len(entries) - len(all)
-		if gap < 0 || gap > maxUnread {
+		switch {
+		case gap < -maxUnlogged || gap > maxUnread:
 			t.Errorf("access log has %d lines, the client saw %d responses", len(entries), len(all))
 			gap = max(gap, 0)
-		} else if gap > 0 {
+		case gap < 0:
+			t.Logf("the access log has %d lines, the client saw %d responses: %d answered that Gunicorn did not log", len(entries), len(all), -gap)
+			gap = 0
+		case gap > 0:
 			t.Logf("the access log has %d lines, the client saw %d responses: %d written that the client did not read", len(entries), len(all), gap)
 		}
 	}
